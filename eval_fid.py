@@ -1,0 +1,879 @@
+"""Image metrics at a given NFE: FID, KID, conditional accuracy, and the prior's transport cost.
+
+Features. Each image becomes a feature vector f(x). The standard network is the FID variant of
+InceptionV3 (the TensorFlow 2015-12-05 graph, as ported by pytorch-fid, whose weights file
+pt_inception-2015-12-05-6726825d.pth loads here unchanged): images in [0, 1] are resized to
+299x299 (bilinear, align_corners=False, no antialias), scaled to [-1, 1], and the 2048-d output
+of the last average pool (pool3) is the feature. Offline, `--features clf` uses the penultimate
+layer of a small classifier trained on the dataset itself; its distance is reported as "FD-clf",
+never as FID, and its predictions give the conditional accuracy (the share of samples that are
+classified as the class they were generated for: the offline stand-in for a CLIP score).
+
+Frechet distance between the Gaussians fitted to two feature sets (float64, unbiased covariance):
+
+    FD = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr( (S1 S2)^(1/2) )
+
+with scipy.linalg.sqrtm and pytorch-fid's safeguards: a non-finite root is retried with 1e-6
+added to both diagonals; an imaginary part above 1e-3 on the diagonal is an error, else dropped.
+
+Kernel inception distance: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over
+random subsets of m samples from each set (100 subsets of 1000 by default):
+
+    MMD^2_u = sum_{i!=j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1)) - 2 sum_{i,j} k(x_i, y_j) / m^2
+
+Transport cost: E ||x1 - x0||^2 under the checkpoint's prior and training coupling.
+
+Reference files are .npz with pytorch-fid's keys mu and sigma (so its stats files work here for
+FID, and ours there), plus up to 10k reference features for KID and the feature network's name
+and id, n and the image shape, so a calc with other features or image sizes is refused. The
+JSON line has KID as is; the readable summary shows KID x 1e3.
+
+    python eval_fid.py classifier --dataset cifar10 --out clf.pt           # only for --features clf
+    python eval_fid.py ref --dataset cifar10 --out ref.npz [--features clf --clf clf.pt]
+    python eval_fid.py calc --samples samples.npz --ref ref.npz
+    python eval_fid.py sweep --ckpt a.pt b.pt --ref ref.npz --nfe 1,2,4,8,15,32 --n 10000
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import inspect
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub names files by the first 8 hex digits of the sha256
+KID_KEEP = 10_000  # reference features stored for KID
+IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------- the FID Inception network
+
+class ConvBN(nn.Module):
+    """conv (no bias) -> batch norm (eps 1e-3) -> ReLU: one TF conv layer with its folded BN."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int | tuple[int, int],
+                 stride: int = 1, padding: int | tuple[int, int] = 0):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+def pool3x3(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """The pooling branch's 3x3/stride-1 pool. TF averages over the valid pixels only, hence
+    count_include_pad=False; the TF graph's last block max-pools instead (a quirk of that graph)."""
+    if mode == "max":
+        return F.max_pool2d(x, 3, stride=1, padding=1)
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class InceptionA(nn.Module):  # Mixed_5b..5d, 35x35
+    def __init__(self, in_channels: int, pool_features: int):
+        super().__init__()
+        self.branch1x1 = ConvBN(in_channels, 64, 1)
+        self.branch5x5_1 = ConvBN(in_channels, 48, 1)
+        self.branch5x5_2 = ConvBN(48, 64, 5, padding=2)
+        self.branch3x3dbl_1 = ConvBN(in_channels, 64, 1)
+        self.branch3x3dbl_2 = ConvBN(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = ConvBN(96, 96, 3, padding=1)
+        self.branch_pool = ConvBN(in_channels, pool_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1x1(x),
+                          self.branch5x5_2(self.branch5x5_1(x)),
+                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                          self.branch_pool(pool3x3(x, "avg"))], 1)
+
+
+class InceptionB(nn.Module):  # Mixed_6a, 35x35 -> 17x17
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch3x3 = ConvBN(in_channels, 384, 3, stride=2)
+        self.branch3x3dbl_1 = ConvBN(in_channels, 64, 1)
+        self.branch3x3dbl_2 = ConvBN(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = ConvBN(96, 96, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch3x3(x),
+                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                          F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionC(nn.Module):  # Mixed_6b..6e, 17x17, factorised 7x7 convolutions
+    def __init__(self, in_channels: int, channels_7x7: int):
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = ConvBN(in_channels, 192, 1)
+        self.branch7x7_1 = ConvBN(in_channels, c7, 1)
+        self.branch7x7_2 = ConvBN(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7_3 = ConvBN(c7, 192, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = ConvBN(in_channels, c7, 1)
+        self.branch7x7dbl_2 = ConvBN(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = ConvBN(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = ConvBN(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = ConvBN(c7, 192, (1, 7), padding=(0, 3))
+        self.branch_pool = ConvBN(in_channels, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        double = self.branch7x7dbl_1(x)
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            double = layer(double)
+        return torch.cat([self.branch1x1(x),
+                          self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
+                          double,
+                          self.branch_pool(pool3x3(x, "avg"))], 1)
+
+
+class InceptionD(nn.Module):  # Mixed_7a, 17x17 -> 8x8
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch3x3_1 = ConvBN(in_channels, 192, 1)
+        self.branch3x3_2 = ConvBN(192, 320, 3, stride=2)
+        self.branch7x7x3_1 = ConvBN(in_channels, 192, 1)
+        self.branch7x7x3_2 = ConvBN(192, 192, (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = ConvBN(192, 192, (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = ConvBN(192, 192, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch7x7x3 = self.branch7x7x3_2(self.branch7x7x3_1(x))
+        branch7x7x3 = self.branch7x7x3_4(self.branch7x7x3_3(branch7x7x3))
+        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), branch7x7x3,
+                          F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionE(nn.Module):  # Mixed_7b (average pool), Mixed_7c (max pool), 8x8
+    def __init__(self, in_channels: int, pool: str):
+        super().__init__()
+        self.pool = pool
+        self.branch1x1 = ConvBN(in_channels, 320, 1)
+        self.branch3x3_1 = ConvBN(in_channels, 384, 1)
+        self.branch3x3_2a = ConvBN(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = ConvBN(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = ConvBN(in_channels, 448, 1)
+        self.branch3x3dbl_2 = ConvBN(448, 384, 3, padding=1)
+        self.branch3x3dbl_3a = ConvBN(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = ConvBN(384, 384, (3, 1), padding=(1, 0))
+        self.branch_pool = ConvBN(in_channels, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        single = self.branch3x3_1(x)
+        double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        return torch.cat([self.branch1x1(x),
+                          self.branch3x3_2a(single), self.branch3x3_2b(single),
+                          self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double),
+                          self.branch_pool(pool3x3(x, self.pool))], 1)
+
+
+def inception_preprocess(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1 or 3, H, W) in [0, 1] -> (N, 3, 299, 299) in [-1, 1], exactly as pytorch-fid does."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"Inception takes (N, 1 or 3, H, W) images, got shape {tuple(images.shape)}")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)  # grey -> RGB by repetition
+    images = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
+    return 2 * images - 1
+
+
+class InceptionV3(nn.Module):
+    """FID Inception: (N, 3, H, W) in [0, 1] -> (N, 2048) pool3 features. weights_path None =
+    random init (for tests); "auto" looks in torch.hub's checkpoint folder like pytorch-fid.
+
+    Module names and shapes are those of torchvision's Inception3 with 1008 classes and no
+    auxiliary head, so the weights file loads with strict key matching. fc is only loaded.
+    """
+
+    def __init__(self, weights_path: str | Path | None = None):
+        super().__init__()
+        self.Conv2d_1a_3x3 = ConvBN(3, 32, 3, stride=2)
+        self.Conv2d_2a_3x3 = ConvBN(32, 32, 3)
+        self.Conv2d_2b_3x3 = ConvBN(32, 64, 3, padding=1)
+        self.Conv2d_3b_1x1 = ConvBN(64, 80, 1)
+        self.Conv2d_4a_3x3 = ConvBN(80, 192, 3)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280, pool="avg")
+        self.Mixed_7c = InceptionE(2048, pool="max")
+        self.fc = nn.Linear(2048, 1008)  # the TF graph's 1008-way logits; unused for features
+        if weights_path is not None:
+            self.load_weights(find_inception_weights(None if weights_path == "auto" else weights_path))
+        self.requires_grad_(False)
+        self.eval()
+
+    def load_weights(self, path: Path) -> None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if not digest.startswith(INCEPTION_SHA256_PREFIX):
+            warnings.warn(f"{path} has sha256 {digest[:8]}..., not {INCEPTION_SHA256_PREFIX}...: "
+                          f"numbers may not be comparable with published FIDs")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            self.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+            raise ValueError(f"{path} is not the pytorch-fid Inception weights file ({first[:200]}); "
+                             f"get {INCEPTION_URL}") from None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = inception_preprocess(images)
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, 3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, 3, stride=2)
+        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
+                      self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b,
+                      self.Mixed_7c):
+            x = block(x)
+        return x.mean((2, 3))  # pool3: adaptive average pool to 1x1, flattened
+
+
+def find_inception_weights(path: str | Path | None) -> Path:
+    """The weights file: `path`, else torch.hub's checkpoint folder (where pytorch-fid caches it)."""
+    hint = f"download {INCEPTION_URL} (nothing is downloaded automatically), or use --features clf"
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no Inception weights file at {path}: {hint}")
+        return Path(path)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if not cached.is_file():
+        raise FileNotFoundError(f"Inception weights not found at {cached}: {hint} "
+                                "and save it there or pass --inception-weights PATH")
+    return cached
+
+
+# ---------------------------------------------------------------- the offline classifier
+
+class Classifier(nn.Module):
+    """Small conv net for one dataset: forward(x in [0, 1]) -> (N, 8*width) penultimate features
+    (global average of the last conv, like pool3); logits = head(features)."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+        w = width
+        # one 3x3 conv per resolution, channels doubling as it halves: ~15M MACs at 32x32, width 32
+        plan = [(channels, w), "pool", (w, 2 * w), "pool", (2 * w, 4 * w), "pool", (4 * w, 8 * w)]
+        layers: list[nn.Module] = []
+        for step in plan:
+            if step == "pool":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 1x1 maps survive tiny images
+            else:
+                layers += [nn.Conv2d(*step, 3, padding=1, bias=False), nn.BatchNorm2d(step[1]), nn.ReLU()]
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(8 * w, num_classes)
+        self.channels, self.num_classes, self.width = channels, num_classes, width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != self.channels:
+            raise ValueError(f"the classifier was trained on {self.channels}-channel images, "
+                             f"got {images.shape[1]} channels")
+        return self.trunk(2 * images - 1).mean((2, 3))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self(images))
+
+
+def load_classifier(path: str | Path) -> tuple[Classifier, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no classifier at {path}: train one with "
+                                "python eval_fid.py classifier --dataset NAME --out clf.pt")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    net = Classifier(saved["channels"], saved["num_classes"], saved["width"])
+    net.load_state_dict(saved["model"])
+    return net.requires_grad_(False).eval(), saved
+
+
+def train_classifier(train_set, test_set, steps: int = 1000, batch_size: int = 128, lr: float = 2e-3,
+                     width: int = 32, seed: int = 0, device: torch.device | str = "cpu",
+                     eval_images: int = 10_000, progress: bool = True) -> tuple[Classifier, float, float]:
+    """AdamW with a linear decay to 0; batches by a seeded permutation per epoch, like train.py.
+    Returns the net (eval mode) and its train / test accuracy."""
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    net = Classifier(train_set.channels, train_set.num_classes, width).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    rng = np.random.default_rng(seed)
+    order, cursor = rng.permutation(len(train_set)), 0
+    net.train()
+    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
+        if cursor + batch_size > len(order):
+            order, cursor = rng.permutation(len(train_set)), 0
+        images, labels = train_set.get(order[cursor:cursor + min(batch_size, len(order))])
+        cursor += batch_size
+        images, labels = images.to(device).float() / 255, labels.to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(net.logits(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    net.requires_grad_(False).eval()
+    return net, accuracy(net, train_set, device, eval_images), accuracy(net, test_set, device, eval_images)
+
+
+@torch.inference_mode()
+def accuracy(net: Classifier, dataset, device: torch.device, limit: int = 10_000) -> float:
+    """Top-1 accuracy on (the first `limit` images of) a dataset."""
+    correct = total = 0
+    for images, labels in dataset.batches(min(500, limit)):
+        images, labels = images[:limit - total], labels[:limit - total]
+        predicted = net.logits(images.to(device).float() / 255).argmax(1).cpu()
+        correct += int((predicted == labels).sum())
+        total += len(labels)
+        if total >= limit:
+            break
+    return correct / total
+
+
+# ---------------------------------------------------------------- features and statistics
+
+class RunningStats:
+    """Streaming mean and unbiased covariance in float64. Sums are taken around a shift (the first
+    batch's mean) so that S - n m m^T does not cancel; memory is O(d^2), not O(N d)."""
+
+    def __init__(self):
+        self.n, self.shift, self.sum, self.outer = 0, None, None, None
+
+    def update(self, features: np.ndarray) -> None:
+        features = np.asarray(features, dtype=np.float64)
+        if self.shift is None:
+            self.shift = features.mean(0)
+            self.sum, self.outer = np.zeros_like(self.shift), np.zeros((len(self.shift),) * 2)
+        centred = features - self.shift
+        self.n += len(features)
+        self.sum += centred.sum(0)
+        self.outer += centred.T @ centred
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        mean_offset = self.sum / self.n
+        sigma = (self.outer - self.n * np.outer(mean_offset, mean_offset)) / (self.n - 1)
+        return self.shift + mean_offset, sigma
+
+
+def check_enough(n: int, dim: int) -> None:
+    """n samples give a covariance of rank <= n - 1: below dim + 1 it is singular."""
+    if n < dim + 1:
+        raise ValueError(f"{n} samples for {dim}-d features: the covariance is singular; "
+                         f"use at least {dim + 1} (10000+ is usual for FID)")
+
+
+class Extractor:
+    """A feature network with its name ("inception" or "clf") and an id that ties statistics to
+    the exact weights (a reference made with one classifier is refused with another)."""
+
+    def __init__(self, name: str, net: nn.Module, dim: int, extractor_id: str, device: torch.device,
+                 clf_path: str = "", image_shape: tuple[int, int, int] | None = None):
+        self.name, self.dim, self.id, self.clf_path, self.image_shape = name, dim, extractor_id, clf_path, image_shape
+        self.device, self.net = device, net.to(device)
+        if device.type == "cuda":  # float32 math (no autocast, no TF32): numbers comparable with pytorch-fid
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def metric(self) -> str:
+        return "FID" if self.name == "inception" else "FD-clf"
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (n, C, H, W) -> (float64 features (n, dim), predicted classes or None)."""
+        if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(f"images of shape {tuple(images.shape[1:])}, but the classifier takes "
+                             f"{self.image_shape}")
+        x = images.to(self.device).float() / 255
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32
+        try:
+            features = self.net(x)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        predictions = self.net.head(features).argmax(1).cpu().numpy() if self.name == "clf" else None
+        return features.double().cpu().numpy(), predictions
+
+
+def build_extractor(name: str, clf: str | None = None, inception_weights: str | None = None,
+                    device: torch.device | str | None = None) -> Extractor:
+    device = torch.device(device) if device is not None else default_device()
+    if name == "inception":
+        return Extractor(name, InceptionV3(inception_weights or "auto"), 2048, "pt_inception-2015-12-05", device)
+    if name == "clf":
+        if clf is None:
+            raise ValueError("--features clf needs --clf clf.pt (train it with: python eval_fid.py classifier)")
+        net, saved = load_classifier(clf)
+        fingerprint = "clf-" + hashlib.sha256(Path(clf).read_bytes()).hexdigest()[:16]
+        return Extractor(name, net, 8 * saved["width"], fingerprint, device, str(clf),
+                         (saved["channels"], saved["image_size"], saved["image_size"]))
+    raise ValueError(f"unknown features '{name}'; choose inception or clf")
+
+
+def measure(extractor: Extractor, batches: Iterable[torch.Tensor], total: int, keep: np.ndarray | None = None,
+            desc: str = "features") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """One pass: (mu, sigma, kept features, predictions). keep = boolean mask over the total
+    images whose features are returned (None = all)."""
+    check_enough(total, extractor.dim)  # fail before the pass, not after it
+    stats, kept, predictions, offset = RunningStats(), [], [], 0
+    bar = tqdm(total=total, desc=desc, unit="img")
+    for images in batches:
+        features, predicted = extractor(images[:total - offset])
+        bar.update(len(features))
+        stats.update(features)
+        mask = slice(None) if keep is None else keep[offset:offset + len(features)]
+        kept.append(features[mask].astype(np.float32))
+        if predicted is not None:
+            predictions.append(predicted)
+        offset += len(features)
+        if offset >= total:
+            break
+    bar.close()
+    if offset == 0:
+        raise ValueError("no images to measure")
+    check_enough(stats.n, extractor.dim)
+    mu, sigma = stats.result()
+    return mu, sigma, np.concatenate(kept), np.concatenate(predictions) if predictions else None
+
+
+def tensor_batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size]
+
+
+# ---------------------------------------------------------------- the numbers
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr sqrtm(S1 S2), float64, pytorch-fid's safeguards."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
+        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} "
+                         f"vs {sigma2.shape} (made with different features?)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # singular products are handled below
+        root = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(root).all():
+            # a (nearly) singular product can make the Schur method fail: regularise both sides
+            warnings.warn(f"sqrtm(S1 S2) is not finite; adding {eps} to the covariance diagonals")
+            offset = eps * np.eye(len(mu1))
+            root = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(root):
+        # S1 S2 has real non-negative eigenvalues, so a small imaginary part is rounding error
+        if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrtm(S1 S2) has an imaginary component of {np.abs(root.imag).max():.3g}: "
+                             "are both covariances positive semi-definite?")
+        root = root.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel k(a, b) = (a.b / d + 1)^3."""
+    d = x.shape[1]
+    k_xx, k_yy, k_xy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]
+    m, n = len(x), len(y)
+    within = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)) + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(within - 2 * k_xy.mean())
+
+
+def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of the unbiased MMD^2 over random subsets of min(subset_size, n1, n2) per side."""
+    x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"KID needs two (n, d) feature arrays of equal d, got {x.shape} and {y.shape}")
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per side, got {len(x)} and {len(y)}")
+    if m == len(x) == len(y):
+        num_subsets = 1  # every subset would be the whole of both sets
+    rng = np.random.default_rng(seed)
+    values = [mmd2_unbiased(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
+              for _ in range(num_subsets)]
+    return float(np.mean(values)), float(np.std(values))
+
+
+@torch.no_grad()
+def transport_cost(prior, config: dict, batches: int = 4, seed: int = 0) -> float:
+    """Mean ||x1 - x0||^2 of the checkpoint's training coupling (its prior, coupling and batch size),
+    over a few training batches; labels are never dropped here, so this is the conditional cost."""
+    import data
+    import flow
+    # datasets drawn or resized on load (shapes, folder) take the size the run was trained at
+    takes_size = "image_size" in inspect.signature(data.DATASETS[config["dataset"]].__init__).parameters
+    options = {"image_size": config["image_size"]} if takes_size else {}
+    dataset = data.load_dataset(config["dataset"], config.get("data_dir"), "train", **options)
+    generator = torch.Generator().manual_seed(seed)
+    costs = []
+    for images, labels in dataset.batches(int(config.get("batch_size", 256)), shuffle=True, seed=seed):
+        x1 = data.to_model(images)
+        x0 = prior.sample(labels, generator)
+        x0, x1, labels = flow.couple(x0, x1, labels, config.get("coupling", "independent"))
+        costs.append(float(flow.transport_cost(x0, x1)))
+        if len(costs) == batches:
+            break
+    return float(np.mean(costs))
+
+
+# ---------------------------------------------------------------- files
+
+def load_images(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
+    """uint8 (N, C, H, W) and labels (or None) from an .npz (arr_0 NHWC uint8, arr_1 labels, the
+    format sample.py writes) or a folder of images (grey if every image is grey, else RGB)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
+        opened = [Image.open(p) for p in files]
+        mode = "L" if all(im.mode in ("1", "L", "I;16", "I") for im in opened) else "RGB"
+        sizes = {im.size for im in opened}
+        if len(sizes) > 1:
+            raise ValueError(f"images in {path} have different sizes {sorted(sizes)[:4]}: resize them to one size")
+        arrays = [np.asarray(im.convert(mode)) for im in opened]
+        images = np.stack(arrays)[..., None] if mode == "L" else np.stack(arrays)
+        labels = None
+    elif path.is_file() and path.suffix == ".npz":
+        with np.load(path) as file:
+            if "arr_0" not in file:
+                raise ValueError(f"{path} has no 'arr_0' image array (keys: {', '.join(file.files)})")
+            images = file["arr_0"]
+            labels = file["arr_1"].astype(np.int64) if "arr_1" in file else None
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
+    else:
+        raise FileNotFoundError(f"no sample file or image folder at {path} (expected .npz or a folder)")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def save_ref(path: str | Path, extractor: Extractor, mu: np.ndarray, sigma: np.ndarray, features: np.ndarray,
+             n: int, image_shape: tuple[int, ...], source: str) -> None:
+    """mu and sigma under pytorch-fid's --save-stats keys, plus what a calc must check."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:  # a file object: np.savez would append ".npz" to other names
+        np.savez(file, mu=mu, sigma=sigma, features=features, feature_name=extractor.name,
+                 extractor_id=extractor.id, clf_path=extractor.clf_path, n=n,
+                 image_shape=np.asarray(image_shape, np.int64), source=source)
+
+
+def load_ref(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no reference statistics at {path}: make them with python eval_fid.py ref")
+    with np.load(path) as file:
+        ref = {key: file[key] for key in file.files}
+    if "mu" not in ref or "sigma" not in ref:
+        raise ValueError(f"{path} has no 'mu'/'sigma' (keys: {', '.join(ref)}): not a statistics file; "
+                         "make one with python eval_fid.py ref")
+    # a plain pytorch-fid stats file has only mu and sigma: Inception features, no KID
+    ref["feature_name"] = str(ref.get("feature_name", "inception"))
+    ref["extractor_id"] = str(ref.get("extractor_id", "pt_inception-2015-12-05"))
+    ref["clf_path"] = str(ref.get("clf_path", ""))
+    return ref
+
+
+def extractor_for_ref(ref: dict, args: argparse.Namespace, device: torch.device) -> Extractor:
+    """The feature network the reference was made with; mismatches are refused."""
+    if args.features is not None and args.features != ref["feature_name"]:
+        raise ValueError(f"--features {args.features}, but the reference was made with "
+                         f"{ref['feature_name']} features: make a matching reference")
+    clf = args.clf or ref["clf_path"] or None
+    extractor = build_extractor(ref["feature_name"], clf, args.inception_weights, device)
+    if extractor.id != ref["extractor_id"]:
+        raise ValueError(f"the reference was made with feature network {ref['extractor_id']}, this one is "
+                         f"{extractor.id}: use the same --clf file or remake the reference")
+    return extractor
+
+
+def check_shape(samples_shape: tuple[int, ...], ref: dict) -> None:
+    if "image_shape" in ref and tuple(int(s) for s in ref["image_shape"]) != tuple(samples_shape):
+        raise ValueError(f"samples are {tuple(samples_shape)} (C, H, W) but the reference images were "
+                         f"{tuple(int(s) for s in ref['image_shape'])}: compare images of one size")
+
+
+def score(extractor: Extractor, images: torch.Tensor, labels: np.ndarray | None, ref: dict,
+          batch_size: int, seed: int = 0) -> dict:
+    """The metric, KID (when the reference stores features) and conditional accuracy."""
+    check_shape(tuple(images.shape[1:]), ref)
+    mu, sigma, features, predictions = measure(extractor, tensor_batches(images, batch_size), len(images))
+    result = {"metric": extractor.metric, "value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+              "kid": None, "kid_std": None, "accuracy": None, "n": len(images)}
+    if "features" in ref:
+        result["kid"], result["kid_std"] = kid(features, ref["features"], seed=seed)
+    if predictions is not None and labels is not None:
+        result["accuracy"] = float(np.mean(predictions == labels))
+    return result
+
+
+def summary(result: dict) -> str:
+    kid_name = "KID" if result["metric"] == "FID" else "KID-clf"
+    parts = [f"{result['metric']} {result['value']:.3f}"]
+    if result["kid"] is not None:
+        parts.append(f"{kid_name} x1e3 {1e3 * result['kid']:.3f} +- {1e3 * result['kid_std']:.3f}")
+    if result["accuracy"] is not None:
+        parts.append(f"accuracy {100 * result['accuracy']:.1f}%")
+    return ", ".join(parts) + f" ({result['n']} samples)"
+
+
+# ---------------------------------------------------------------- the plot
+
+def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, y_label: str,
+                title: str = "") -> None:
+    """Metric against NFE, log-x, one line per checkpoint, drawn with pillow."""
+    width, height, left, right, top, bottom = 720, 460, 80, 20, 40, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    points = [(x, y) for curve in series.values() for x, y in curve if math.isfinite(y)]
+    xs = sorted({x for x, _ in points}) or [1.0]
+    ys = [y for _, y in points] or [0.0]
+    x_lo, x_hi = math.log(xs[0]), math.log(xs[-1])
+    if x_hi - x_lo < 1e-9:
+        x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
+    pad = 0.05 * (max(ys) - min(ys)) or 1.0
+    y_lo, y_hi = min(ys) - pad, max(ys) + pad
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (math.log(x) - x_lo) / (x_hi - x_lo) * (width - left - right),
+                height - bottom - (y - y_lo) / (y_hi - y_lo) * (height - top - bottom))
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for x in xs:  # x ticks at the measured NFEs
+        u, _ = px(x, y_lo)
+        draw.line([u, height - bottom, u, height - bottom + 5], fill="black")
+        draw.text((u, height - bottom + 8), f"{x:g}", fill="black", font=font, anchor="ma")
+    raw = (y_hi - y_lo) / 8  # y ticks at round numbers: 1, 2 or 5 times a power of ten, 4 to 8 of them
+    power = 10 ** math.floor(math.log10(raw))
+    step = min(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    for k in range(math.ceil(y_lo / step), math.floor(y_hi / step) + 1):
+        y = k * step
+        _, v = px(xs[0], y)
+        draw.line([left - 5, v, left, v], fill="black")
+        draw.text((left - 8, v), f"{y:.3g}", fill="black", font=font, anchor="rm")
+    draw.text(((left + width - right) / 2, height - 20), "NFE (log scale)", fill="black", font=font, anchor="mm")
+    draw.text((left, top - 8), y_label, fill="black", font=font, anchor="ls")
+    draw.text((width - right, top - 8), title, fill="black", font=font, anchor="rs")
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    for index, (label, curve) in enumerate(series.items()):
+        color = colors[index % len(colors)]
+        curve = sorted((x, y) for x, y in curve if math.isfinite(y))
+        if len(curve) > 1:
+            draw.line([px(x, y) for x, y in curve], fill=color, width=2)
+        for x, y in curve:
+            u, v = px(x, y)
+            draw.ellipse([u - 3, v - 3, u + 3, v + 3], fill=color)
+        legend_y = top + 10 + 16 * index  # legend in the top-right corner
+        draw.line([width - right - 150, legend_y, width - right - 130, legend_y], fill=color, width=3)
+        draw.text((width - right - 125, legend_y), label, fill="black", font=font, anchor="lm")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+# ---------------------------------------------------------------- commands
+
+def run_classifier(args: argparse.Namespace) -> None:
+    import data
+    device = torch.device(args.device) if args.device else default_device()
+    options = {"image_size": args.image_size} if args.image_size else {}
+    train_set = data.load_dataset(args.dataset, args.data_dir, "train", **options)
+    test_set = data.load_dataset(args.dataset, args.data_dir, "test", **options)
+    start = time.perf_counter()
+    net, train_acc, test_acc = train_classifier(train_set, test_set, args.steps, args.batch_size, args.lr,
+                                                args.width, args.seed, device, args.eval_images)
+    saved = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "channels": train_set.channels,
+             "image_size": train_set.image_size, "num_classes": train_set.num_classes, "width": args.width,
+             "dataset": args.dataset, "steps": args.steps, "seed": args.seed,
+             "train_accuracy": train_acc, "test_accuracy": test_acc}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(saved, str(args.out) + ".tmp")
+    os.replace(str(args.out) + ".tmp", args.out)
+    print(f"classifier on {args.dataset}: train accuracy {100 * train_acc:.2f}%, test accuracy "
+          f"{100 * test_acc:.2f}% ({args.steps} steps, {time.perf_counter() - start:.0f} s); wrote {args.out}")
+
+
+def run_ref(args: argparse.Namespace) -> None:
+    device = torch.device(args.device) if args.device else default_device()
+    extractor = build_extractor(args.features or "inception", args.clf, args.inception_weights, device)
+    if args.images:
+        images, _ = load_images(args.images)
+        total, shape, source = len(images), tuple(images.shape[1:]), str(args.images)
+        batches: Iterable[torch.Tensor] = tensor_batches(images, args.batch_size)
+    elif args.dataset:
+        import data
+        options = {"image_size": args.image_size} if args.image_size else {}
+        dataset = data.load_dataset(args.dataset, args.data_dir, "train", **options)
+        total = min(len(dataset), args.max_images or len(dataset))
+        shape, source = (dataset.channels, dataset.image_size, dataset.image_size), f"{args.dataset}:train"
+        batches = (images for images, _ in dataset.batches(args.batch_size))
+    else:
+        raise ValueError("ref needs --dataset NAME or --images PATH")
+    # a seeded random subset of the reference features is kept for KID
+    keep = np.zeros(total, bool)
+    keep[np.random.default_rng(args.seed).choice(total, min(KID_KEEP, total), replace=False)] = True
+    mu, sigma, features, _ = measure(extractor, batches, total, keep, desc="reference")
+    save_ref(args.out, extractor, mu, sigma, features, total, shape, source)
+    print(f"wrote {args.out}: {extractor.name} statistics of {total} images from {source} "
+          f"({len(features)} features kept for KID)")
+
+
+def run_calc(args: argparse.Namespace) -> None:
+    device = torch.device(args.device) if args.device else default_device()
+    ref = load_ref(args.ref)
+    images, labels = load_images(args.samples)
+    extractor = extractor_for_ref(ref, args, device)
+    result = {"samples": str(args.samples), "ref": str(args.ref)} | score(
+        extractor, images, labels, ref, args.batch_size, args.seed)
+    print(json.dumps(result))
+    print(summary(result))
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    import sample
+    device = torch.device(args.device) if args.device else default_device()
+    nfes = parse_ints(args.nfe, "--nfe")
+    labels_given = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    if labels_given is not None and len(labels_given) != len(args.ckpt):
+        raise ValueError(f"--labels has {len(labels_given)} names for {len(args.ckpt)} checkpoints")
+    ref = load_ref(args.ref)
+    extractor = extractor_for_ref(ref, args, device)
+    rows, series = [], {}
+    for index, ckpt in enumerate(args.ckpt):
+        model, prior, config = sample.load_checkpoint(ckpt, device)
+        check_shape((config["channels"], config["image_size"], config["image_size"]), ref)
+        label = labels_given[index] if labels_given else f"{config['prior']}+{config['coupling']}"
+        cost = transport_cost(prior, config, seed=args.seed)
+        classes = np.arange(args.n) % config["num_classes"]  # class-balanced
+        seeds = [sample.image_seed(args.seed, int(c), i // config["num_classes"]) for i, c in enumerate(classes)]
+        for nfe in nfes:
+            images = sample.generate(model, prior, torch.from_numpy(classes), seeds, nfe, args.solver, args.cfg,
+                                     args.sample_batch_size, device, progress=True)
+            result = score(extractor, images, classes, ref, args.batch_size, args.seed)
+            row = {"label": label, "ckpt": str(ckpt), "prior": config["prior"], "coupling": config["coupling"],
+                   "solver": args.solver, "nfe": nfe, "cfg": args.cfg, **result, "transport_cost": cost}
+            rows.append(row)
+            series.setdefault(label, []).append((nfe, result["value"]))
+            print(json.dumps(row))
+            print(f"{label} NFE {nfe}: {summary(result)}, transport cost {cost:.2f}")
+    write_sweep(rows, series, args.out, extractor.metric, args.solver)
+
+
+def write_sweep(rows: list[dict], series: dict, out: str, metric: str, solver: str) -> None:
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0])
+    with open(out_path.with_suffix(".csv"), "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    kid_name = "KID" if metric == "FID" else "KID-clf"
+    lines = [f"| checkpoint | NFE | {metric} | {kid_name} x1e3 | accuracy | transport cost |", "|---" * 6 + "|"]
+    for row in rows:
+        kid_text = "" if row["kid"] is None else f"{1e3 * row['kid']:.2f} +- {1e3 * row['kid_std']:.2f}"
+        acc_text = "" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
+        lines.append(f"| {row['label']} | {row['nfe']} | {row['value']:.2f} | {kid_text} | {acc_text} | "
+                     f"{row['transport_cost']:.2f} |")
+    out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot_curves(series, out_path.with_suffix(".png"), metric, f"{solver} solver")
+    print(f"wrote {out_path.with_suffix('.csv')}, {out_path.with_suffix('.md')}, {out_path.with_suffix('.png')}")
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers like 1,2,4,8, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{option} needs positive integers, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser, features_default: str | None) -> None:
+        sub.add_argument("--features", choices=["inception", "clf"], default=features_default,
+                         help="feature network (calc/sweep: the reference's)")
+        sub.add_argument("--clf", default=None, help="classifier file for --features clf")
+        sub.add_argument("--inception-weights", default=None,
+                         help=f"path of {INCEPTION_FILE} (default: torch.hub's checkpoints folder)")
+        sub.add_argument("--batch-size", type=int, default=100, help="images per feature batch")
+        sub.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+        sub.add_argument("--seed", type=int, default=0)
+
+    sub = commands.add_parser("classifier", help="train the offline feature classifier")
+    sub.add_argument("--dataset", required=True)
+    sub.add_argument("--data-dir", default=None)
+    sub.add_argument("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
+    sub.add_argument("--out", default="clf.pt")
+    sub.add_argument("--steps", type=int, default=1000)
+    sub.add_argument("--batch-size", type=int, default=128)
+    sub.add_argument("--lr", type=float, default=2e-3)
+    sub.add_argument("--width", type=int, default=32, help="base channels; features are 8 x width")
+    sub.add_argument("--eval-images", type=int, default=10_000, help="images for the accuracies")
+    sub.add_argument("--device", default=None)
+    sub.add_argument("--seed", type=int, default=0)
+
+    sub = commands.add_parser("ref", help="reference statistics of a dataset or image set")
+    common(sub, "inception")
+    sub.add_argument("--dataset", default=None)
+    sub.add_argument("--data-dir", default=None)
+    sub.add_argument("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
+    sub.add_argument("--images", default=None, help="an .npz (arr_0) or a folder of images instead")
+    sub.add_argument("--max-images", type=int, default=None, help="use the first N training images")
+    sub.add_argument("--out", required=True)
+
+    sub = commands.add_parser("calc", help="metrics of a sample file against reference statistics")
+    common(sub, None)
+    sub.add_argument("--samples", required=True, help="sample.py's .npz or a folder of images")
+    sub.add_argument("--ref", required=True)
+
+    sub = commands.add_parser("sweep", help="generate and measure checkpoints at several NFEs")
+    common(sub, None)
+    sub.add_argument("--ckpt", nargs="+", required=True)
+    sub.add_argument("--ref", required=True)
+    sub.add_argument("--nfe", default="1,2,4,8,15,32")
+    sub.add_argument("--solver", default="euler")
+    sub.add_argument("--cfg", type=float, default=1.0)
+    sub.add_argument("--n", type=int, default=10_000, help="samples per point, class-balanced")
+    sub.add_argument("--sample-batch-size", type=int, default=256)
+    sub.add_argument("--labels", default=None, help="comma-separated legend names, one per --ckpt")
+    sub.add_argument("--out", default="sweep", help="writes OUT.csv, OUT.md and OUT.png")
+
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    {"classifier": run_classifier, "ref": run_ref, "calc": run_calc, "sweep": run_sweep}[args.command](args)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

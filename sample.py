@@ -1,0 +1,278 @@
+"""Sample a trained flow: integrate dx/dt = v(x, t, c) from the condition's prior to data.
+
+A sample of class c starts at x(0) ~ p0(. | c) (the class's own Gaussian for the "class" prior,
+N(0, I) for the "gaussian" one) and is carried to x(1) by the learned velocity field. We use
+fixed-step explicit Runge-Kutta on the uniform grid t_k = k h, h = 1 / steps:
+
+    euler     x += h k1                                  k1 = v(x, t)
+    midpoint  x += h v(x + h/2 k1, t + h/2)
+    heun      x += h/2 (k1 + v(x + h k1, t + h))         (explicit trapezoid, no reuse)
+    rk4       x += h/6 (k1 + 2 k2 + 2 k3 + k4)           (the classical one)
+
+NFE (network function evaluations) is the budget: steps = NFE / evaluations-per-step.
+Classifier-free guidance mixes the conditional and unconditional (null label = K) fields,
+
+    v = v_uncond + w (v_cond - v_uncond),
+
+and costs two evaluations per velocity (both run in ONE batched network call), so with
+w != 1 the NFE budget must be a multiple of 2 x evaluations-per-step.
+
+    python sample.py --nfe 8 --solver euler    # reads out/ckpt.pt, writes a PNG grid and an .npz
+
+The .npz follows the guided-diffusion evaluation suite: arr_0 uint8 (N, H, W, C), arr_1 int64 labels.
+Image j of class c is drawn with the seed image_seed(--seed, c, j), so it does not change with
+the batch size, the device count or which other classes are sampled in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import data
+import prior as prior_module
+import unet
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+SOLVERS: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}  # evaluations per step
+
+
+def num_steps(nfe: int, solver: str, evals_per_velocity: int = 1) -> int:
+    """Steps that spend exactly `nfe` evaluations; ValueError naming the nearest valid budgets."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
+    per_step = SOLVERS[solver] * evals_per_velocity
+    if nfe >= per_step and nfe % per_step == 0:
+        return nfe // per_step
+    lower = (nfe // per_step) * per_step
+    budgets = [b for b in (lower, lower + per_step) if b >= per_step] or [per_step]
+    cost = f"{solver} uses {SOLVERS[solver]} evaluation{'s' * (SOLVERS[solver] > 1)} per step"
+    if evals_per_velocity == 2:
+        cost += " and guidance doubles each (conditional + unconditional)"
+    raise ValueError(f"nfe={nfe} cannot be spent exactly: {cost}, so nfe must be a positive "
+                     f"multiple of {per_step}: try {' or '.join(map(str, budgets))}")
+
+
+# One step of each solver; t is the (N,) float32 time at the start of the step.
+def euler_step(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+    return x + h * velocity(x, t)
+
+
+def midpoint_step(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+    k1 = velocity(x, t)
+    return x + h * velocity(x + 0.5 * h * k1, t + 0.5 * h)
+
+
+def heun_step(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+    k1 = velocity(x, t)
+    k2 = velocity(x + h * k1, t + h)  # also on the last step: the budget stays exactly 2 per step
+    return x + 0.5 * h * (k1 + k2)
+
+
+def rk4_step(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+    k1 = velocity(x, t)
+    k2 = velocity(x + 0.5 * h * k1, t + 0.5 * h)
+    k3 = velocity(x + 0.5 * h * k2, t + 0.5 * h)
+    k4 = velocity(x + h * k3, t + h)
+    return x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+STEP_FUNCTIONS = {"euler": euler_step, "midpoint": midpoint_step, "heun": heun_step, "rk4": rk4_step}
+
+
+def integrate(velocity: Velocity, x0: torch.Tensor, nfe: int, solver: str = "euler") -> torch.Tensor:
+    """Carry x0 (at t=0) to t=1 with exactly `nfe` calls of velocity(x, t), t float32 (N,)."""
+    steps = num_steps(nfe, solver)
+    step, h, x = STEP_FUNCTIONS[solver], 1.0 / steps, x0
+    for k in range(steps):
+        # k / steps from Python floats: the grid is exact and building it needs no host sync
+        t = torch.full((x0.shape[0],), k / steps, dtype=torch.float32, device=x0.device)
+        x = step(velocity, x, t, h)
+    return x
+
+
+def guided_velocity(model: torch.nn.Module, labels: torch.Tensor, cfg: float,
+                    null_label: int) -> Velocity:
+    """The field the solver sees for one batch: v(x, t, c), or its guided mix when cfg != 1."""
+    on_cuda = labels.device.type == "cuda"
+    both_labels = torch.cat([labels, torch.full_like(labels, null_label)])
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # bf16 only inside the network; the integration state stays float32
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            if cfg == 1.0:
+                return model(x, t, labels).float()
+            v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), both_labels).float().chunk(2)
+        return v_uncond + cfg * (v_cond - v_uncond)
+
+    return velocity
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()  # not inference_mode: the prior caches tables made here for later training use
+def generate(model: torch.nn.Module, prior, labels: torch.Tensor, seeds: list[int] | torch.Tensor,
+             nfe: int, solver: str = "euler", cfg: float = 1.0, batch_size: int = 256,
+             device: torch.device | str | None = None, progress: bool = False) -> torch.Tensor:
+    """Images (N, C, H, W) uint8 for `labels`; image i starts from prior noise seeded by seeds[i].
+
+    Labels may be 0..K, K (the null label) meaning unconditional. nfe counts both halves of a
+    guided evaluation. The model is used as given (put it in eval mode and on `device` first).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+    seeds = [int(seed) for seed in seeds]
+    if labels.ndim != 1 or len(seeds) != len(labels):
+        raise ValueError(f"need one seed per label: got {len(seeds)} seeds for labels of shape "
+                         f"{tuple(labels.shape)}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) <= prior.num_classes:
+        raise ValueError(f"labels must lie in 0..{prior.num_classes} ({prior.num_classes} = unconditional)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    guided = cfg != 1.0
+    calls = num_steps(nfe, solver, 2 if guided else 1) * SOLVERS[solver]  # velocity calls
+    generator = torch.Generator(device)
+    images = []
+    for start in tqdm(range(0, len(labels), batch_size), desc="sampling", disable=not progress):
+        batch_labels = labels[start:start + batch_size].to(device)
+        # per-image generators: an image's noise does not depend on the batch it lands in
+        x0 = torch.cat([prior.sample(batch_labels[j:j + 1], generator.manual_seed(seeds[start + j]))
+                        for j in range(len(batch_labels))]).float()
+        if device.type == "cuda":
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        x1 = integrate(guided_velocity(model, batch_labels, cfg, prior.num_classes), x0, calls, solver)
+        images.append(data.to_uint8(x1).cpu())  # one sync per batch, none inside the solver
+    if not images:
+        return torch.zeros((0, *prior.shape), dtype=torch.uint8)
+    return torch.cat(images).contiguous()
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch.nn.Module, object, dict]:
+    """(model with the EMA weights in eval mode on device, the checkpoint's own prior, config)."""
+    path, device = Path(path), torch.device(device)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py) "
+                                "or pass --ckpt PATH")
+    # weights_only=False: our own file, and the prior state holds numpy arrays
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    model = unet.build_unet(config["preset"], config["image_size"], config["channels"], config["num_classes"])
+    # a torch.compile'd module saves its weights under "_orig_mod."; the plain UNet does not
+    ema = {key.removeprefix("_orig_mod."): value for key, value in checkpoint["ema"].items()}
+    try:
+        model.load_state_dict(ema, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        if len(detail) > 240:
+            detail = detail[:237] + "..."
+        raise ValueError(f"checkpoint {path} does not match preset {config['preset']!r} (was unet.py changed "
+                         f"since it was trained? sample with that version): {detail}") from None
+    name = checkpoint["prior"]["name"]
+    if name not in prior_module.PRIORS:
+        raise ValueError(f"checkpoint {path} uses unknown prior {name!r}; "
+                         f"known: {', '.join(prior_module.PRIORS)}")
+    prior = prior_module.PRIORS[name].from_state_dict(checkpoint["prior"]["state"])
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, prior, config
+
+
+def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad: int = 2) -> None:
+    """PNG grid: one row per class (ascending id), its samples left to right; white padding.
+
+    Tiles smaller than 64 px are upscaled by an integer factor (nearest) so 32x32 stays viewable.
+    """
+    images, labels = images.cpu().numpy(), np.asarray(torch.as_tensor(labels).cpu())
+    _, channels, height, width = images.shape
+    scale = max(1, 64 // max(height, width))
+    rows = [images[labels == c] for c in np.unique(labels)]
+    columns = max((len(row) for row in rows), default=0)
+    tile_h, tile_w = height * scale + pad, width * scale + pad
+    canvas = np.full((len(rows) * tile_h + pad, columns * tile_w + pad, channels), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            tile = image.transpose(1, 2, 0).repeat(scale, axis=0).repeat(scale, axis=1)
+            top, left = pad + r * tile_h, pad + c * tile_w
+            canvas[top:top + height * scale, left:left + width * scale] = tile
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas[..., 0] if channels == 1 else canvas).save(path)
+
+
+def save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | Path) -> None:
+    """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:  # a file object: np.savez would append ".npz" to a bare name
+        np.savez(file, arr_0=images.cpu().permute(0, 2, 3, 1).numpy().astype(np.uint8),
+                 arr_1=torch.as_tensor(labels).cpu().numpy().astype(np.int64))
+
+
+def image_seed(run_seed: int, class_id: int, index: int) -> int:
+    """Seed of image `index` of class `class_id`: the same whatever else the run samples."""
+    return (run_seed * 1_000_003 + class_id) * 1_000_033 + index
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int]:
+    if text is None:
+        return list(range(num_classes))
+    try:
+        classes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--classes must be comma-separated class ids like 0,3,7, got {text!r}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad or not classes:
+        raise ValueError(f"--classes {text!r}: valid class ids are 0..{num_classes - 1} "
+                         f"(this checkpoint has {num_classes} classes)")
+    return list(dict.fromkeys(classes))  # a repeated id would only repeat the same seeds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
+    parser.add_argument("--nfe", type=int, default=8, help="network evaluations per image (cfg: both halves)")
+    parser.add_argument("--solver", default="euler", choices=list(SOLVERS))
+    parser.add_argument("--n", type=int, default=8, help="images per class")
+    parser.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="image j of class c uses image_seed(seed, c, j)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--cfg", type=float, default=1.0, help="guidance weight w; 1 = no guidance")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--out-png", default=None, help="default: next to the checkpoint")
+    parser.add_argument("--out-npz", default=None, help="default: next to the checkpoint")
+    args = parser.parse_args(argv)
+
+    num_steps(args.nfe, args.solver, 1 if args.cfg == 1.0 else 2)  # fail on a bad budget before loading
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1 image per class, got {args.n}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = torch.device(args.device) if args.device else default_device()
+    model, prior, config = load_checkpoint(args.ckpt, device)
+    classes = parse_classes(args.classes, config["num_classes"])
+    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n)
+    seeds = [image_seed(args.seed, c, j) for c in classes for j in range(args.n)]
+    images = generate(model, prior, labels, seeds, args.nfe, args.solver, args.cfg, args.batch_size,
+                      device, progress=True)
+
+    stem = f"samples_{args.solver}_nfe{args.nfe}" + (f"_cfg{args.cfg:g}" if args.cfg != 1.0 else "")
+    out_png = Path(args.out_png or Path(args.ckpt).parent / f"{stem}.png")
+    out_npz = Path(args.out_npz or Path(args.ckpt).parent / f"{stem}.npz")
+    save_grid(images, labels, out_png)
+    save_npz(images, labels, out_npz)
+    print(f"wrote {out_png} ({len(classes)} classes x {args.n}) and {out_npz} ({len(images)} images)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,378 @@
+"""data.py: each loader against small files written here in the official formats.
+
+Expected pixels are built independently from the documented flat layouts (pixel (c, y, x) of
+image i is data[i, c*S*S + y*S + x] in the planar CIFAR / ImageNet rows), never by reshaping.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data import DATASETS, EXPECTED_FILES, SHAPES, load_dataset, to_model, to_uint8  # noqa: E402
+
+
+def planar_to_chw(flat: np.ndarray, size: int) -> np.ndarray:
+    """Independent reading of planar rows: all red row-major, then green, then blue."""
+    images = np.zeros((len(flat), 3, size, size), np.uint8)
+    for c in range(3):
+        for y in range(size):
+            for x in range(size):
+                images[:, c, y, x] = flat[:, c * size * size + y * size + x]
+    return images
+
+
+# ---------------------------------------------------------------- scaling
+
+def test_to_model_to_uint8_round_trip_all_values():
+    values = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    scaled = to_model(values)
+    assert scaled.dtype == torch.float32
+    assert scaled.flatten()[0] == -1 and scaled.flatten()[255] == 1
+    assert torch.equal(to_uint8(scaled), values)
+    with pytest.raises(ValueError, match="uint8"):
+        to_model(scaled)
+
+
+# ---------------------------------------------------------------- shapes
+
+def test_shapes_deterministic_per_index_and_seed():
+    dataset = load_dataset("shapes", length=100)
+    images, labels = dataset.get(np.array([7, 3, 42]))
+    again, _ = load_dataset("shapes", length=100).get(np.array([42, 7]))
+    assert torch.equal(images[2], again[0]) and torch.equal(images[0], again[1])  # batch-independent
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
+    assert labels.dtype == torch.int64
+    assert not torch.equal(images[0], images[1])
+    other_seed, _ = load_dataset("shapes", length=100, seed=1).get(np.array([7]))
+    test_split, _ = load_dataset("shapes", split="test", length=100).get(np.array([7]))
+    assert not torch.equal(images[0], other_seed[0]) and not torch.equal(images[0], test_split[0])
+    assert len(load_dataset("shapes")) == 50_000 and len(load_dataset("shapes", split="test")) == 10_000
+
+
+def radial_profile(masks: torch.Tensor, bins: int = 8) -> torch.Tensor:
+    """Share of a shape's pixels at each distance from its centroid, in units of sqrt(area):
+    a position-, size- and (nearly) rotation-invariant signature of the shape."""
+    coords = torch.arange(float(masks.shape[-1]))
+    area = masks.sum((1, 2))
+    centre_y = (masks.sum(2) * coords).sum(1) / area
+    centre_x = (masks.sum(1) * coords).sum(1) / area
+    distance = ((coords[None, :, None] - centre_y[:, None, None]) ** 2
+                + (coords[None, None, :] - centre_x[:, None, None]) ** 2).sqrt()
+    which_bin = (2.5 * distance / area.sqrt()[:, None, None]).long().clamp(max=bins - 1)
+    profile = torch.zeros(len(masks), bins).scatter_add_(1, which_bin.flatten(1), masks.flatten(1))
+    return profile / area[:, None]
+
+
+def test_shapes_classes_present_distinct_and_recognisable():
+    dataset = load_dataset("shapes", length=3000)
+    assert dataset.num_classes == len(dataset.class_names) == len(SHAPES) >= 10
+    assert (dataset.channels, dataset.image_size) == (3, 32)
+    images, labels = dataset.get(np.arange(3000))
+    assert torch.equal(torch.bincount(labels), torch.full((dataset.num_classes,), 300))
+    assert images.min() < 40 and images.max() > 240  # dark background, bright fill
+    # the shape (fill >= 0.8 * 255 in some channel) against the background (every channel < 70)
+    masks = (images.max(dim=1).values > 137).float()
+    assert (masks.mean((1, 2)) > 0.05).all()  # big enough to see
+    train, held_out = slice(0, 2000), slice(2000, 3000)
+    mean_masks = torch.stack([masks[train][labels[train] == k].flatten(1).mean(0) for k in range(10)])
+    assert torch.pdist(mean_masks).min() > 0.5  # per-class mean images differ
+    # nearest class mean on the radial signature recognises every class well above chance (0.1);
+    # the data are deterministic, so these thresholds (measured 0.66 overall, 0.28 worst) are stable
+    signatures = radial_profile(masks)
+    class_means = torch.stack([signatures[train][labels[train] == k].mean(0) for k in range(10)])
+    predicted = torch.cdist(signatures[held_out], class_means).argmin(1)
+    correct = (predicted == labels[held_out]).float()
+    assert correct.mean() > 0.5
+    assert all(correct[labels[held_out] == k].mean() > 0.2 for k in range(10))
+
+
+def test_shapes_stay_inside_their_tile():
+    for polygons in SHAPES.values():
+        for vertices, _ in polygons:
+            assert np.linalg.norm(vertices, axis=1).max() <= 1 + 1e-9
+
+
+def test_shapes_options_and_batches():
+    big, _ = load_dataset("shapes", length=4, image_size=64).get(np.arange(4))
+    assert big.shape == (4, 3, 64, 64)
+    dataset = load_dataset("shapes", length=25)
+    sizes = [len(labels) for _, labels in dataset.batches(10)]
+    assert sizes == [10, 10, 5]
+    in_order = torch.cat([labels for _, labels in dataset.batches(10)])
+    assert torch.equal(in_order, torch.arange(25) % 10)
+    first = [images for images, _ in dataset.batches(10, shuffle=True, seed=3)]
+    second = [images for images, _ in dataset.batches(10, shuffle=True, seed=3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    everything = torch.cat(first).flatten(1)
+    reference = dataset.get(np.arange(25))[0].flatten(1)
+    assert sorted(map(tuple, everything.tolist())) == sorted(map(tuple, reference.tolist()))
+    with pytest.raises(ValueError, match="indices"):
+        dataset.get(np.array([25]))
+    with pytest.raises(ValueError, match="length"):
+        load_dataset("shapes", length=0)
+
+
+# ---------------------------------------------------------------- MNIST idx
+
+def write_idx(path: Path, magic: int, array: np.ndarray) -> None:
+    raw = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+
+
+def write_mnist(folder: Path, rng: np.random.Generator, count: int = 6) -> dict:
+    folder.mkdir(exist_ok=True)
+    arrays = {}
+    for prefix, suffix in (("train", ".gz"), ("t10k", "")):  # one split gzipped, one raw
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", 2051, images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", 2049, labels)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_mnist_padded_pixels_and_labels(tmp_path, name):
+    arrays = write_mnist(tmp_path, np.random.default_rng(0))
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        dataset = load_dataset(name, tmp_path, split)
+        assert (dataset.channels, dataset.image_size, dataset.num_classes) == (1, 32, 10)
+        images, labels = (t.numpy() for t in dataset.get(np.arange(len(dataset))))
+        raw_images, raw_labels = arrays[prefix]
+        for i in range(len(raw_images)):
+            assert labels[i] == raw_labels[i]
+            for y in range(32):
+                for x in range(32):
+                    inside = 2 <= y < 30 and 2 <= x < 30
+                    expected = raw_images[i, y - 2, x - 2] if inside else 0
+                    assert images[i, 0, y, x] == expected
+    assert load_dataset("fashion-mnist", tmp_path).class_names[9] == "Ankle boot"
+
+
+def test_mnist_bilinear_resize(tmp_path):
+    images = np.full((3, 28, 28), 200, np.uint8)
+    images[1] = 0
+    write_idx(tmp_path / "train-images-idx3-ubyte", 2051, images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", 2049, np.array([1, 2, 3], np.uint8))
+    resized, labels = load_dataset("mnist", tmp_path, resize="bilinear").get(np.arange(3))
+    assert resized.shape == (3, 1, 32, 32) and labels.tolist() == [1, 2, 3]
+    assert (resized[0] == 200).all() and (resized[1] == 0).all()  # flat images stay flat
+    with pytest.raises(ValueError, match="resize"):
+        load_dataset("mnist", tmp_path, resize="nearest")
+
+
+def test_mnist_bad_files(tmp_path):
+    rng = np.random.default_rng(1)
+    write_mnist(tmp_path, rng)
+    raw_images = tmp_path / "t10k-images-idx3-ubyte"
+    raw_labels = tmp_path / "t10k-labels-idx1-ubyte"
+    good_images, good_labels = raw_images.read_bytes(), raw_labels.read_bytes()
+
+    raw_images.write_bytes(good_images[:-5])
+    with pytest.raises(ValueError, match="header says"):
+        load_dataset("mnist", tmp_path, "test")
+    raw_images.write_bytes(good_images[:10])
+    with pytest.raises(ValueError, match="truncated"):
+        load_dataset("mnist", tmp_path, "test")
+    raw_images.write_bytes(good_labels)  # a label file where images belong
+    with pytest.raises(ValueError, match="wrong magic number 2049, expected 2051"):
+        load_dataset("mnist", tmp_path, "test")
+    raw_images.write_bytes(good_images)
+
+    write_idx(raw_labels, 2049, np.array([1, 2, 3], np.uint8))
+    with pytest.raises(ValueError, match="3 labels for 6 images"):
+        load_dataset("mnist", tmp_path, "test")
+    write_idx(raw_labels, 2049, np.array([0, 1, 2, 3, 4, 10], np.uint8))
+    with pytest.raises(ValueError, match="out of range"):
+        load_dataset("mnist", tmp_path, "test")
+
+    gz_images = tmp_path / "train-images-idx3-ubyte.gz"
+    gz_images.write_bytes(gz_images.read_bytes()[:-20])
+    with pytest.raises(ValueError, match="decompress"):
+        load_dataset("mnist", tmp_path, "train")
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+def write_cifar(folder: Path, rng: np.random.Generator, count: int = 3) -> dict:
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, count)]
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                 b"filenames": [b"x.png"] * count}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        batches[name] = (data, labels)
+    return batches
+
+
+def test_cifar10_pixels_and_labels(tmp_path):
+    batches = write_cifar(tmp_path / "cifar-10-batches-py", np.random.default_rng(2))
+    for data_dir in (tmp_path, tmp_path / "cifar-10-batches-py"):  # parent or the folder itself
+        train = load_dataset("cifar10", data_dir, "train")
+        assert (len(train), train.channels, train.image_size) == (15, 3, 32)
+        images, labels = train.get(np.arange(15))
+        data = np.concatenate([batches[f"data_batch_{k}"][0] for k in range(1, 6)])
+        expected_labels = sum((batches[f"data_batch_{k}"][1] for k in range(1, 6)), [])
+        assert np.array_equal(images.numpy(), planar_to_chw(data, 32))
+        assert labels.tolist() == expected_labels
+    images, labels = load_dataset("cifar10", tmp_path, "test").get(np.array([2, 0]))
+    data, expected = batches["test_batch"]
+    assert np.array_equal(images.numpy(), planar_to_chw(data[[2, 0]], 32))
+    assert labels.tolist() == [expected[2], expected[0]]
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_cifar10_bad_files(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder, np.random.default_rng(3))
+    good = (folder / "test_batch").read_bytes()
+    (folder / "test_batch").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
+        load_dataset("cifar10", tmp_path, "test")
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": RunsCode(), b"labels": []}))
+    with pytest.raises(ValueError, match="refusing"):
+        load_dataset("cifar10", tmp_path, "test")
+    bad_labels = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}
+    (folder / "test_batch").write_bytes(pickle.dumps(bad_labels, protocol=2))
+    with pytest.raises(ValueError, match="out of range"):
+        load_dataset("cifar10", tmp_path, "test")
+    (folder / "data_batch_5").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_5.*cs.toronto.edu"):
+        load_dataset("cifar10", tmp_path, "train")
+
+
+# ---------------------------------------------------------------- downsampled ImageNet
+
+def write_imagenet(folder: Path, rng: np.random.Generator, size: int, count: int = 4) -> dict:
+    folder.mkdir(exist_ok=True)
+    files = {}
+    for name in [f"train_data_batch_{k}.npz" for k in range(1, 11)] + ["val_data.npz"]:
+        data = rng.integers(0, 256, (count, 3 * size * size), dtype=np.uint8)
+        labels = rng.integers(1, 1001, count)  # 1-based, as in the official files
+        np.savez(folder / name, data=data, labels=labels, mean=np.zeros(3 * size * size))
+        files[name] = (data, labels)
+    return files
+
+
+@pytest.mark.parametrize("name,size", [("imagenet32", 32), ("imagenet64", 64)])
+def test_imagenet_memory_mapped_pixels_and_labels(tmp_path, name, size):
+    files = write_imagenet(tmp_path, np.random.default_rng(4), size)
+    train = load_dataset(name, tmp_path, "train")
+    assert (len(train), train.channels, train.image_size, train.num_classes) == (40, 3, size, 1000)
+    assert all(isinstance(part, np.memmap) for part in train.parts)
+    data = np.concatenate([files[f"train_data_batch_{k}.npz"][0] for k in range(1, 11)])
+    file_labels = np.concatenate([files[f"train_data_batch_{k}.npz"][1] for k in range(1, 11)])
+    order = np.array([39, 0, 17, 5, 5, 22, 3, 38])  # out of order, across files, repeated
+    images, labels = train.get(order)
+    assert np.array_equal(images.numpy(), planar_to_chw(data[order], size))
+    assert labels.tolist() == (file_labels[order] - 1).tolist()
+    for split in ("val", "test"):
+        images, labels = load_dataset(name, tmp_path, split).get(np.arange(4))
+        assert np.array_equal(images.numpy(), planar_to_chw(files["val_data.npz"][0], size))
+        assert labels.tolist() == (files["val_data.npz"][1] - 1).tolist()
+
+
+def test_imagenet_compressed_npz_falls_back_to_loading(tmp_path):
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, (5, 3 * 32 * 32), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "val_data.npz", data=data, labels=np.array([1, 2, 3, 1000, 7]))
+    dataset = load_dataset("imagenet32", tmp_path, "val")
+    assert not isinstance(dataset.parts[0], np.memmap)
+    images, labels = dataset.get(np.arange(5))
+    assert np.array_equal(images.numpy(), planar_to_chw(data, 32))
+    assert labels.tolist() == [0, 1, 2, 999, 6]
+
+
+def test_imagenet_bad_files(tmp_path):
+    data = np.zeros((3, 3 * 32 * 32), np.uint8)
+    val = tmp_path / "val_data.npz"
+    np.savez(val, data=data, labels=np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"uint8 \(N, 12288\)"):  # 32x32 files read as 64x64
+        load_dataset("imagenet64", tmp_path, "val")
+    val.write_bytes(val.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_dataset("imagenet32", tmp_path, "val")
+    np.savez(val, data=data, labels=np.array([0, 1, 2]))  # 0 is not a 1-based label
+    with pytest.raises(ValueError, match="out of range"):
+        load_dataset("imagenet32", tmp_path, "val")
+    np.savez(val, data=data, labels=np.array([1, 2]))
+    with pytest.raises(ValueError, match="2 labels for 3 images"):
+        load_dataset("imagenet32", tmp_path, "val")
+    np.savez(val, pixels=data, labels=np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="no 'data' array"):
+        load_dataset("imagenet32", tmp_path, "val")
+    with pytest.raises(FileNotFoundError, match="train_data_batch_1.npz.*Downsampled ImageNet 64x64"):
+        load_dataset("imagenet64", tmp_path, "train")
+
+
+def test_imagenet_truncated_member_data(tmp_path):
+    """A stored member whose bytes are cut short (zip directory rewritten) is caught, not mapped."""
+    path = tmp_path / "val_data.npz"
+    np.savez(path, data=np.zeros((8, 3 * 32 * 32), np.uint8), labels=np.arange(1, 9))
+    raw = path.read_bytes()
+    assert raw.count(b"(8, 3072), }") == 1
+    raw = raw.replace(b"(8, 3072), }", b"(80, 3072),}")  # same length: claims 80 images
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match="truncated"):
+        load_dataset("imagenet32", tmp_path, "val")
+
+
+# ---------------------------------------------------------------- image folder
+
+def test_folder_dataset(tmp_path):
+    colours = {"b_red": (250, 10, 10), "a_blue": (10, 10, 250)}
+    for name, colour in colours.items():
+        (tmp_path / name).mkdir()
+        for k, shape in enumerate([(40, 20), (16, 16)]):
+            Image.new("RGB", shape, colour).save(tmp_path / name / f"{k}.png")
+    (tmp_path / "a_blue" / "notes.txt").write_text("not an image")
+    dataset = load_dataset("folder", tmp_path, image_size=8)
+    assert dataset.class_names == ["a_blue", "b_red"] and dataset.num_classes == 2
+    images, labels = dataset.get(np.arange(len(dataset)))
+    assert images.shape == (4, 3, 8, 8) and labels.tolist() == [0, 0, 1, 1]
+    for image, label in zip(images, labels):
+        colour = colours[dataset.class_names[label]]
+        assert all((image[c] == colour[c]).all() for c in range(3))
+    (tmp_path / "b_red" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="pillow cannot read"):
+        load_dataset("folder", tmp_path)
+    (tmp_path / "b_red" / "broken.png").unlink()
+    (tmp_path / "c_empty").mkdir()
+    with pytest.raises(ValueError, match="c_empty holds no images"):
+        load_dataset("folder", tmp_path)
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        load_dataset("folder", tmp_path / "c_empty")
+
+
+# ---------------------------------------------------------------- names, options, folders
+
+def test_bad_names_options_and_folders(tmp_path):
+    assert set(EXPECTED_FILES) == set(DATASETS)
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*shapes, mnist"):
+        load_dataset("imagenet")
+    with pytest.raises(ValueError, match="no option colour; its options: length, seed, image_size"):
+        load_dataset("shapes", colour="red")
+    with pytest.raises(ValueError, match="unknown split"):
+        load_dataset("shapes", split="validation")
+    with pytest.raises(ValueError, match="needs --data-dir.*train-images-idx3-ubyte"):
+        load_dataset("mnist")
+    with pytest.raises(FileNotFoundError, match="not found.*t10k-labels-idx1-ubyte"):
+        load_dataset("mnist", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        load_dataset("mnist", tmp_path)

@@ -1,0 +1,138 @@
+"""train.py end to end on the built-in shapes, tiny preset, CPU: checkpoints, exact resume,
+sampling from the result, the multi-process path, and the one-line errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sample
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--preset", "tiny", "--max-images", "64", "--batch-size", "8", "--log-every", "1",
+         "--sample-every", "0", "--device", "cpu", "--warmup", "2"]
+
+
+def run(out, *extra):
+    return train.train(train.parse_args([*QUICK, "--out", str(out), *extra]))
+
+
+def logged_losses(out):
+    return [json.loads(line)["loss"] for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_gives_the_losses_of_the_uninterrupted_run(tmp_path):
+    straight = run(tmp_path / "a", "--steps", "6", "--ckpt-every", "3")
+    run(tmp_path / "b", "--steps", "3", "--ckpt-every", "3")  # "killed" after its step-3 checkpoint
+    resumed = run(tmp_path / "b", "--steps", "6", "--ckpt-every", "3", "--resume")
+    assert len(straight) == 6 and all(torch.isfinite(torch.tensor(straight)))
+    assert resumed == straight[3:]
+    assert logged_losses(tmp_path / "b") == straight
+    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+
+
+def test_checkpoint_contents_and_sampling_from_it(tmp_path):
+    run(tmp_path, "--steps", "3", "--ckpt-every", "2", "--coupling", "class_ot")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert {"model", "ema", "optimizer", "step", "rng", "config", "prior"} <= set(ckpt)
+    assert ckpt["config"]["coupling"] == "class_ot" and ckpt["prior"]["name"] == "class"
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed away
+    sample.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--nfe", "2", "--n", "2", "--classes", "0,3"])
+    npz = next(tmp_path.glob("samples_*.npz"))
+    import numpy as np
+    with np.load(npz) as f:
+        assert f["arr_0"].shape == (4, 32, 32, 3) and f["arr_0"].dtype == np.uint8
+        assert f["arr_1"].tolist() == [0, 0, 3, 3]
+    assert list(tmp_path.glob("samples_*.png"))
+
+
+def test_checkpoint_of_another_preset_is_rejected(tmp_path):
+    run(tmp_path, "--steps", "1")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt["config"]["preset"] = "small"
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not match preset 'small'"):
+        sample.load_checkpoint(tmp_path / "other.pt", "cpu")
+
+
+def test_gaussian_prior_and_ot_coupling_train(tmp_path):
+    losses = run(tmp_path, "--steps", "2", "--prior", "gaussian", "--coupling", "ot")
+    assert len(losses) == 2 and all(l == l for l in losses)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["prior"]["name"] == "gaussian"
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run(tmp_path, "--steps", "2")
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    monkeypatch.setattr(train.flow, "flow_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(ValueError, match="the loss became nan at step 3"):
+        run(tmp_path, "--steps", "4", "--resume")
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+
+
+def test_checkpoint_write_killed_midway_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    train.save_checkpoint(path, {"step": 1})
+
+    def dying_save(obj, file):
+        file.write(b"partial")
+        raise KeyboardInterrupt  # the process is killed while writing
+
+    monkeypatch.setattr(train.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(path, {"step": 2})
+    assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    first = [train.batch_indices(s, 20, 8, seed=1) for s in range(4)]
+    assert all(len(b) == 8 for b in first)
+    assert sorted(first[0].tolist() + first[1].tolist()) == sorted(set(first[0].tolist() + first[1].tolist()))
+    assert (first[2] == train.batch_indices(2, 20, 8, seed=1)).all()
+    assert not (first[2] == train.batch_indices(2, 20, 8, seed=2)).all()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--dataset", "celeba", "unknown dataset 'celeba'"),
+    ("--prior", "flow", "unknown prior 'flow'"),
+    ("--coupling", "sinkhorn", "unknown coupling 'sinkhorn'"),
+    ("--preset", "huge", "unknown preset 'huge'"),
+    ("--batch-size", "0", "--batch-size must be at least 1"),
+])
+def test_bad_options_are_named(tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, flag, value)
+
+
+def test_cli_error_is_one_line_and_nonzero(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"),
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "train-images-idx3-ubyte" in lines[0]
+
+
+def test_stored_statistics_of_other_images_are_refused(tmp_path):
+    run(tmp_path / "a", "--steps", "1")
+    with pytest.raises(ValueError, match="fitted on images of shape"):
+        run(tmp_path / "b", "--steps", "1", "--image-size", "16", "--prior-stats", str(tmp_path / "a" / "prior_stats.npz"))
+
+
+def test_two_processes_with_gloo(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", "train.py", *QUICK, "--steps", "2", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ckpt["config"]["world_size"] == 2 and ckpt["step"] == 2 and len(ckpt["rng"]) == 2
+    assert len(logged_losses(tmp_path)) == 2

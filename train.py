@@ -1,0 +1,427 @@
+"""Train a class-conditional flow with a condition-specific prior, on one GPU (or a CPU).
+
+One training step, the whole method (prior.py, flow.py, unet.py hold the pieces):
+
+    (x1, c)        a batch of data, uint8 until it reaches the device, then x1 in [-1, 1]
+    c'             c, or the null label K with probability --label-dropout (for guidance)
+    x0             ~ prior(c')              class prior: N(mu_c, Sigma_c); gaussian: N(0, I)
+    (x0, x1, c')   re-paired by --coupling   (independent, ot, class_ot)
+    t              ~ U[0, 1]
+    loss           = || v_theta(x_t, t, c') - (x1 - x0) ||^2,   x_t = (1 - t) x0 + t x1
+
+then AdamW with warm-up, gradient clipping and an EMA of the weights (the EMA is what
+sample.py uses). Everything that is random comes from --seed and is saved in the
+checkpoint, and the batch of step s is a function of (seed, s) alone, so a resumed run
+gives the losses of the uninterrupted one.
+
+    python train.py                                        # shapes, class prior, CPU or GPU
+    python train.py --dataset imagenet64 --data-dir DIR    # the full job on one GPU
+    torchrun --nproc_per_node 8 train.py ...               # the same, on 8 GPUs (DDP)
+    python train.py --resume                               # continue out/ckpt.pt
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import data
+import flow
+import prior as priors
+import sample
+import unet
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    files = "\n".join(f"  {name}: {what}" for name, what in data.EXPECTED_FILES.items())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="--data-dir must hold:\n" + files,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    arg = parser.add_argument
+    arg("--dataset", default="shapes", help=f"one of: {', '.join(data.DATASETS)}")
+    arg("--data-dir", default=None, help="folder with the dataset's files (see below)")
+    arg("--image-size", type=int, default=None, help="for --dataset folder/shapes: resize to this size")
+    arg("--prior", default="class", help=f"source distribution, one of: {', '.join(priors.PRIORS)}")
+    arg("--cov", default="iso", choices=["iso", "diag"], help="class prior covariance: sigma*I or per-class std")
+    arg("--sigma", type=float, default=1.0, help="class prior std for --cov iso")
+    arg("--cov-scale", type=float, default=1.0, help="multiplies the per-class std for --cov diag")
+    arg("--prior-stats", default=None, help="prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
+    arg("--coupling", default="independent", help=f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
+    arg("--sigma-min", type=float, default=0.0, help="width of the probability path at t=1")
+    arg("--max-images", type=int, default=None, help="use only the first N training images (quick runs)")
+    arg("--preset", default=None, help=f"network size: {', '.join(unet.PRESETS)} (default: see RECIPES)")
+    arg("--batch-size", type=int, default=None, help="global batch, split over processes (default 32)")
+    arg("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    arg("--warmup", type=int, default=None, help="steps of linear learning-rate warm-up (default 200)")
+    arg("--weight-decay", type=float, default=0.0)
+    arg("--grad-clip", type=float, default=1.0)
+    arg("--steps", type=int, default=None, help="total optimizer steps (default 3000)")
+    arg("--ema", type=float, default=None, help="EMA decay, warmed up as min(decay, (1+s)/(10+s)) (default 0.999)")
+    arg("--label-dropout", type=float, default=0.1, help="share of labels replaced by the null label (CFG)")
+    arg("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU")
+    arg("--compile", action="store_true", help="torch.compile the network")
+    arg("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    arg("--seed", type=int, default=0)
+    arg("--out", default="out", help="output folder: ckpt.pt, log.jsonl, samples/")
+    arg("--log-every", type=int, default=50)
+    arg("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500)")
+    arg("--sample-every", type=int, default=None, help="steps between EMA sample grids, 0: never (default 500)")
+    arg("--sample-nfe", type=int, default=16)
+    arg("--resume", nargs="?", const="auto", default=None, help="continue from OUT/ckpt.pt (or the given path)")
+    args = parser.parse_args(argv)
+    recipe = RECIPES.get(args.dataset, RECIPES["default"])
+    for key, value in recipe.items():  # an option given on the command line wins
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.preset is None:  # small on a GPU; tiny keeps the CPU default near 15 minutes
+        args.preset = "small" if torch.cuda.is_available() and args.device != "cpu" else "tiny"
+    return args
+
+
+# Defaults per dataset. "default" is the built-in demo: shapes, about 15 minutes on 2 CPU
+# cores. imagenet64 follows the ADM / flow-matching ImageNet-64 setup (batch 256 at lr 1e-4,
+# EMA 0.9999) and is meant for days on one GPU.
+RECIPES: dict[str, dict] = {
+    "default": dict(batch_size=32, lr=1e-3, warmup=200, steps=3000, ema=0.999, ckpt_every=500, sample_every=500),
+    "imagenet64": dict(preset="imagenet64", batch_size=256, lr=1e-4, warmup=5000, steps=1_000_000, ema=0.9999,
+                       ckpt_every=5000, sample_every=10_000),
+}
+
+
+# What defines a run; a resumed run takes these from the checkpoint, not the command line.
+RUN_KEYS = ("dataset", "data_dir", "image_size", "max_images", "prior", "cov", "sigma", "cov_scale", "coupling", "sigma_min",
+            "preset", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema", "label_dropout", "seed")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.dataset not in data.DATASETS:
+        raise ValueError(f"unknown dataset '{args.dataset}'; choose one of: {', '.join(data.DATASETS)}")
+    if args.prior not in priors.PRIORS:
+        raise ValueError(f"unknown prior '{args.prior}'; choose one of: {', '.join(priors.PRIORS)}")
+    if args.coupling not in flow.COUPLINGS:
+        raise ValueError(f"unknown coupling '{args.coupling}'; choose one of: {', '.join(flow.COUPLINGS)}")
+    if args.preset not in unet.PRESETS:
+        raise ValueError(f"unknown preset '{args.preset}'; choose one of: {', '.join(unet.PRESETS)}")
+    for name in ("batch_size", "steps", "log_every", "ckpt_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.label_dropout < 1:
+        raise ValueError(f"--label-dropout must be in [0, 1), got {args.label_dropout}")
+
+
+# ----------------------------------------------------------------------------- processes
+
+def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun one process per GPU; plain python: one process."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if device_arg:
+        device = torch.device(device_arg)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+# ----------------------------------------------------------------------------- data
+
+def batch_indices(step: int, dataset_size: int, batch_size: int, seed: int) -> np.ndarray:
+    """The global batch of step `step`: epoch e is one permutation drawn from (seed, e)."""
+    per_epoch = dataset_size // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"--batch-size {batch_size} is larger than the dataset ({dataset_size} images)")
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(dataset_size)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+class Prefetcher:
+    """Reads the batches of steps start, start+1, ... on a thread, ahead of the GPU.
+
+    Each process takes its slice rank::world of the global batch. Pinned memory lets the
+    copy to the GPU overlap with compute."""
+
+    def __init__(self, dataset, num_images: int, start: int, batch_size: int, seed: int, rank: int, world: int,
+                 pin: bool):
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.args = dataset, num_images, batch_size, seed, rank, world, pin
+        self.thread = threading.Thread(target=self._work, args=(start,), daemon=True)
+        self.thread.start()
+
+    def _work(self, step: int) -> None:
+        dataset, num_images, batch_size, seed, rank, world, pin = self.args
+        try:
+            while True:
+                indices = batch_indices(step, num_images, batch_size, seed)[rank::world]
+                images, labels = dataset.get(indices)
+                if pin:
+                    images, labels = images.pin_memory(), labels.pin_memory()
+                self.queue.put((images, labels))
+                step += 1
+        except Exception as err:  # hand the error to the training loop instead of dying silently
+            self.queue.put(err)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+# ----------------------------------------------------------------------------- prior
+
+def make_prior(args: argparse.Namespace, dataset, num_images: int, rank: int, world: int):
+    """Fit the prior once per dataset (one streaming pass) and cache its statistics."""
+    options = {"cov": args.cov, "sigma": args.sigma, "scale": args.cov_scale} if args.prior == "class" else {}
+    path = Path(args.prior_stats or Path(args.out) / "prior_stats.npz")
+    if rank == 0 and not path.exists():
+        fitted = priors.build_prior(args.prior, **options)
+        starts = range(0, num_images, 1024)  # one streaming pass over the training images
+        batches = (dataset.get(np.arange(i, min(i + 1024, num_images))) for i in starts)
+        batches = tqdm(batches, total=len(starts), desc=f"fitting {args.prior} prior", disable=rank != 0)
+        fitted.fit(batches, dataset.num_classes)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        fitted.save(str(tmp))
+        os.replace(tmp, path)
+    if world > 1:
+        dist.barrier()  # the other processes wait for rank 0's file
+    state = priors.load_npz(str(path))
+    if str(state["name"]) != args.prior:
+        raise ValueError(f"{path} holds statistics of prior '{state['name']}', not '{args.prior}'; "
+                         f"delete it or pass --prior-stats with another path")
+    state.update(options)  # the same statistics serve any sigma / covariance choice
+    fitted = priors.prior_from_state(state)
+    expected = (dataset.channels, dataset.image_size, dataset.image_size)
+    if tuple(fitted.shape) != expected or fitted.num_classes != dataset.num_classes:
+        raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)} with {fitted.num_classes} "
+                         f"classes, but {args.dataset} has {expected} and {dataset.num_classes}; delete it or "
+                         f"pass --prior-stats with another path")
+    return fitted
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write to a temporary file, then rename: a run killed mid-write keeps the old file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_resume(args: argparse.Namespace) -> dict | None:
+    if args.resume is None:
+        return None
+    path = Path(args.out) / "ckpt.pt" if args.resume == "auto" else Path(args.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume or give the path")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    for key in RUN_KEYS:  # the run's definition comes from the checkpoint
+        setattr(args, key, checkpoint["config"][key])
+    return checkpoint
+
+
+# ----------------------------------------------------------------------------- training
+
+def learning_rate(step: int, args: argparse.Namespace) -> float:
+    return args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    decay = min(decay, (1 + step) / (10 + step))  # early on, follow the model closely
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+
+
+def sample_grid(ema: torch.nn.Module, prior, dataset, args, step: int, device: torch.device) -> None:
+    classes = list(range(min(dataset.num_classes, 10)))
+    labels = torch.tensor(classes).repeat_interleave(8)
+    seeds = [sample.image_seed(args.seed, int(c), i % 8) for i, c in enumerate(labels)]
+    images = sample.generate(ema, prior, labels, seeds, args.sample_nfe, "euler", device=device)
+    folder = Path(args.out) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    sample.save_grid(images, labels, folder / f"step_{step:07d}.png")
+
+
+@dataclass
+class Run:
+    """Everything one training step touches."""
+    args: argparse.Namespace
+    device: torch.device
+    precision: str
+    prior: object
+    model: torch.nn.Module  # the weights (saved, averaged into the EMA)
+    network: torch.nn.Module  # what the step calls: model, DDP-wrapped and/or compiled
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # prior noise, t and label dropout
+
+
+def build_run(args: argparse.Namespace, dataset, prior, device: torch.device, rank: int = 0, world: int = 1) -> Run:
+    torch.manual_seed(args.seed + rank)  # weights (DDP broadcasts rank 0's) and dropout
+    model = unet.build_unet(args.preset, dataset.image_size, dataset.channels, dataset.num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  fused=device.type == "cuda")
+    network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    network = torch.compile(network) if args.compile else network
+    precision = ("bf16" if device.type == "cuda" else "fp32") if args.precision == "auto" else args.precision
+    generator = torch.Generator(device).manual_seed(args.seed * 1000 + rank)
+    return Run(args, device, precision, prior, model, network, ema, optimizer, generator)
+
+
+def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a uint8 batch; returns (loss, grad norm) as device tensors (no sync)."""
+    args, device, generator = run.args, run.device, run.generator
+    x1 = data.to_model(images.to(device, non_blocking=True))
+    if device.type == "cuda":
+        x1 = x1.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(device, non_blocking=True)
+    drop = torch.rand(labels.shape, device=device, generator=generator) < args.label_dropout
+    labels = torch.where(drop, run.prior.num_classes, labels)  # the null label starts from the global component
+    x0, x1, labels = flow.couple(run.prior.sample(labels, generator), x1, labels, args.coupling)
+    t = flow.sample_t(len(labels), device, generator)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
+        loss = flow.flow_loss(run.network, x0, x1, labels, t, args.sigma_min)
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(step, args)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+    run.optimizer.step()
+    update_ema(run.ema, run.model, step, args.ema)
+    return loss.detach(), grad_norm
+
+
+def train(args: argparse.Namespace) -> list[float]:
+    check_args(args)
+    checkpoint = load_resume(args)
+    check_args(args)
+    rank, world, device = setup_distributed(args.device)
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    options = {"image_size": args.image_size} if args.image_size else {}
+    dataset = data.load_dataset(args.dataset, args.data_dir, "train", **options)
+    num_images = min(len(dataset), args.max_images or len(dataset))
+    prior = make_prior(args, dataset, num_images, rank, world)
+    run = build_run(args, dataset, prior, device, rank, world)
+    model, ema, optimizer, generator = run.model, run.ema, run.optimizer, run.generator
+    config = {**vars(args), "image_size": dataset.image_size, "channels": dataset.channels,
+              "num_classes": dataset.num_classes, "world_size": world}
+    start = 0
+    if checkpoint is not None:
+        try:
+            model.load_state_dict(checkpoint["model"])
+            ema.load_state_dict(checkpoint["ema"])
+        except RuntimeError as err:
+            raise ValueError(f"--resume: the checkpoint does not match preset '{args.preset}': "
+                             f"{str(err).splitlines()[0]}") from None
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start = checkpoint["step"]
+        states = checkpoint["rng"]
+        set_rng_state(states[rank] if len(states) == world else states[0], generator, device)
+    if rank == 0:
+        print(f"{args.dataset}: {num_images} images, {dataset.num_classes} classes, {dataset.image_size}px | "
+              f"prior {args.prior}, coupling {args.coupling} | preset {args.preset} "
+              f"({unet.count_parameters(model):,} parameters) | {device} x{world}, {run.precision} | "
+              f"steps {start}..{args.steps} at batch {args.batch_size} | out {out}")
+
+    def save(step: int) -> None:
+        states = [rng_state(generator, device)]
+        if world > 1:
+            states = [None] * world
+            dist.all_gather_object(states, rng_state(generator, device))
+        if rank == 0:
+            save_checkpoint(out / "ckpt.pt", {
+                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "rng": states, "config": config, "class_names": dataset.class_names,
+                "prior": {"name": args.prior, "state": prior.state_dict()}})
+
+    prefetch = Prefetcher(dataset, num_images, start, args.batch_size, args.seed, rank, world, pin=device.type == "cuda")
+    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
+               desc=f"{args.prior} prior, {args.coupling}", dynamic_ncols=True)
+    losses: list[float] = []
+    loss_sum = grad_sum = torch.zeros((), device=device)
+    timer, timed_steps = time.perf_counter(), 0
+    for step in bar:
+        images, labels = prefetch.next()
+        loss, grad_norm = train_step(run, images, labels, step)
+        loss_sum, grad_sum, timed_steps = loss_sum + loss, grad_sum + grad_norm, timed_steps + 1
+        done = step + 1
+        if done % args.log_every == 0 or done % args.ckpt_every == 0 or done == args.steps:
+            if world > 1:
+                dist.all_reduce(loss_sum)
+                loss_sum /= world
+            mean_loss, mean_grad = (loss_sum / timed_steps).item(), (grad_sum / timed_steps).item()  # the one sync
+            if not math.isfinite(mean_loss):
+                raise ValueError(f"the loss became {mean_loss} at step {done}; the last good checkpoint "
+                                 f"{out / 'ckpt.pt'} is untouched: lower --lr or raise --warmup, then --resume")
+            rate = timed_steps * args.batch_size / (time.perf_counter() - timer)
+            record = {"step": done, "loss": mean_loss, "lr": learning_rate(step, args), "grad_norm": mean_grad,
+                      "img_per_s": rate}
+            losses.append(mean_loss)
+            if log:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+            loss_sum = grad_sum = torch.zeros((), device=device)
+            timer, timed_steps = time.perf_counter(), 0
+        if done % args.ckpt_every == 0 or done == args.steps:
+            save(done)
+        if rank == 0 and args.sample_every and (done % args.sample_every == 0 or done == args.steps):
+            sample_grid(ema, prior, dataset, args, done, device)
+    if log:
+        log.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
