@@ -50,11 +50,13 @@ EXPECTED_FILES: dict[str, str] = {  # what --data-dir must hold, per dataset (fo
 }
 
 
-def to_model(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]; call it after moving the uint8 batch to the device."""
+def to_model(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]; call it after moving the uint8 batch to the device.
+
+    dtype=torch.float64 is for statistics (prior.py): float32 rounding would cost 1e-8."""
     if images.dtype != torch.uint8:
         raise ValueError(f"to_model expects uint8 images, got {images.dtype} (already scaled?)")
-    return images.float() / 127.5 - 1
+    return images.to(dtype) / 127.5 - 1
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,9 @@
 """Image metrics at a given NFE: FID, KID, conditional accuracy, and the prior's transport cost.
 
-Features. Each image becomes a feature vector f(x). The standard network is the FID variant of
-InceptionV3 (the TensorFlow 2015-12-05 graph, as ported by pytorch-fid, whose weights file
-pt_inception-2015-12-05-6726825d.pth loads here unchanged): images in [0, 1] are resized to
-299x299 (bilinear, align_corners=False, no antialias), scaled to [-1, 1], and the 2048-d output
-of the last average pool (pool3) is the feature. Offline, `--features clf` uses the penultimate
-layer of a small classifier trained on the dataset itself; its distance is reported as "FD-clf",
-never as FID, and its predictions give the conditional accuracy (the share of samples that are
-classified as the class they were generated for: the offline stand-in for a CLIP score).
+Features f(x): the 2048-d pool3 output of pytorch-fid's FID InceptionV3 (inception.py). Offline,
+`--features clf` uses the penultimate layer of a small classifier trained on the dataset itself;
+its distance is reported as "FD-clf", never as FID, and its predictions give the conditional
+accuracy (the share of samples classified as the class they were generated for).
 
 Frechet distance between the Gaussians fitted to two feature sets (float64, unbiased covariance):
 
@@ -23,10 +19,10 @@ random subsets of m samples from each set (100 subsets of 1000 by default):
 
 Transport cost: E ||x1 - x0||^2 under the checkpoint's prior and training coupling.
 
-Reference files are .npz with pytorch-fid's keys mu and sigma (so its stats files work here for
-FID, and ours there), plus up to 10k reference features for KID and the feature network's name
-and id, n and the image shape, so a calc with other features or image sizes is refused. The
-JSON line has KID as is; the readable summary shows KID x 1e3.
+Reference files are .npz with pytorch-fid's keys mu and sigma (its stats files work here, ours
+there), plus up to 10k features for KID, the feature network's name and id, n and the image
+shape (a calc with other features or sizes is refused). Printed: a JSON line (KID as is),
+then a readable summary (KID x 1e3).
 
     python eval_fid.py classifier --dataset cifar10 --out clf.pt           # only for --features clf
     python eval_fid.py ref --dataset cifar10 --out ref.npz [--features clf --clf clf.pt]
@@ -46,312 +42,26 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import scipy.linalg
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
-INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub names files by the first 8 hex digits of the sha256
+from classifier import Classifier, train_classifier
+from inception import INCEPTION_FILE, InceptionV3  # noqa: F401 (re-exported: from eval_fid import InceptionV3)
+
+INCEPTION_ID = "pt_inception-2015-12-05"  # the feature id in reference files (pytorch-fid's have none)
 KID_KEEP = 10_000  # reference features stored for KID
 IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ---------------------------------------------------------------- the FID Inception network
-
-class ConvBN(nn.Module):
-    """conv (no bias) -> batch norm (eps 1e-3) -> ReLU: one TF conv layer with its folded BN."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel: int | tuple[int, int],
-                 stride: int = 1, padding: int | tuple[int, int] = 0):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
-
-
-def pool3x3(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """The pooling branch's 3x3/stride-1 pool. TF averages over the valid pixels only, hence
-    count_include_pad=False; the TF graph's last block max-pools instead (a quirk of that graph)."""
-    if mode == "max":
-        return F.max_pool2d(x, 3, stride=1, padding=1)
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-
-
-class InceptionA(nn.Module):  # Mixed_5b..5d, 35x35
-    def __init__(self, in_channels: int, pool_features: int):
-        super().__init__()
-        self.branch1x1 = ConvBN(in_channels, 64, 1)
-        self.branch5x5_1 = ConvBN(in_channels, 48, 1)
-        self.branch5x5_2 = ConvBN(48, 64, 5, padding=2)
-        self.branch3x3dbl_1 = ConvBN(in_channels, 64, 1)
-        self.branch3x3dbl_2 = ConvBN(64, 96, 3, padding=1)
-        self.branch3x3dbl_3 = ConvBN(96, 96, 3, padding=1)
-        self.branch_pool = ConvBN(in_channels, pool_features, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.branch1x1(x),
-                          self.branch5x5_2(self.branch5x5_1(x)),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          self.branch_pool(pool3x3(x, "avg"))], 1)
-
-
-class InceptionB(nn.Module):  # Mixed_6a, 35x35 -> 17x17
-    def __init__(self, in_channels: int):
-        super().__init__()
-        self.branch3x3 = ConvBN(in_channels, 384, 3, stride=2)
-        self.branch3x3dbl_1 = ConvBN(in_channels, 64, 1)
-        self.branch3x3dbl_2 = ConvBN(64, 96, 3, padding=1)
-        self.branch3x3dbl_3 = ConvBN(96, 96, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.branch3x3(x),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          F.max_pool2d(x, 3, stride=2)], 1)
-
-
-class InceptionC(nn.Module):  # Mixed_6b..6e, 17x17, factorised 7x7 convolutions
-    def __init__(self, in_channels: int, channels_7x7: int):
-        super().__init__()
-        c7 = channels_7x7
-        self.branch1x1 = ConvBN(in_channels, 192, 1)
-        self.branch7x7_1 = ConvBN(in_channels, c7, 1)
-        self.branch7x7_2 = ConvBN(c7, c7, (1, 7), padding=(0, 3))
-        self.branch7x7_3 = ConvBN(c7, 192, (7, 1), padding=(3, 0))
-        self.branch7x7dbl_1 = ConvBN(in_channels, c7, 1)
-        self.branch7x7dbl_2 = ConvBN(c7, c7, (7, 1), padding=(3, 0))
-        self.branch7x7dbl_3 = ConvBN(c7, c7, (1, 7), padding=(0, 3))
-        self.branch7x7dbl_4 = ConvBN(c7, c7, (7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = ConvBN(c7, 192, (1, 7), padding=(0, 3))
-        self.branch_pool = ConvBN(in_channels, 192, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        double = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-            double = layer(double)
-        return torch.cat([self.branch1x1(x),
-                          self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-                          double,
-                          self.branch_pool(pool3x3(x, "avg"))], 1)
-
-
-class InceptionD(nn.Module):  # Mixed_7a, 17x17 -> 8x8
-    def __init__(self, in_channels: int):
-        super().__init__()
-        self.branch3x3_1 = ConvBN(in_channels, 192, 1)
-        self.branch3x3_2 = ConvBN(192, 320, 3, stride=2)
-        self.branch7x7x3_1 = ConvBN(in_channels, 192, 1)
-        self.branch7x7x3_2 = ConvBN(192, 192, (1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = ConvBN(192, 192, (7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = ConvBN(192, 192, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch7x7x3 = self.branch7x7x3_2(self.branch7x7x3_1(x))
-        branch7x7x3 = self.branch7x7x3_4(self.branch7x7x3_3(branch7x7x3))
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), branch7x7x3,
-                          F.max_pool2d(x, 3, stride=2)], 1)
-
-
-class InceptionE(nn.Module):  # Mixed_7b (average pool), Mixed_7c (max pool), 8x8
-    def __init__(self, in_channels: int, pool: str):
-        super().__init__()
-        self.pool = pool
-        self.branch1x1 = ConvBN(in_channels, 320, 1)
-        self.branch3x3_1 = ConvBN(in_channels, 384, 1)
-        self.branch3x3_2a = ConvBN(384, 384, (1, 3), padding=(0, 1))
-        self.branch3x3_2b = ConvBN(384, 384, (3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = ConvBN(in_channels, 448, 1)
-        self.branch3x3dbl_2 = ConvBN(448, 384, 3, padding=1)
-        self.branch3x3dbl_3a = ConvBN(384, 384, (1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = ConvBN(384, 384, (3, 1), padding=(1, 0))
-        self.branch_pool = ConvBN(in_channels, 192, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        single = self.branch3x3_1(x)
-        double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        return torch.cat([self.branch1x1(x),
-                          self.branch3x3_2a(single), self.branch3x3_2b(single),
-                          self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double),
-                          self.branch_pool(pool3x3(x, self.pool))], 1)
-
-
-def inception_preprocess(images: torch.Tensor) -> torch.Tensor:
-    """(N, 1 or 3, H, W) in [0, 1] -> (N, 3, 299, 299) in [-1, 1], exactly as pytorch-fid does."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"Inception takes (N, 1 or 3, H, W) images, got shape {tuple(images.shape)}")
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)  # grey -> RGB by repetition
-    images = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
-    return 2 * images - 1
-
-
-class InceptionV3(nn.Module):
-    """FID Inception: (N, 3, H, W) in [0, 1] -> (N, 2048) pool3 features. weights_path None =
-    random init (for tests); "auto" looks in torch.hub's checkpoint folder like pytorch-fid.
-
-    Module names and shapes are those of torchvision's Inception3 with 1008 classes and no
-    auxiliary head, so the weights file loads with strict key matching. fc is only loaded.
-    """
-
-    def __init__(self, weights_path: str | Path | None = None):
-        super().__init__()
-        self.Conv2d_1a_3x3 = ConvBN(3, 32, 3, stride=2)
-        self.Conv2d_2a_3x3 = ConvBN(32, 32, 3)
-        self.Conv2d_2b_3x3 = ConvBN(32, 64, 3, padding=1)
-        self.Conv2d_3b_1x1 = ConvBN(64, 80, 1)
-        self.Conv2d_4a_3x3 = ConvBN(80, 192, 3)
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280, pool="avg")
-        self.Mixed_7c = InceptionE(2048, pool="max")
-        self.fc = nn.Linear(2048, 1008)  # the TF graph's 1008-way logits; unused for features
-        if weights_path is not None:
-            self.load_weights(find_inception_weights(None if weights_path == "auto" else weights_path))
-        self.requires_grad_(False)
-        self.eval()
-
-    def load_weights(self, path: Path) -> None:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if not digest.startswith(INCEPTION_SHA256_PREFIX):
-            warnings.warn(f"{path} has sha256 {digest[:8]}..., not {INCEPTION_SHA256_PREFIX}...: "
-                          f"numbers may not be comparable with published FIDs")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            self.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-            raise ValueError(f"{path} is not the pytorch-fid Inception weights file ({first[:200]}); "
-                             f"get {INCEPTION_URL}") from None
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = inception_preprocess(images)
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, 3, stride=2)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = F.max_pool2d(x, 3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
-                      self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b,
-                      self.Mixed_7c):
-            x = block(x)
-        return x.mean((2, 3))  # pool3: adaptive average pool to 1x1, flattened
-
-
-def find_inception_weights(path: str | Path | None) -> Path:
-    """The weights file: `path`, else torch.hub's checkpoint folder (where pytorch-fid caches it)."""
-    hint = f"download {INCEPTION_URL} (nothing is downloaded automatically), or use --features clf"
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no Inception weights file at {path}: {hint}")
-        return Path(path)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if not cached.is_file():
-        raise FileNotFoundError(f"Inception weights not found at {cached}: {hint} "
-                                "and save it there or pass --inception-weights PATH")
-    return cached
-
-
-# ---------------------------------------------------------------- the offline classifier
-
-class Classifier(nn.Module):
-    """Small conv net for one dataset: forward(x in [0, 1]) -> (N, 8*width) penultimate features
-    (global average of the last conv, like pool3); logits = head(features)."""
-
-    def __init__(self, channels: int, num_classes: int, width: int = 32):
-        super().__init__()
-        w = width
-        # one 3x3 conv per resolution, channels doubling as it halves: ~15M MACs at 32x32, width 32
-        plan = [(channels, w), "pool", (w, 2 * w), "pool", (2 * w, 4 * w), "pool", (4 * w, 8 * w)]
-        layers: list[nn.Module] = []
-        for step in plan:
-            if step == "pool":
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 1x1 maps survive tiny images
-            else:
-                layers += [nn.Conv2d(*step, 3, padding=1, bias=False), nn.BatchNorm2d(step[1]), nn.ReLU()]
-        self.trunk = nn.Sequential(*layers)
-        self.head = nn.Linear(8 * w, num_classes)
-        self.channels, self.num_classes, self.width = channels, num_classes, width
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] != self.channels:
-            raise ValueError(f"the classifier was trained on {self.channels}-channel images, "
-                             f"got {images.shape[1]} channels")
-        return self.trunk(2 * images - 1).mean((2, 3))
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self(images))
-
-
-def load_classifier(path: str | Path) -> tuple[Classifier, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no classifier at {path}: train one with "
-                                "python eval_fid.py classifier --dataset NAME --out clf.pt")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    net = Classifier(saved["channels"], saved["num_classes"], saved["width"])
-    net.load_state_dict(saved["model"])
-    return net.requires_grad_(False).eval(), saved
-
-
-def train_classifier(train_set, test_set, steps: int = 1000, batch_size: int = 128, lr: float = 2e-3,
-                     width: int = 32, seed: int = 0, device: torch.device | str = "cpu",
-                     eval_images: int = 10_000, progress: bool = True) -> tuple[Classifier, float, float]:
-    """AdamW with a linear decay to 0; batches by a seeded permutation per epoch, like train.py.
-    Returns the net (eval mode) and its train / test accuracy."""
-    torch.manual_seed(seed)
-    device = torch.device(device)
-    net = Classifier(train_set.channels, train_set.num_classes, width).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
-    rng = np.random.default_rng(seed)
-    order, cursor = rng.permutation(len(train_set)), 0
-    net.train()
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
-        if cursor + batch_size > len(order):
-            order, cursor = rng.permutation(len(train_set)), 0
-        images, labels = train_set.get(order[cursor:cursor + min(batch_size, len(order))])
-        cursor += batch_size
-        images, labels = images.to(device).float() / 255, labels.to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = F.cross_entropy(net.logits(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    net.requires_grad_(False).eval()
-    return net, accuracy(net, train_set, device, eval_images), accuracy(net, test_set, device, eval_images)
-
-
-@torch.inference_mode()
-def accuracy(net: Classifier, dataset, device: torch.device, limit: int = 10_000) -> float:
-    """Top-1 accuracy on (the first `limit` images of) a dataset."""
-    correct = total = 0
-    for images, labels in dataset.batches(min(500, limit)):
-        images, labels = images[:limit - total], labels[:limit - total]
-        predicted = net.logits(images.to(device).float() / 255).argmax(1).cpu()
-        correct += int((predicted == labels).sum())
-        total += len(labels)
-        if total >= limit:
-            break
-    return correct / total
+def default_device(name: str | torch.device | None = None) -> torch.device:
+    """`name` if given, else cuda if available, else cpu."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 # ---------------------------------------------------------------- features and statistics
@@ -392,14 +102,12 @@ class Extractor:
 
     def __init__(self, name: str, net: nn.Module, dim: int, extractor_id: str, device: torch.device,
                  clf_path: str = "", image_shape: tuple[int, int, int] | None = None):
-        self.name, self.dim, self.id, self.clf_path, self.image_shape = name, dim, extractor_id, clf_path, image_shape
+        self.name, self.dim, self.id = name, dim, extractor_id
+        self.metric = "FID" if name == "inception" else "FD-clf"
+        self.clf_path, self.image_shape = clf_path, image_shape
         self.device, self.net = device, net.to(device)
         if device.type == "cuda":  # float32 math (no autocast, no TF32): numbers comparable with pytorch-fid
             self.net = self.net.to(memory_format=torch.channels_last)
-
-    @property
-    def metric(self) -> str:
-        return "FID" if self.name == "inception" else "FD-clf"
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
@@ -422,13 +130,19 @@ class Extractor:
 
 def build_extractor(name: str, clf: str | None = None, inception_weights: str | None = None,
                     device: torch.device | str | None = None) -> Extractor:
-    device = torch.device(device) if device is not None else default_device()
+    device = default_device(device)
     if name == "inception":
-        return Extractor(name, InceptionV3(inception_weights or "auto"), 2048, "pt_inception-2015-12-05", device)
+        return Extractor(name, InceptionV3(inception_weights or "auto"), 2048, INCEPTION_ID, device)
     if name == "clf":
         if clf is None:
             raise ValueError("--features clf needs --clf clf.pt (train it with: python eval_fid.py classifier)")
-        net, saved = load_classifier(clf)
+        if not Path(clf).is_file():
+            raise FileNotFoundError(f"no classifier at {clf}: train one with "
+                                    "python eval_fid.py classifier --dataset NAME --out clf.pt")
+        saved = torch.load(clf, map_location="cpu", weights_only=True)
+        net = Classifier(saved["channels"], saved["num_classes"], saved["width"])
+        net.load_state_dict(saved["model"])
+        net.requires_grad_(False).eval()
         fingerprint = "clf-" + hashlib.sha256(Path(clf).read_bytes()).hexdigest()[:16]
         return Extractor(name, net, 8 * saved["width"], fingerprint, device, str(clf),
                          (saved["channels"], saved["image_size"], saved["image_size"]))
@@ -441,29 +155,23 @@ def measure(extractor: Extractor, batches: Iterable[torch.Tensor], total: int, k
     images whose features are returned (None = all)."""
     check_enough(total, extractor.dim)  # fail before the pass, not after it
     stats, kept, predictions, offset = RunningStats(), [], [], 0
-    bar = tqdm(total=total, desc=desc, unit="img")
-    for images in batches:
-        features, predicted = extractor(images[:total - offset])
-        bar.update(len(features))
-        stats.update(features)
-        mask = slice(None) if keep is None else keep[offset:offset + len(features)]
-        kept.append(features[mask].astype(np.float32))
-        if predicted is not None:
-            predictions.append(predicted)
-        offset += len(features)
-        if offset >= total:
-            break
-    bar.close()
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+        for images in batches:
+            features, predicted = extractor(images[:total - offset])
+            bar.update(len(features))
+            stats.update(features)
+            mask = slice(None) if keep is None else keep[offset:offset + len(features)]
+            kept.append(features[mask].astype(np.float32))
+            if predicted is not None:
+                predictions.append(predicted)
+            offset += len(features)
+            if offset >= total:
+                break
     if offset == 0:
         raise ValueError("no images to measure")
     check_enough(stats.n, extractor.dim)
     mu, sigma = stats.result()
     return mu, sigma, np.concatenate(kept), np.concatenate(predictions) if predictions else None
-
-
-def tensor_batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size]
 
 
 # ---------------------------------------------------------------- the numbers
@@ -594,18 +302,18 @@ def load_ref(path: str | Path) -> dict:
                          "make one with python eval_fid.py ref")
     # a plain pytorch-fid stats file has only mu and sigma: Inception features, no KID
     ref["feature_name"] = str(ref.get("feature_name", "inception"))
-    ref["extractor_id"] = str(ref.get("extractor_id", "pt_inception-2015-12-05"))
+    ref["extractor_id"] = str(ref.get("extractor_id", INCEPTION_ID))
     ref["clf_path"] = str(ref.get("clf_path", ""))
     return ref
 
 
-def extractor_for_ref(ref: dict, args: argparse.Namespace, device: torch.device) -> Extractor:
+def extractor_for_ref(ref: dict, args: argparse.Namespace) -> Extractor:
     """The feature network the reference was made with; mismatches are refused."""
     if args.features is not None and args.features != ref["feature_name"]:
         raise ValueError(f"--features {args.features}, but the reference was made with "
                          f"{ref['feature_name']} features: make a matching reference")
     clf = args.clf or ref["clf_path"] or None
-    extractor = build_extractor(ref["feature_name"], clf, args.inception_weights, device)
+    extractor = build_extractor(ref["feature_name"], clf, args.inception_weights, args.device)
     if extractor.id != ref["extractor_id"]:
         raise ValueError(f"the reference was made with feature network {ref['extractor_id']}, this one is "
                          f"{extractor.id}: use the same --clf file or remake the reference")
@@ -622,7 +330,7 @@ def score(extractor: Extractor, images: torch.Tensor, labels: np.ndarray | None,
           batch_size: int, seed: int = 0) -> dict:
     """The metric, KID (when the reference stores features) and conditional accuracy."""
     check_shape(tuple(images.shape[1:]), ref)
-    mu, sigma, features, predictions = measure(extractor, tensor_batches(images, batch_size), len(images))
+    mu, sigma, features, predictions = measure(extractor, images.split(batch_size), len(images))
     result = {"metric": extractor.metric, "value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
               "kid": None, "kid_std": None, "accuracy": None, "n": len(images)}
     if "features" in ref:
@@ -657,7 +365,8 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, 
     if x_hi - x_lo < 1e-9:
         x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
     pad = 0.05 * (max(ys) - min(ys)) or 1.0
-    y_lo, y_hi = min(ys) - pad, max(ys) + pad
+    legend_share = (16 * len(series) + 10) / (height - top - bottom)  # headroom so the legend hides no point
+    y_lo, y_hi = min(ys) - pad, max(ys) + pad + legend_share * (max(ys) - min(ys) + 2 * pad)
 
     def px(x: float, y: float) -> tuple[float, float]:
         return (left + (math.log(x) - x_lo) / (x_hi - x_lo) * (width - left - right),
@@ -675,7 +384,7 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, 
         y = k * step
         _, v = px(xs[0], y)
         draw.line([left - 5, v, left, v], fill="black")
-        draw.text((left - 8, v), f"{y:.3g}", fill="black", font=font, anchor="rm")
+        draw.text((left - 8, v), f"{y:g}", fill="black", font=font, anchor="rm")
     draw.text(((left + width - right) / 2, height - 20), "NFE (log scale)", fill="black", font=font, anchor="mm")
     draw.text((left, top - 8), y_label, fill="black", font=font, anchor="ls")
     draw.text((width - right, top - 8), title, fill="black", font=font, anchor="rs")
@@ -697,15 +406,17 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, 
 
 # ---------------------------------------------------------------- commands
 
-def run_classifier(args: argparse.Namespace) -> None:
+def load_split(args: argparse.Namespace, split: str):
     import data
-    device = torch.device(args.device) if args.device else default_device()
     options = {"image_size": args.image_size} if args.image_size else {}
-    train_set = data.load_dataset(args.dataset, args.data_dir, "train", **options)
-    test_set = data.load_dataset(args.dataset, args.data_dir, "test", **options)
+    return data.load_dataset(args.dataset, args.data_dir, split, **options)
+
+
+def run_classifier(args: argparse.Namespace) -> None:
+    train_set, test_set = load_split(args, "train"), load_split(args, "test")
     start = time.perf_counter()
     net, train_acc, test_acc = train_classifier(train_set, test_set, args.steps, args.batch_size, args.lr,
-                                                args.width, args.seed, device, args.eval_images)
+                                                args.width, args.seed, args.device, args.eval_images)
     saved = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "channels": train_set.channels,
              "image_size": train_set.image_size, "num_classes": train_set.num_classes, "width": args.width,
              "dataset": args.dataset, "steps": args.steps, "seed": args.seed,
@@ -718,16 +429,13 @@ def run_classifier(args: argparse.Namespace) -> None:
 
 
 def run_ref(args: argparse.Namespace) -> None:
-    device = torch.device(args.device) if args.device else default_device()
-    extractor = build_extractor(args.features or "inception", args.clf, args.inception_weights, device)
+    extractor = build_extractor(args.features or "inception", args.clf, args.inception_weights, args.device)
     if args.images:
         images, _ = load_images(args.images)
         total, shape, source = len(images), tuple(images.shape[1:]), str(args.images)
-        batches: Iterable[torch.Tensor] = tensor_batches(images, args.batch_size)
+        batches: Iterable[torch.Tensor] = images.split(args.batch_size)
     elif args.dataset:
-        import data
-        options = {"image_size": args.image_size} if args.image_size else {}
-        dataset = data.load_dataset(args.dataset, args.data_dir, "train", **options)
+        dataset = load_split(args, "train")
         total = min(len(dataset), args.max_images or len(dataset))
         shape, source = (dataset.channels, dataset.image_size, dataset.image_size), f"{args.dataset}:train"
         batches = (images for images, _ in dataset.batches(args.batch_size))
@@ -743,10 +451,9 @@ def run_ref(args: argparse.Namespace) -> None:
 
 
 def run_calc(args: argparse.Namespace) -> None:
-    device = torch.device(args.device) if args.device else default_device()
     ref = load_ref(args.ref)
     images, labels = load_images(args.samples)
-    extractor = extractor_for_ref(ref, args, device)
+    extractor = extractor_for_ref(ref, args)
     result = {"samples": str(args.samples), "ref": str(args.ref)} | score(
         extractor, images, labels, ref, args.batch_size, args.seed)
     print(json.dumps(result))
@@ -755,16 +462,23 @@ def run_calc(args: argparse.Namespace) -> None:
 
 def run_sweep(args: argparse.Namespace) -> None:
     import sample
-    device = torch.device(args.device) if args.device else default_device()
-    nfes = parse_ints(args.nfe, "--nfe")
+    try:
+        nfes = [int(part) for part in args.nfe.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--nfe must be comma-separated integers like 1,2,4,8, got {args.nfe!r}") from None
+    if not nfes or min(nfes) < 1:
+        raise ValueError(f"--nfe needs positive integers, got {args.nfe!r}")
     labels_given = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if labels_given is not None and len(labels_given) != len(args.ckpt):
         raise ValueError(f"--labels has {len(labels_given)} names for {len(args.ckpt)} checkpoints")
+    for nfe in nfes:  # a bad budget fails now, not after the first checkpoint's samples
+        sample.num_steps(nfe, args.solver, 1 if args.cfg == 1.0 else 2)
     ref = load_ref(args.ref)
-    extractor = extractor_for_ref(ref, args, device)
-    rows, series = [], {}
+    extractor = extractor_for_ref(ref, args)
+    check_enough(args.n, extractor.dim)
+    rows = []
     for index, ckpt in enumerate(args.ckpt):
-        model, prior, config = sample.load_checkpoint(ckpt, device)
+        model, prior, config = sample.load_checkpoint(ckpt, args.device)
         check_shape((config["channels"], config["image_size"], config["image_size"]), ref)
         label = labels_given[index] if labels_given else f"{config['prior']}+{config['coupling']}"
         cost = transport_cost(prior, config, seed=args.seed)
@@ -772,23 +486,22 @@ def run_sweep(args: argparse.Namespace) -> None:
         seeds = [sample.image_seed(args.seed, int(c), i // config["num_classes"]) for i, c in enumerate(classes)]
         for nfe in nfes:
             images = sample.generate(model, prior, torch.from_numpy(classes), seeds, nfe, args.solver, args.cfg,
-                                     args.sample_batch_size, device, progress=True)
+                                     args.sample_batch_size, args.device, progress=True)
             result = score(extractor, images, classes, ref, args.batch_size, args.seed)
             row = {"label": label, "ckpt": str(ckpt), "prior": config["prior"], "coupling": config["coupling"],
                    "solver": args.solver, "nfe": nfe, "cfg": args.cfg, **result, "transport_cost": cost}
             rows.append(row)
-            series.setdefault(label, []).append((nfe, result["value"]))
             print(json.dumps(row))
             print(f"{label} NFE {nfe}: {summary(result)}, transport cost {cost:.2f}")
-    write_sweep(rows, series, args.out, extractor.metric, args.solver)
+    write_sweep(rows, args.out, extractor.metric, args.solver)
 
 
-def write_sweep(rows: list[dict], series: dict, out: str, metric: str, solver: str) -> None:
+def write_sweep(rows: list[dict], out: str, metric: str, solver: str) -> None:
+    """OUT.csv (every field), OUT.md (the readable table) and OUT.png (metric against NFE)."""
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(rows[0])
     with open(out_path.with_suffix(".csv"), "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     kid_name = "KID" if metric == "FID" else "KID-clf"
@@ -799,63 +512,58 @@ def write_sweep(rows: list[dict], series: dict, out: str, metric: str, solver: s
         lines.append(f"| {row['label']} | {row['nfe']} | {row['value']:.2f} | {kid_text} | {acc_text} | "
                      f"{row['transport_cost']:.2f} |")
     out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        series.setdefault(row["label"], []).append((row["nfe"], row["value"]))
     plot_curves(series, out_path.with_suffix(".png"), metric, f"{solver} solver")
     print(f"wrote {out_path.with_suffix('.csv')}, {out_path.with_suffix('.md')}, {out_path.with_suffix('.png')}")
-
-
-def parse_ints(text: str, option: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"{option} must be comma-separated integers like 1,2,4,8, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"{option} needs positive integers, got {text!r}")
-    return values
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def common(sub: argparse.ArgumentParser, features_default: str | None) -> None:
-        sub.add_argument("--features", choices=["inception", "clf"], default=features_default,
+    def command(name: str, help: str, batch_size: int = 100) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
+        sub.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+        sub.add_argument("--seed", type=int, default=0)
+        return sub
+
+    def features(sub: argparse.ArgumentParser, default: str | None) -> None:
+        sub.add_argument("--features", choices=["inception", "clf"], default=default,
                          help="feature network (calc/sweep: the reference's)")
         sub.add_argument("--clf", default=None, help="classifier file for --features clf")
         sub.add_argument("--inception-weights", default=None,
                          help=f"path of {INCEPTION_FILE} (default: torch.hub's checkpoints folder)")
-        sub.add_argument("--batch-size", type=int, default=100, help="images per feature batch")
-        sub.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-        sub.add_argument("--seed", type=int, default=0)
 
-    sub = commands.add_parser("classifier", help="train the offline feature classifier")
-    sub.add_argument("--dataset", required=True)
-    sub.add_argument("--data-dir", default=None)
-    sub.add_argument("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
+    def dataset(sub: argparse.ArgumentParser, required: bool) -> None:
+        sub.add_argument("--dataset", required=required, default=None)
+        sub.add_argument("--data-dir", default=None)
+        sub.add_argument("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
+
+    sub = command("classifier", "train the offline feature classifier", batch_size=128)
+    dataset(sub, required=True)
     sub.add_argument("--out", default="clf.pt")
     sub.add_argument("--steps", type=int, default=1000)
-    sub.add_argument("--batch-size", type=int, default=128)
     sub.add_argument("--lr", type=float, default=2e-3)
     sub.add_argument("--width", type=int, default=32, help="base channels; features are 8 x width")
     sub.add_argument("--eval-images", type=int, default=10_000, help="images for the accuracies")
-    sub.add_argument("--device", default=None)
-    sub.add_argument("--seed", type=int, default=0)
 
-    sub = commands.add_parser("ref", help="reference statistics of a dataset or image set")
-    common(sub, "inception")
-    sub.add_argument("--dataset", default=None)
-    sub.add_argument("--data-dir", default=None)
-    sub.add_argument("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
+    sub = command("ref", "reference statistics of a dataset or image set")
+    features(sub, "inception")
+    dataset(sub, required=False)
     sub.add_argument("--images", default=None, help="an .npz (arr_0) or a folder of images instead")
     sub.add_argument("--max-images", type=int, default=None, help="use the first N training images")
     sub.add_argument("--out", required=True)
 
-    sub = commands.add_parser("calc", help="metrics of a sample file against reference statistics")
-    common(sub, None)
+    sub = command("calc", "metrics of a sample file against reference statistics")
+    features(sub, None)
     sub.add_argument("--samples", required=True, help="sample.py's .npz or a folder of images")
     sub.add_argument("--ref", required=True)
 
-    sub = commands.add_parser("sweep", help="generate and measure checkpoints at several NFEs")
-    common(sub, None)
+    sub = command("sweep", "generate and measure checkpoints at several NFEs")
+    features(sub, None)
     sub.add_argument("--ckpt", nargs="+", required=True)
     sub.add_argument("--ref", required=True)
     sub.add_argument("--nfe", default="1,2,4,8,15,32")
@@ -869,6 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    args.device = default_device(args.device)
     {"classifier": run_classifier, "ref": run_ref, "calc": run_calc, "sweep": run_sweep}[args.command](args)
 
 

@@ -44,14 +44,14 @@ class GaussianPrior:
 
     name = "gaussian"
 
-    def __init__(self, shape: tuple[int, ...] | None = None, num_classes: int = 0):
+    def __init__(self, shape: tuple[int, ...] | None = None, num_classes: int = 0, dataset: str = ""):
         self.shape = tuple(shape) if shape is not None else None
-        self.num_classes = num_classes
+        self.num_classes, self.dataset = num_classes, dataset
 
-    def fit(self, batches: Batches, num_classes: int) -> GaussianPrior:
+    def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> GaussianPrior:
         # Nothing to estimate; only read one batch for the image shape.
         images, _ = next(iter(batches))
-        self.shape, self.num_classes = tuple(images.shape[1:]), num_classes
+        self.shape, self.num_classes, self.dataset = tuple(images.shape[1:]), num_classes, dataset
         return self
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -59,11 +59,12 @@ class GaussianPrior:
         return torch.randn((len(labels), *self.shape), generator=generator, device=labels.device)
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "shape": np.array(self.shape), "num_classes": self.num_classes}
+        return {"name": self.name, "shape": np.array(self.shape), "num_classes": self.num_classes,
+                "dataset": self.dataset}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> GaussianPrior:
-        return cls(tuple(int(s) for s in state["shape"]), int(state["num_classes"]))
+        return cls(tuple(int(s) for s in state["shape"]), int(state["num_classes"]), str(state.get("dataset", "")))
 
     def save(self, path: str) -> None:
         save_npz(path, self.state_dict())
@@ -106,8 +107,8 @@ class ClassPrior:
         for images, labels in batches:
             # uint8 batches are pixels; float batches are taken as already in model space
             # (toy2d.py fits the same prior to points in the plane).
-            x = to_model(images) if images.dtype == torch.uint8 else images
-            stats.update(x.double(), labels)
+            x = to_model(images, torch.float64) if images.dtype == torch.uint8 else images.double()
+            stats.update(x, labels)
         counts, means, variances = stats.result()
         means, variances = means.reshape(-1, *stats.shape), variances.reshape(-1, *stats.shape)
         too_few = np.flatnonzero(counts[:num_classes] < self.min_count)

@@ -159,22 +159,30 @@ class Prefetcher:
     def __init__(self, dataset, num_images: int, start: int, batch_size: int, seed: int, rank: int, world: int,
                  pin: bool):
         self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.stop = threading.Event()
         self.args = dataset, num_images, batch_size, seed, rank, world, pin
         self.thread = threading.Thread(target=self._work, args=(start,), daemon=True)
         self.thread.start()
 
     def _work(self, step: int) -> None:
         dataset, num_images, batch_size, seed, rank, world, pin = self.args
-        try:
-            while True:
+        while not self.stop.is_set():
+            try:
                 indices = batch_indices(step, num_images, batch_size, seed)[rank::world]
                 images, labels = dataset.get(indices)
-                if pin:
-                    images, labels = images.pin_memory(), labels.pin_memory()
-                self.queue.put((images, labels))
-                step += 1
-        except Exception as err:  # hand the error to the training loop instead of dying silently
-            self.queue.put(err)
+                item = (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+            except Exception as err:  # hand the error to the training loop instead of dying silently
+                item = err
+            while not self.stop.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            step += 1
+
+    def close(self) -> None:
+        self.stop.set()
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.queue.get()
@@ -193,18 +201,20 @@ def make_prior(args: argparse.Namespace, dataset, num_images: int, rank: int, wo
         fitted = priors.build_prior(args.prior, **options)
         starts = range(0, num_images, 1024)  # one streaming pass over the training images
         batches = (dataset.get(np.arange(i, min(i + 1024, num_images))) for i in starts)
-        batches = tqdm(batches, total=len(starts), desc=f"fitting {args.prior} prior", disable=rank != 0)
-        fitted.fit(batches, dataset.num_classes)
+        fitted.fit(tqdm(batches, total=len(starts), desc=f"fitting {args.prior} prior", disable=rank != 0),
+                   dataset.num_classes, dataset=args.dataset)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        fitted.save(str(tmp))
+        priors.save_npz(str(tmp), {**fitted.state_dict(), "num_images": num_images})
         os.replace(tmp, path)
     if world > 1:
         dist.barrier()  # the other processes wait for rank 0's file
     state = priors.load_npz(str(path))
-    if str(state["name"]) != args.prior:
-        raise ValueError(f"{path} holds statistics of prior '{state['name']}', not '{args.prior}'; "
-                         f"delete it or pass --prior-stats with another path")
+    fitted_on = (str(state["name"]), str(state.get("dataset")), int(state.get("num_images", -1)))
+    if fitted_on != (args.prior, args.dataset, num_images):
+        raise ValueError(f"{path} holds {fitted_on[0]} prior statistics of {fitted_on[1]} ({fitted_on[2]} images), "
+                         f"not of {args.dataset} ({num_images} images) for prior {args.prior}; delete it or pass "
+                         f"--prior-stats with another path")
     state.update(options)  # the same statistics serve any sigma / covariance choice
     fitted = priors.prior_from_state(state)
     expected = (dataset.channels, dataset.image_size, dataset.image_size)
@@ -380,37 +390,39 @@ def train(args: argparse.Namespace) -> list[float]:
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
                desc=f"{args.prior} prior, {args.coupling}", dynamic_ncols=True)
     losses: list[float] = []
-    loss_sum = grad_sum = torch.zeros((), device=device)
-    timer, timed_steps = time.perf_counter(), 0
-    for step in bar:
-        images, labels = prefetch.next()
-        loss, grad_norm = train_step(run, images, labels, step)
-        loss_sum, grad_sum, timed_steps = loss_sum + loss, grad_sum + grad_norm, timed_steps + 1
-        done = step + 1
-        if done % args.log_every == 0 or done % args.ckpt_every == 0 or done == args.steps:
-            if world > 1:
-                dist.all_reduce(loss_sum)
-                loss_sum /= world
-            mean_loss, mean_grad = (loss_sum / timed_steps).item(), (grad_sum / timed_steps).item()  # the one sync
-            if not math.isfinite(mean_loss):
-                raise ValueError(f"the loss became {mean_loss} at step {done}; the last good checkpoint "
-                                 f"{out / 'ckpt.pt'} is untouched: lower --lr or raise --warmup, then --resume")
-            rate = timed_steps * args.batch_size / (time.perf_counter() - timer)
-            record = {"step": done, "loss": mean_loss, "lr": learning_rate(step, args), "grad_norm": mean_grad,
-                      "img_per_s": rate}
-            losses.append(mean_loss)
-            if log:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
-            loss_sum = grad_sum = torch.zeros((), device=device)
-            timer, timed_steps = time.perf_counter(), 0
-        if done % args.ckpt_every == 0 or done == args.steps:
-            save(done)
-        if rank == 0 and args.sample_every and (done % args.sample_every == 0 or done == args.steps):
-            sample_grid(ema, prior, dataset, args, done, device)
-    if log:
-        log.close()
+    try:
+        loss_sum = grad_sum = torch.zeros((), device=device)
+        timer, timed_steps = time.perf_counter(), 0
+        for step in bar:
+            images, labels = prefetch.next()
+            loss, grad_norm = train_step(run, images, labels, step)
+            loss_sum, grad_sum, timed_steps = loss_sum + loss, grad_sum + grad_norm, timed_steps + 1
+            done = step + 1
+            if done % args.log_every == 0 or done % args.ckpt_every == 0 or done == args.steps:
+                if world > 1:
+                    dist.all_reduce(loss_sum)
+                    loss_sum /= world
+                mean_loss, mean_grad = (loss_sum / timed_steps).item(), (grad_sum / timed_steps).item()  # the sync
+                if not math.isfinite(mean_loss):
+                    raise ValueError(f"the loss became {mean_loss} at step {done}; the last good checkpoint "
+                                     f"{out / 'ckpt.pt'} is untouched: lower --lr or raise --warmup, then --resume")
+                rate = timed_steps * args.batch_size / (time.perf_counter() - timer)
+                losses.append(mean_loss)
+                if log:
+                    log.write(json.dumps({"step": done, "loss": mean_loss, "lr": learning_rate(step, args),
+                                          "grad_norm": mean_grad, "img_per_s": rate}) + "\n")
+                    log.flush()
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+                loss_sum = grad_sum = torch.zeros((), device=device)
+                timer, timed_steps = time.perf_counter(), 0
+            if done % args.ckpt_every == 0 or done == args.steps:
+                save(done)
+            if rank == 0 and args.sample_every and (done % args.sample_every == 0 or done == args.steps):
+                sample_grid(ema, prior, dataset, args, done, device)
+    finally:
+        prefetch.close()
+        if log:
+            log.close()
     if world > 1:
         dist.destroy_process_group()
     return losses

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 import eval_fid
-from eval_fid import InceptionV3, frechet_distance, inception_preprocess, kid
+from eval_fid import frechet_distance, kid
+from inception import InceptionV3, inception_preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -299,10 +300,11 @@ def write_checkpoint(path: Path, prior_name: str, coupling: str) -> Path:
 def workdir(tmp_path_factory) -> Path:
     """A tiny classifier (16-d features) and reference statistics of 300 shapes images at 16x16."""
     folder = tmp_path_factory.mktemp("eval")
-    eval_fid.main(["classifier", "--dataset", "shapes", "--image-size", "16", "--out", str(folder / "clf.pt"), "--steps", "10",
-                   "--batch-size", "32", "--width", "2", "--eval-images", "100", "--device", "cpu"])
-    eval_fid.main(["ref", "--dataset", "shapes", "--image-size", "16", "--features", "clf", "--clf", str(folder / "clf.pt"),
-                   "--max-images", "300", "--out", str(folder / "ref.npz"), "--device", "cpu"])
+    clf, shapes = str(folder / "clf.pt"), ["--dataset", "shapes", "--image-size", "16"]
+    eval_fid.main(["classifier", *shapes, "--out", clf, "--steps", "10", "--batch-size", "32", "--width", "2",
+                   "--eval-images", "100", "--device", "cpu"])
+    eval_fid.main(["ref", *shapes, "--features", "clf", "--clf", clf, "--max-images", "300",
+                   "--out", str(folder / "ref.npz"), "--device", "cpu"])
     return folder
 
 

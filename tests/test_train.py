@@ -136,3 +136,9 @@ def test_two_processes_with_gloo(tmp_path):
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert ckpt["config"]["world_size"] == 2 and ckpt["step"] == 2 and len(ckpt["rng"]) == 2
     assert len(logged_losses(tmp_path)) == 2
+
+
+def test_statistics_of_another_image_set_are_refused(tmp_path):
+    run(tmp_path, "--steps", "1")
+    with pytest.raises(ValueError, match=r"holds class prior statistics of shapes \(64 images\), not of shapes \(32"):
+        run(tmp_path, "--steps", "1", "--max-images", "32")

@@ -1,0 +1,83 @@
+"""The offline feature network: a small classifier trained on the dataset itself.
+
+Where the Inception weights cannot be had, eval_fid.py measures samples with this network
+instead: its penultimate features f(x) (the global average of its last conv, like Inception's
+pool3) give a Frechet distance reported as "FD-clf", never as FID, and its predictions give the
+conditional accuracy, the share of samples classified as the class they were generated for
+(the offline stand-in for the paper's CLIP score). Inputs are images in [0, 1].
+
+    python eval_fid.py classifier --dataset shapes --out clf.pt
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+class Classifier(nn.Module):
+    """Small conv net for one dataset: forward(x in [0, 1]) -> (N, 8*width) penultimate features
+    (global average of the last conv, like pool3); logits = head(features)."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+        # one 3x3 conv per resolution, channels doubling as it halves: ~15M MACs at 32x32, width 32
+        sizes = [channels, width, 2 * width, 4 * width, 8 * width]
+        layers: list[nn.Module] = []
+        for index, (c_in, c_out) in enumerate(zip(sizes, sizes[1:])):
+            if index > 0:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 1x1 maps survive tiny images
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(8 * width, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.trunk(2 * images - 1).mean((2, 3))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self(images))
+
+
+def train_classifier(train_set, test_set, steps: int = 1000, batch_size: int = 128, lr: float = 2e-3,
+                     width: int = 32, seed: int = 0, device: torch.device | str = "cpu",
+                     eval_images: int = 10_000, progress: bool = True) -> tuple[Classifier, float, float]:
+    """AdamW with a linear decay to 0; batches by a seeded permutation per epoch, like train.py.
+    Returns the net (eval mode) and its train / test accuracy."""
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    net = Classifier(train_set.channels, train_set.num_classes, width).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    rng = np.random.default_rng(seed)
+    order, cursor = rng.permutation(len(train_set)), 0
+    net.train()
+    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
+        if cursor + batch_size > len(order):
+            order, cursor = rng.permutation(len(train_set)), 0
+        images, labels = train_set.get(order[cursor:cursor + batch_size])
+        cursor += batch_size
+        images, labels = images.to(device).float() / 255, labels.to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(net.logits(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    net.requires_grad_(False).eval()
+    return net, accuracy(net, train_set, device, eval_images), accuracy(net, test_set, device, eval_images)
+
+
+@torch.inference_mode()
+def accuracy(net: Classifier, dataset, device: torch.device, limit: int = 10_000) -> float:
+    """Top-1 accuracy on (the first `limit` images of) a dataset."""
+    correct = total = 0
+    for images, labels in dataset.batches(min(500, limit)):
+        images, labels = images[:limit - total], labels[:limit - total]
+        predicted = net.logits(images.to(device).float() / 255).argmax(1).cpu()
+        correct += int((predicted == labels).sum())
+        total += len(labels)
+        if total >= limit:
+            break
+    return correct / total
