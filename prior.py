@@ -167,14 +167,16 @@ class ClassPrior:
 class RunningClassStats:
     """Per-class count, mean and sum of squared deviations (M2), merged batch by batch.
 
-    Row K accumulates every image (the dataset-wide component for the null label)."""
+    Only the classes present in a batch are touched, in place: memory stays K x D float64 and
+    the work per batch is proportional to the batch. The dataset-wide component (row K) is the
+    same merge taken over the classes at the end, so no image is accumulated twice."""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.shape: tuple[int, ...] = ()
-        self.count: torch.Tensor | None = None
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None  # (K,) float64
+        self.mean: torch.Tensor | None = None  # (K, D)
+        self.m2: torch.Tensor | None = None  # (K, D)
 
     def update(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         k = self.num_classes
@@ -182,28 +184,36 @@ class RunningClassStats:
             raise ValueError(f"class ids must be in 0..{k - 1}, got {int(labels.min())}..{int(labels.max())}")
         self.shape = tuple(x.shape[1:])
         x, labels = x.flatten(1).double(), labels.to(x.device)
-        rows = torch.cat([labels, torch.full_like(labels, k)])  # every image also goes to row K
-        x2 = torch.cat([x, x])
-        count = torch.zeros(k + 1, dtype=torch.float64, device=x.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float64))
-        total = torch.zeros(k + 1, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, rows, x2)
-        mean = total / count.clamp(min=1)[:, None]
-        m2 = torch.zeros_like(total).index_add_(0, rows, (x2 - mean[rows]) ** 2)
         if self.count is None:
-            self.count, self.mean, self.m2 = count, mean, m2
-            return
-        n = self.count + count
-        delta = mean - self.mean
-        weight = (count / n.clamp(min=1))[:, None]  # nb / n, 0 for classes absent from both
-        self.mean = self.mean + delta * weight
-        self.m2 = self.m2 + m2 + delta ** 2 * (self.count[:, None] * weight)
-        self.count = n
+            self.count = torch.zeros(k, dtype=torch.float64, device=x.device)
+            self.mean = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+            self.m2 = torch.zeros_like(self.mean)
+        present, rows = torch.unique(labels, return_inverse=True)  # batch stats for present classes only
+        count_b = torch.bincount(rows, minlength=len(present)).double()
+        mean_b = torch.zeros(len(present), x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, rows, x)
+        mean_b /= count_b[:, None]
+        m2_b = torch.zeros_like(mean_b).index_add_(0, rows, (x - mean_b[rows]).square_())
+        # Chan et al.: n = na + nb, m = ma + d nb / n, M2 = M2a + M2b + d^2 na nb / n, d = mb - ma
+        count_a, mean_a = self.count[present], self.mean[present]
+        n = count_a + count_b
+        delta = mean_b - mean_a
+        weight = (count_b / n)[:, None]
+        self.mean[present] = mean_a + delta * weight
+        self.m2[present] += m2_b + delta.square_() * (count_a[:, None] * weight)
+        self.count[present] = n
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """counts (K+1,), means and population variances (K+1, D) as float64 numpy."""
+        """counts (K+1,), means and population variances (K+1, D) as float64 numpy; row K is
+        the whole dataset, merged from the classes with the same formula."""
         if self.count is None:
             raise ValueError("no images were seen; the dataset is empty")
-        var = self.m2 / self.count.clamp(min=1)[:, None]
-        return self.count.long().cpu().numpy(), self.mean.cpu().numpy(), var.cpu().numpy()
+        total = self.count.sum()
+        mean = (self.count[:, None] * self.mean).sum(0) / total
+        m2 = self.m2.sum(0) + (self.count[:, None] * (self.mean - mean).square()).sum(0)
+        counts = torch.cat([self.count, total[None]])
+        means = torch.cat([self.mean, mean[None]])
+        variances = torch.cat([self.m2, m2[None]]) / counts.clamp(min=1)[:, None]
+        return counts.long().cpu().numpy(), means.cpu().numpy(), variances.cpu().numpy()
 
 
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:

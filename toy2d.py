@@ -88,7 +88,7 @@ def train(method: str, centres: np.ndarray, steps: int, batch_size: int, sigma: 
     torch.manual_seed(seed)
     prior = make_prior(prior_name, centres, sigma, generator)
     model = VelocityMLP(len(centres))
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, foreach=True)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in range(steps):
         labels = torch.randint(0, len(centres), (batch_size,), generator=generator)
@@ -160,7 +160,7 @@ def draw_trajectories(runs: dict, centres: np.ndarray, path: str, per_class: int
     image.save(path)
 
 
-def run(layout: str = "ring", num_classes: int = 4, steps: int = 3000, batch_size: int = 256,
+def run(layout: str = "ring", num_classes: int = 4, steps: int = 2000, batch_size: int = 128,
         sigma: float = 0.5, nfes: tuple[int, ...] = (1, 2, 4, 8), n_per_class: int = 2000, seed: int = 0,
         png: str | None = None) -> dict:
     centres = blob_centres(num_classes, layout)
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layout", default="ring", choices=["ring", "interleaved"])
     parser.add_argument("--classes", type=int, default=4, help="number of classes (ring layout)")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--sigma", type=float, default=0.5, help="std of each class prior component")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png", default="toy2d.png")
