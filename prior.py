@@ -29,6 +29,7 @@ in `PRIORS`; that is all the scripts need to use a new one.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Iterable
 
 import numpy as np
@@ -243,12 +244,12 @@ PRIORS: dict[str, type] = {"gaussian": GaussianPrior, "class": ClassPrior}
 
 
 def build_prior(name: str, **options) -> GaussianPrior | ClassPrior:
-    """An unfitted prior from its command-line name; options go to its constructor."""
+    """An unfitted prior from its command-line name. train.py passes every prior option it
+    has (cov, sigma, scale); each prior takes those its constructor names and ignores the rest."""
     if name not in PRIORS:
         raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(PRIORS)}")
-    if name == "gaussian":
-        return GaussianPrior()
-    return PRIORS[name](**options)
+    accepted = inspect.signature(PRIORS[name]).parameters
+    return PRIORS[name](**{key: value for key, value in options.items() if key in accepted})
 
 
 def prior_from_state(state: dict) -> GaussianPrior | ClassPrior:

@@ -195,7 +195,7 @@ class Prefetcher:
 
 def make_prior(args: argparse.Namespace, dataset, num_images: int, device: torch.device, rank: int, world: int):
     """Fit the prior once per dataset (one streaming pass) and cache its statistics."""
-    options = {"cov": args.cov, "sigma": args.sigma, "scale": args.cov_scale} if args.prior == "class" else {}
+    options = {"cov": args.cov, "sigma": args.sigma, "scale": args.cov_scale}
     path = Path(args.prior_stats or Path(args.out) / "prior_stats.npz")
     if rank == 0 and not path.exists():
         fitted = priors.build_prior(args.prior, **options)
@@ -340,7 +340,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, step: int) 
 def train(args: argparse.Namespace) -> list[float]:
     check_args(args)
     checkpoint = load_resume(args)
-    check_args(args)
+    check_args(args)  # again: a resumed run's options came from its checkpoint
     rank, world, device = setup_distributed(args.device)
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world})")

@@ -117,3 +117,9 @@ def test_bad_input_is_named():
         ClassPrior().fit(batches_of(images, labels + 1, 8, np.arange(20)), 2)
     with pytest.raises(FileNotFoundError, match="not found"):
         ClassPrior.load("/nonexistent/stats.npz")
+
+
+def test_build_prior_passes_each_prior_the_options_it_takes():
+    assert isinstance(build_prior("gaussian", cov="diag", sigma=2.0, scale=0.5), GaussianPrior)
+    prior = build_prior("class", cov="diag", sigma=0.3, scale=0.5)
+    assert (prior.cov, prior.sigma, prior.scale) == ("diag", 0.3, 0.5)
