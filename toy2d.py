@@ -36,7 +36,9 @@ from flow import couple, flow_loss, sample_t, transport_cost
 from prior import ClassPrior, GaussianPrior
 from sample import integrate
 
-METHODS = {"gaussian": ("gaussian", "independent"), "gaussian+ot": ("gaussian", "ot"), "class": ("class", "independent")}
+METHODS = {"gaussian": ("gaussian", "independent"),  # method: (prior, coupling)
+           "gaussian+ot": ("gaussian", "ot"),
+           "class": ("class", "independent")}
 COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (128, 128, 0)]
 
@@ -44,7 +46,8 @@ COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 def blob_centres(num_classes: int, layout: str, radius: float = 3.0) -> np.ndarray:
     """(K, 2, 2): the two blob centres of each class."""
     if layout == "ring":  # class c's blobs sit at angles 2 pi c / K +- pi / (2K) on the ring
-        angles = 2 * np.pi * np.arange(num_classes)[:, None] / num_classes + np.array([-1, 1]) * np.pi / (2 * num_classes)
+        centre = 2 * np.pi * np.arange(num_classes)[:, None] / num_classes
+        angles = centre + np.array([-1, 1]) * np.pi / (2 * num_classes)
         return radius * np.stack([np.cos(angles), np.sin(angles)], -1)
     if layout == "interleaved":  # class 0 at (+-2, 0) has its mean (0, 0) on class 1's blob
         return np.array([[[-2.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 2.5]]])
@@ -140,7 +143,9 @@ def draw_trajectories(runs: dict, centres: np.ndarray, path: str, per_class: int
     extent = float(np.abs(centres).max()) + 1.5
     image = Image.new("RGB", (size * len(runs), size + 20), "white")
     draw = ImageDraw.Draw(image)
-    to_pixel = lambda p, i: (i * size + (p[0] / extent + 1) * size / 2, (1 - p[1] / extent) * size / 2 + 20)  # noqa: E731
+    def to_pixel(p: list[float], panel: int) -> tuple[float, float]:
+        return panel * size + (p[0] / extent + 1) * size / 2, (1 - p[1] / extent) * size / 2 + 20
+
     for i, (method, (model, prior, _)) in enumerate(runs.items()):
         draw.text((i * size + 8, 4), method, fill="black")
         for point, c in zip(data.tolist(), labels.tolist()):

@@ -129,8 +129,9 @@ def test_stored_statistics_of_other_images_are_refused(tmp_path):
 
 def test_two_processes_with_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", "train.py", *QUICK, "--steps", "2", "--out", str(tmp_path)],
+    # --standalone: a local rendezvous on a free port
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "train.py", *QUICK, "--steps", "2", "--out", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
