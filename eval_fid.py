@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -51,6 +50,9 @@ import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+import data
+import flow
+import sample
 from classifier import Classifier, train_classifier
 from inception import INCEPTION_FILE, InceptionV3  # noqa: F401 (re-exported: from eval_fid import InceptionV3)
 
@@ -232,11 +234,8 @@ def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, su
 def transport_cost(prior, config: dict, batches: int = 4, seed: int = 0) -> float:
     """Mean ||x1 - x0||^2 of the checkpoint's training coupling (its prior, coupling and batch size),
     over a few training batches; labels are never dropped here, so this is the conditional cost."""
-    import data
-    import flow
-    # datasets drawn or resized on load (shapes, folder) take the size the run was trained at
-    takes_size = "image_size" in inspect.signature(data.DATASETS[config["dataset"]].__init__).parameters
-    options = {"image_size": config["image_size"]} if takes_size else {}
+    # the options the run loaded its dataset with (e.g. --image-size for shapes and folder)
+    options = config.get("dataset_options", {})
     dataset = data.load_dataset(config["dataset"], config.get("data_dir"), "train", **options)
     generator = torch.Generator().manual_seed(seed)
     costs = []
@@ -407,7 +406,6 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, 
 # ---------------------------------------------------------------- commands
 
 def load_split(args: argparse.Namespace, split: str):
-    import data
     options = {"image_size": args.image_size} if args.image_size else {}
     return data.load_dataset(args.dataset, args.data_dir, split, **options)
 
@@ -461,7 +459,6 @@ def run_calc(args: argparse.Namespace) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
-    import sample
     try:
         nfes = [int(part) for part in args.nfe.split(",") if part.strip()]
     except ValueError:

@@ -176,11 +176,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch
             detail = detail[:237] + "..."
         raise ValueError(f"checkpoint {path} does not match preset {config['preset']!r} (was unet.py changed "
                          f"since it was trained? sample with that version): {detail}") from None
-    name = checkpoint["prior"]["name"]
-    if name not in prior_module.PRIORS:
-        raise ValueError(f"checkpoint {path} uses unknown prior {name!r}; "
-                         f"known: {', '.join(prior_module.PRIORS)}")
-    prior = prior_module.PRIORS[name].from_state_dict(checkpoint["prior"]["state"])
+    prior = prior_module.prior_from_state(checkpoint["prior"]["state"])
     model = model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

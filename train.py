@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg = parser.add_argument
     arg("--dataset", default="shapes", help=f"one of: {', '.join(data.DATASETS)}")
     arg("--data-dir", default=None, help="folder with the dataset's files (see below)")
-    arg("--image-size", type=int, default=None, help="for --dataset folder/shapes: resize to this size")
+    arg("--image-size", dest="resize_to", type=int, default=None, help="for --dataset folder/shapes: image size")
     arg("--prior", default="class", help=f"source distribution, one of: {', '.join(priors.PRIORS)}")
     arg("--cov", default="iso", choices=["iso", "diag"], help="class prior covariance: sigma*I or per-class std")
     arg("--sigma", type=float, default=1.0, help="class prior std for --cov iso")
@@ -102,7 +102,7 @@ RECIPES: dict[str, dict] = {
 
 
 # What defines a run; a resumed run takes these from the checkpoint, not the command line.
-RUN_KEYS = ("dataset", "data_dir", "image_size", "max_images", "prior", "cov", "sigma", "cov_scale", "coupling",
+RUN_KEYS = ("dataset", "data_dir", "resize_to", "max_images", "prior", "cov", "sigma", "cov_scale", "coupling",
             "sigma_min", "preset", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema", "label_dropout",
             "seed")
 
@@ -356,14 +356,14 @@ def train(args: argparse.Namespace) -> list[float]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    options = {"image_size": args.image_size} if args.image_size else {}
+    options = {"image_size": args.resize_to} if args.resize_to else {}
     dataset = data.load_dataset(args.dataset, args.data_dir, "train", **options)
     num_images = min(len(dataset), args.max_images or len(dataset))
     prior = make_prior(args, dataset, num_images, device, rank, world)
     run = build_run(args, dataset, prior, device, rank, world)
     model, ema, optimizer, generator = run.model, run.ema, run.optimizer, run.generator
-    config = {**vars(args), "image_size": dataset.image_size, "channels": dataset.channels,
-              "num_classes": dataset.num_classes, "world_size": world}
+    config = {**vars(args), "dataset_options": options, "image_size": dataset.image_size,
+              "channels": dataset.channels, "num_classes": dataset.num_classes, "world_size": world}
     start = 0
     if checkpoint is not None:
         try:

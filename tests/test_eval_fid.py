@@ -287,7 +287,8 @@ def write_checkpoint(path: Path, prior_name: str, coupling: str) -> Path:
     dataset = data.load_dataset("shapes", image_size=16)
     model = unet.build_unet("tiny", dataset.image_size, dataset.channels, dataset.num_classes)
     prior = prior_module.build_prior(prior_name).fit([dataset.get(np.arange(200))], dataset.num_classes)
-    config = {"dataset": "shapes", "data_dir": None, "preset": "tiny", "image_size": dataset.image_size,
+    config = {"dataset": "shapes", "data_dir": None, "dataset_options": {"image_size": 16}, "preset": "tiny",
+              "image_size": dataset.image_size,
               "channels": dataset.channels, "num_classes": dataset.num_classes, "prior": prior_name,
               "prior_options": {}, "coupling": coupling, "seed": 0, "batch_size": 32}
     torch.save({"model": model.state_dict(), "ema": model.state_dict(), "optimizer": {}, "step": 0, "rng": None,

@@ -143,3 +143,26 @@ def test_statistics_of_another_image_set_are_refused(tmp_path):
     run(tmp_path, "--steps", "1")
     with pytest.raises(ValueError, match=r"holds class prior statistics of shapes \(64 images\), not of shapes \(32"):
         run(tmp_path, "--steps", "1", "--max-images", "32")
+
+
+def write_idx(folder, prefix, n):
+    """A tiny MNIST in the official idx layout (big-endian header, then uint8)."""
+    import struct
+    import numpy as np
+    pixels = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.tobytes())
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+def test_resume_a_dataset_without_a_size_option(tmp_path):
+    # the checkpoint's image_size is the dataset's (32, padded); resuming must not pass it back
+    # to a loader that takes no size option
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    write_idx(folder, "train", 40)
+    write_idx(folder, "t10k", 10)
+    run(tmp_path / "run", "--dataset", "mnist", "--data-dir", str(folder), "--steps", "1")
+    losses = run(tmp_path / "run", "--dataset", "mnist", "--data-dir", str(folder), "--steps", "2", "--resume")
+    assert len(losses) == 1
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["config"]["image_size"] == 32
