@@ -352,12 +352,21 @@ def summary(result: dict) -> str:
 # ---------------------------------------------------------------- the plot
 
 def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, y_label: str,
-                title: str = "") -> None:
-    """Metric against NFE, log-x, one line per checkpoint, drawn with pillow."""
+                title: str = "", x_label: str = "NFE (log scale)", log_y: bool = False) -> None:
+    """Metric against NFE (or any positive x), log-x (and log-y if asked), one line per checkpoint,
+    drawn with pillow."""
     width, height, left, right, top, bottom = 720, 460, 80, 20, 40, 60
     image = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    points = [(x, y) for curve in series.values() for x, y in curve if math.isfinite(y)]
+
+    def shown(y: float) -> bool:
+        return math.isfinite(y) and (y > 0 or not log_y)
+
+    def to_axis(y: float) -> float:  # y as plotted: log10 on a log axis
+        return math.log10(y) if log_y else y
+
+    series = {label: sorted((x, y) for x, y in curve if shown(y)) for label, curve in series.items()}
+    points = [(x, to_axis(y)) for curve in series.values() for x, y in curve]
     xs = sorted({x for x, _ in points}) or [1.0]
     ys = [y for _, y in points] or [0.0]
     x_lo, x_hi = math.log(xs[0]), math.log(xs[-1])
@@ -367,7 +376,7 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, 
     legend_share = (16 * len(series) + 10) / (height - top - bottom)  # headroom so the legend hides no point
     y_lo, y_hi = min(ys) - pad, max(ys) + pad + legend_share * (max(ys) - min(ys) + 2 * pad)
 
-    def px(x: float, y: float) -> tuple[float, float]:
+    def px(x: float, y: float) -> tuple[float, float]:  # y already on the axis scale
         return (left + (math.log(x) - x_lo) / (x_hi - x_lo) * (width - left - right),
                 height - bottom - (y - y_lo) / (y_hi - y_lo) * (height - top - bottom))
 
@@ -376,25 +385,28 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, 
         u, _ = px(x, y_lo)
         draw.line([u, height - bottom, u, height - bottom + 5], fill="black")
         draw.text((u, height - bottom + 8), f"{x:g}", fill="black", font=font, anchor="ma")
-    raw = (y_hi - y_lo) / 8  # y ticks at round numbers: 1, 2 or 5 times a power of ten, 4 to 8 of them
-    power = 10 ** math.floor(math.log10(raw))
-    step = min(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    for k in range(math.ceil(y_lo / step), math.floor(y_hi / step) + 1):
-        y = k * step
-        _, v = px(xs[0], y)
+    if log_y:  # y ticks at 1, 2 and 5 times powers of ten
+        ticks = [m * 10.0 ** k for k in range(math.floor(y_lo) - 1, math.ceil(y_hi) + 1) for m in (1, 2, 5)]
+        ticks = [y for y in ticks if y_lo <= math.log10(y) <= y_hi]
+    else:  # y ticks at round numbers: 1, 2 or 5 times a power of ten, 4 to 8 of them
+        raw = (y_hi - y_lo) / 8
+        power = 10 ** math.floor(math.log10(raw))
+        step = min(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+        ticks = [k * step for k in range(math.ceil(y_lo / step), math.floor(y_hi / step) + 1)]
+    for y in ticks:
+        _, v = px(xs[0], to_axis(y))
         draw.line([left - 5, v, left, v], fill="black")
         draw.text((left - 8, v), f"{y:g}", fill="black", font=font, anchor="rm")
-    draw.text(((left + width - right) / 2, height - 20), "NFE (log scale)", fill="black", font=font, anchor="mm")
-    draw.text((left, top - 8), y_label, fill="black", font=font, anchor="ls")
+    draw.text(((left + width - right) / 2, height - 20), x_label, fill="black", font=font, anchor="mm")
+    draw.text((left, top - 8), y_label + (" (log scale)" if log_y else ""), fill="black", font=font, anchor="ls")
     draw.text((width - right, top - 8), title, fill="black", font=font, anchor="rs")
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
     for index, (label, curve) in enumerate(series.items()):
         color = colors[index % len(colors)]
-        curve = sorted((x, y) for x, y in curve if math.isfinite(y))
         if len(curve) > 1:
-            draw.line([px(x, y) for x, y in curve], fill=color, width=2)
+            draw.line([px(x, to_axis(y)) for x, y in curve], fill=color, width=2)
         for x, y in curve:
-            u, v = px(x, y)
+            u, v = px(x, to_axis(y))
             draw.ellipse([u - 3, v - 3, u + 3, v + 3], fill=color)
         legend_y = top + 10 + 16 * index  # legend in the top-right corner
         draw.line([width - right - 150, legend_y, width - right - 130, legend_y], fill=color, width=3)

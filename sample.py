@@ -119,6 +119,14 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def prior_noise(prior, labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """x0 (N, C, H, W) float32 on labels' device; row j drawn from prior(labels[j]) with seeds[j].
+    One generator per image: an image's noise does not depend on the batch it lands in."""
+    generator = torch.Generator(labels.device)
+    return torch.cat([prior.sample(labels[j:j + 1], generator.manual_seed(int(seeds[j])))
+                      for j in range(len(labels))]).float()
+
+
 @torch.no_grad()  # not inference_mode: the prior caches tables made here for later training use
 def generate(model: torch.nn.Module, prior, labels: torch.Tensor, seeds: list[int] | torch.Tensor,
              nfe: int, solver: str = "euler", cfg: float = 1.0, batch_size: int = 256,
@@ -140,13 +148,10 @@ def generate(model: torch.nn.Module, prior, labels: torch.Tensor, seeds: list[in
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     guided = cfg != 1.0
     calls = num_steps(nfe, solver, 2 if guided else 1) * SOLVERS[solver]  # velocity calls
-    generator = torch.Generator(device)
     images = []
     for start in tqdm(range(0, len(labels), batch_size), desc="sampling", disable=not progress):
         batch_labels = labels[start:start + batch_size].to(device)
-        # per-image generators: an image's noise does not depend on the batch it lands in
-        x0 = torch.cat([prior.sample(batch_labels[j:j + 1], generator.manual_seed(seeds[start + j]))
-                        for j in range(len(batch_labels))]).float()
+        x0 = prior_noise(prior, batch_labels, seeds[start:start + batch_size])
         if device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
         x1 = integrate(guided_velocity(model, batch_labels, cfg, prior.num_classes), x0, calls, solver)

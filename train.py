@@ -5,6 +5,7 @@ One training step, the whole method (prior.py, flow.py, unet.py hold the pieces)
     (x1, c)        a batch of data, uint8 until it reaches the device, then x1 in [-1, 1]
     c'             c, or the null label K with probability --label-dropout (for guidance)
     x0             ~ prior(c')              class prior: N(mu_c, Sigma_c); gaussian: N(0, I)
+                                            (prior(c) with --null-source class)
     (x0, x1, c')   re-paired by --coupling   (independent, ot, class_ot)
     t              ~ U[0, 1]
     loss           = || v_theta(x_t, t, c') - (x1 - x0) ||^2,   x_t = (1 - t) x0 + t x1
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--steps", type=int, default=None, help="total optimizer steps (default 2500)")
     arg("--ema", type=float, default=None, help="EMA decay, warmed up as min(decay, (1+s)/(10+s)) (default 0.999)")
     arg("--label-dropout", type=float, default=0.1, help="share of labels replaced by the null label (CFG)")
+    arg("--null-source", default="global", choices=["global", "class"],
+        help="x0 of a dropped label: the dataset-wide component (global) or its own class's (class)")
     arg("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU")
     arg("--compile", action="store_true", help="torch.compile the network")
     arg("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
@@ -104,7 +107,7 @@ RECIPES: dict[str, dict] = {
 # What defines a run; a resumed run takes these from the checkpoint, not the command line.
 RUN_KEYS = ("dataset", "data_dir", "resize_to", "max_images", "prior", "cov", "sigma", "cov_scale", "coupling",
             "sigma_min", "preset", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema", "label_dropout",
-            "seed")
+            "null_source", "seed")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -264,8 +267,8 @@ def load_resume(args: argparse.Namespace) -> dict | None:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume or give the path")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    for key in RUN_KEYS:  # the run's definition comes from the checkpoint
-        setattr(args, key, checkpoint["config"][key])
+    for key in RUN_KEYS:  # the run's definition comes from the checkpoint (older ones lack newer keys)
+        setattr(args, key, checkpoint["config"].get(key, getattr(args, key)))
     return checkpoint
 
 
@@ -329,8 +332,11 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, step: int) 
         x1 = x1.contiguous(memory_format=torch.channels_last)
     labels = labels.to(device, non_blocking=True)
     drop = torch.rand(labels.shape, device=device, generator=generator) < args.label_dropout
-    labels = torch.where(drop, run.prior.num_classes, labels)  # the null label starts from the global component
-    x0, x1, labels = flow.couple(run.prior.sample(labels, generator), x1, labels, args.coupling)
+    null_labels = torch.where(drop, run.prior.num_classes, labels)
+    # --null-source global: a dropped label's x0 comes from the dataset-wide component (row K); class: from
+    # its own class's, so the null-label field is the flow from the whole mixture, the source CFG starts from
+    x0 = run.prior.sample(null_labels if args.null_source == "global" else labels, generator)
+    x0, x1, labels = flow.couple(x0, x1, null_labels, args.coupling)
     t = flow.sample_t(len(labels), device, generator)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
         loss = flow.flow_loss(run.network, x0, x1, labels, t, args.sigma_min)

@@ -367,3 +367,23 @@ def test_sweep_writes_table_csv_and_plot(workdir, capsys):
     assert float(rows[2]["transport_cost"]) < float(rows[0]["transport_cost"])
     assert out.with_suffix(".md").read_text().startswith("| checkpoint | NFE | FD-clf |")
     assert Image.open(out.with_suffix(".png")).size == (720, 460)
+
+
+@pytest.mark.parametrize("log_y", [False, True])
+def test_plot_places_points_on_linear_or_log_axes(tmp_path, log_y):
+    # y = 1, 10, 100 at x = 1, 2, 4: on a log-y axis the three dots are equally spaced vertically,
+    # on a linear one the second is 10 times closer to the first than the third is to the second
+    path = tmp_path / "plot.png"
+    eval_fid.plot_curves({"a": [(1, 1.0), (2, 10.0), (4, 100.0)]}, path, "FD", log_y=log_y)
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    blue = np.abs(pixels - [0x1F, 0x77, 0xB4]).sum(-1) == 0
+    blue[:80] = False  # the legend swatch sits in the top rows
+    # the plot spans x pixels 80..700 (log x: NFE 1, 2, 4 at 80, 390, 700); a dot's row is the mean
+    # row of the blue pixels within 3 columns of its x
+    rows = [np.flatnonzero(blue[:, max(x - 3, 0):x + 4].any(1)).mean() for x in (80, 390, 700)]
+    upper, lower = rows[0] - rows[1], rows[1] - rows[2]  # image rows grow downwards
+    assert upper > 0 and lower > 0
+    if log_y:
+        assert abs(upper - lower) < 3
+    else:
+        assert lower > 5 * upper

@@ -166,3 +166,30 @@ def test_resume_a_dataset_without_a_size_option(tmp_path):
     losses = run(tmp_path / "run", "--dataset", "mnist", "--data-dir", str(folder), "--steps", "2", "--resume")
     assert len(losses) == 1
     assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["config"]["image_size"] == 32
+
+
+@pytest.mark.parametrize("null_source", ["global", "class"])
+def test_null_source_picks_the_component_of_dropped_labels(null_source, monkeypatch):
+    import data
+    import prior as priors
+    args = train.parse_args([*QUICK, "--label-dropout", "0.5", "--null-source", null_source])
+    dataset = data.load_dataset("shapes", None, "train")
+    # class c's images are the constant 0.1 c, so mu_c = 0.1 c and mu_K = the mean over classes; a tiny sigma
+    # makes every x0 sit on its component's mean
+    labels = torch.arange(10).repeat(4)
+    constant = (0.1 * labels.double()).view(-1, 1, 1, 1).expand(-1, 3, 32, 32)
+    prior = priors.ClassPrior(sigma=1e-6).fit([(constant, labels)], 10)
+    run = train.build_run(args, dataset, prior, torch.device("cpu"))
+    seen = {}
+
+    def capture(network, x0, x1, labels, t, sigma_min):
+        seen["x0"], seen["labels"] = x0, labels
+        return (network(x0, t, labels) ** 2).mean()
+    monkeypatch.setattr(train.flow, "flow_loss", capture)
+    train.train_step(run, torch.zeros(40, 3, 32, 32, dtype=torch.uint8), labels, 0)
+    dropped = seen["labels"] == 10
+    assert 0 < int(dropped.sum()) < 40  # some labels dropped, some kept (seeded)
+    x0_level = seen["x0"].mean((1, 2, 3))
+    assert torch.allclose(x0_level[~dropped], 0.1 * labels[~dropped].float(), atol=1e-4)
+    expected = torch.full_like(x0_level[dropped], 0.45) if null_source == "global" else 0.1 * labels[dropped].float()
+    assert torch.allclose(x0_level[dropped], expected, atol=1e-4)

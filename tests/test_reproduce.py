@@ -1,0 +1,99 @@
+"""bench/reproduce.py: its measures against closed forms, and the whole pipeline at smoke size."""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import reproduce  # noqa: E402
+import train  # noqa: E402
+
+
+def test_straightness_of_straight_and_curved_fields():
+    x0 = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    second_moment = float(x0.double().pow(2).mean())
+    # a field constant in time moves every point on a straight line: both measures are 0
+    shift = torch.randn(3, 4, 4)
+    straight = reproduce.path_straightness(lambda x, t: shift.expand_as(x), x0, 8)
+    assert straight["endpoint_gap"] == pytest.approx(0, abs=1e-10)
+    assert straight["straightness"] == pytest.approx(0, abs=1e-10)
+    assert straight["chord"] == pytest.approx(float(shift.double().pow(2).mean()), rel=1e-6)
+    # v = t: x(t) = x0 + t^2/2, the one-step endpoint is x0; gap (1/2)^2, S = int_0^1 (1/2 - t)^2 dt = 1/12
+    ramp = reproduce.path_straightness(lambda x, t: t.view(-1, 1, 1, 1).expand_as(x), x0, 64)
+    assert ramp["endpoint_gap"] == pytest.approx(0.25, rel=1e-6)
+    assert ramp["straightness"] == pytest.approx(1 / 12, rel=1e-3)
+    # v = x: x(t) = e^t x0. One midpoint step multiplies by g = 1 + h + h^2/2 exactly, and its stage
+    # sits at (1 + h/2) x_k, so the discrete values are known in closed form; both tend to
+    # gap (e - 2)^2 E x0^2 and S = E x0^2 int_0^1 (e - 1 - e^t)^2 dt as h -> 0
+    steps, e = 32, math.e
+    h = 1 / steps
+    g = 1 + h + h * h / 2
+    grow = reproduce.path_straightness(lambda x, t: x, x0, 2 * steps)
+    discrete_s = sum(((g ** steps - 1) - (1 + h / 2) * g ** k) ** 2 for k in range(steps)) / steps
+    assert grow["endpoint_gap"] == pytest.approx((g ** steps - 2) ** 2 * second_moment, rel=1e-6)
+    assert grow["straightness"] == pytest.approx(discrete_s * second_moment, rel=1e-6)
+    assert grow["chord"] == pytest.approx((g ** steps - 1) ** 2 * second_moment, rel=1e-6)
+    assert grow["endpoint_gap"] == pytest.approx((e - 2) ** 2 * second_moment, rel=1e-2)
+    assert grow["straightness"] == pytest.approx(((e * e - 1) / 2 - (e - 1) ** 2) * second_moment, rel=1e-2)
+
+
+def test_headline_finds_the_fewest_matching_nfe():
+    points = {f"cmp/class/euler/{n}": {"value": v} for n, v in ((1, 50.0), (2, 20.0), (4, 10.0))}
+    points |= {f"cmp/condot/euler/{n}": {"value": v} for n, v in ((1, 60.0), (2, 30.0), (4, 15.0), (8, 9.0))}
+    lines = reproduce.headline(points, "FD")
+    assert "class prior at 1 NFE (FD 50.00): CondOT first gets as low at 2 NFE" in lines[0]
+    assert "class prior at 2 NFE (FD 20.00): CondOT first gets as low at 4 NFE" in lines[1]
+    assert "class prior at 4 NFE (FD 10.00): CondOT first gets as low at 8 NFE" in lines[2]
+    points["cmp/class/euler/8"] = {"value": 5.0}
+    assert "does not reach it" in reproduce.headline(points, "FD")[3]
+
+
+def test_bad_config_and_parts_are_refused():
+    with pytest.raises(ValueError, match="unknown --config 'laptop'"):
+        reproduce.main(["--config", "laptop"])
+    with pytest.raises(ValueError, match="unknown --parts speed"):
+        reproduce.main(["--config", "smoke", "--parts", "speed"])
+
+
+def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, monkeypatch):
+    out = tmp_path / "smoke"
+    reproduce.main(["--config", "smoke", "--out", str(out)])
+    report = (out / "report.md").read_text()
+    for heading in ("FD-clf against NFE, euler", "FD-clf against NFE, midpoint", "against training steps",
+                    "Straightness", "Guidance", "Covariance of the class prior", "Overlapping classes"):
+        assert heading in report
+    points = json.loads((out / "results.json").read_text())
+    config = reproduce.CONFIGS["smoke"]
+    for _, (slug, _) in reproduce.METHODS.items():
+        for nfe in config.euler_nfes:
+            point = points[f"cmp/{slug}/euler/{nfe}"]
+            assert point["n"] == config.n and point["metric"] == "FD-clf" and point["value"] >= 0
+        assert points[f"straight/{slug}"]["chord"] > 0
+    # the class prior's paths are shorter than N(0, I)'s, even untrained: its means are the data's
+    assert points["cost/class"]["transport_cost"] < points["cost/condot"]["transport_cost"]
+    assert points["cost/class_sigma0.25"]["transport_cost"] < points["cost/class"]["transport_cost"]
+    assert (out / "figures" / "fd-clf_vs_nfe_euler.png").is_file()
+    assert points["yardstick/test_images"]["n"] == config.n and "Sampling noise" in report
+
+    # a second run measures nothing again: every point comes from results.json
+    def refuse(*args, **kwargs):
+        raise AssertionError("recomputed a point that was already measured")
+    monkeypatch.setattr(reproduce.Evaluator, "point", refuse)
+    monkeypatch.setattr(reproduce.train, "train", refuse)
+    reproduce.main(["--config", "smoke", "--out", str(out)])
+    assert (out / "report.md").read_text().split("\n", 3)[3] == report.split("\n", 3)[3]  # same, bar the timings
+    monkeypatch.undo()
+
+    # trained in two segments (2 + 2 steps, resumed) == trained in one go
+    args = argparse.Namespace(dataset="shapes", data_dir=None, seed=0, device=None, compile=False)
+    one_go = tmp_path / "one_go"
+    train.train(train.parse_args(reproduce.train_argv(config, args, one_go, config.steps,
+                                                      reproduce.METHODS["CondOT"][1])))
+    segmented = torch.load(out / "condot" / f"ckpt_{config.steps:07d}.pt", weights_only=False)
+    whole = torch.load(one_go / "ckpt.pt", weights_only=False)
+    for key, value in whole["ema"].items():
+        assert torch.equal(value, segmented["ema"][key]), key
