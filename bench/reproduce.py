@@ -182,6 +182,9 @@ def train_method(config: Config, args: argparse.Namespace, slug: str, options: l
         keep = run_dir / f"ckpt_{step:07d}.pt"
         if not keep.is_file():
             resume = ["--resume"] if (run_dir / "ckpt.pt").is_file() else []
+            if resume and torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)["step"] > step:
+                raise ValueError(f"{run_dir / 'ckpt.pt'} is past step {step}: it was trained for other "
+                                 "--steps; use another --out")
             train.train(train.parse_args(train_argv(config, args, run_dir, step, options) + resume))
             shutil.copyfile(run_dir / "ckpt.pt", keep.with_suffix(".tmp"))
             os.replace(keep.with_suffix(".tmp"), keep)
@@ -570,6 +573,12 @@ def main(argv: list[str] | None = None) -> None:
     args.out = Path(args.out or ROOT / "runs" / f"reproduce_{args.config}")
     args.out.mkdir(parents=True, exist_ok=True)
     results = Results(args.out / "results.json")
+    # cached points are only valid for the configuration that measured them
+    setup = json.loads(json.dumps({**dataclasses.asdict(config), "dataset": args.dataset, "seed": args.seed}))
+    if results.get("config", lambda: setup) != setup:
+        changed = sorted(key for key in setup if results.points["config"].get(key) != setup[key])
+        raise ValueError(f"{args.out} holds results of another configuration ({', '.join(changed)} differ): "
+                         "use another --out")
 
     trained = dict(METHODS) if set(parts) - {"cov", "overlap"} else {}
     if "cfg" in parts:

@@ -87,6 +87,8 @@ def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, mon
     reproduce.main(["--config", "smoke", "--out", str(out)])
     assert (out / "report.md").read_text().split("\n", 3)[3] == report.split("\n", 3)[3]  # same, bar the timings
     monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"another configuration \(n differ\)"):
+        reproduce.main(["--config", "smoke", "--out", str(out), "--n", "75"])
 
     # trained in two segments (2 + 2 steps, resumed) == trained in one go
     args = argparse.Namespace(dataset="shapes", data_dir=None, seed=0, device=None, compile=False)
