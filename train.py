@@ -108,6 +108,7 @@ RECIPES: dict[str, dict] = {
 RUN_KEYS = ("dataset", "data_dir", "resize_to", "max_images", "prior", "cov", "sigma", "cov_scale", "coupling",
             "sigma_min", "preset", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema", "label_dropout",
             "null_source", "seed")
+ADDED_KEYS = {"null_source": "global"}  # keys added later: what checkpoints written before them did
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -267,8 +268,9 @@ def load_resume(args: argparse.Namespace) -> dict | None:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume or give the path")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    for key in RUN_KEYS:  # the run's definition comes from the checkpoint (older ones lack newer keys)
-        setattr(args, key, checkpoint["config"].get(key, getattr(args, key)))
+    config = {**ADDED_KEYS, **checkpoint["config"]}
+    for key in RUN_KEYS:  # the run's definition comes from the checkpoint
+        setattr(args, key, config[key])
     return checkpoint
 
 

@@ -154,21 +154,24 @@ def timed(results: Results, part: str, work) -> None:
 
 # ----------------------------------------------------------------------------- training
 
-def train_argv(config: Config, args: argparse.Namespace, run_dir: Path, steps: int, options: list[str]) -> list[str]:
-    """train.py's command line for one method, trained up to `steps`."""
-    argv = ["--dataset", args.dataset, "--preset", config.preset, "--steps", str(steps),
-            "--batch-size", str(config.batch_size), "--lr", str(config.lr), "--warmup", str(config.warmup),
-            "--ema", str(config.ema), "--label-dropout", "0.1", "--seed", str(args.seed),
-            "--ckpt-every", str(steps), "--sample-every", "0", "--out", str(run_dir), *options]
+def common_argv(config: Config, args: argparse.Namespace) -> list[str]:
+    """The options train.py and eval_fid.py share: dataset, its folder and size, seed, device."""
+    argv = ["--dataset", args.dataset, "--seed", str(args.seed)]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     if config.image_size and args.dataset in ("shapes", "folder"):
         argv += ["--image-size", str(config.image_size)]
     if args.device:
         argv += ["--device", args.device]
-    if args.compile:
-        argv += ["--compile"]
     return argv
+
+
+def train_argv(config: Config, args: argparse.Namespace, run_dir: Path, steps: int, options: list[str]) -> list[str]:
+    """train.py's command line for one method, trained up to `steps`."""
+    return [*common_argv(config, args), "--preset", config.preset, "--steps", str(steps),
+            "--batch-size", str(config.batch_size), "--lr", str(config.lr), "--warmup", str(config.warmup),
+            "--ema", str(config.ema), "--label-dropout", "0.1", "--ckpt-every", str(steps), "--sample-every", "0",
+            "--out", str(run_dir), *(["--compile"] if args.compile else []), *options]
 
 
 def train_method(config: Config, args: argparse.Namespace, slug: str, options: list[str]) -> dict[int, Path]:
@@ -206,13 +209,7 @@ class Evaluator:
                 features = "inception"
             except FileNotFoundError:
                 features = "clf"
-        common = ["--dataset", args.dataset, "--seed", str(args.seed)]
-        if args.data_dir:
-            common += ["--data-dir", args.data_dir]
-        if config.image_size and args.dataset in ("shapes", "folder"):
-            common += ["--image-size", str(config.image_size)]
-        if args.device:
-            common += ["--device", args.device]
+        common = common_argv(config, args)
         clf = args.out / "clf.pt"
         if features == "clf" and not clf.is_file():
             eval_fid.main(["classifier", *common, "--steps", str(config.clf_steps), "--width", str(config.clf_width),

@@ -193,3 +193,13 @@ def test_null_source_picks_the_component_of_dropped_labels(null_source, monkeypa
     assert torch.allclose(x0_level[~dropped], 0.1 * labels[~dropped].float(), atol=1e-4)
     expected = torch.full_like(x0_level[dropped], 0.45) if null_source == "global" else 0.1 * labels[dropped].float()
     assert torch.allclose(x0_level[dropped], expected, atol=1e-4)
+
+
+def test_checkpoint_from_before_null_source_resumes_as_global(tmp_path):
+    run(tmp_path, "--steps", "1")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    del ckpt["config"]["null_source"]  # as written before the option existed
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    args = train.parse_args([*QUICK, "--out", str(tmp_path), "--resume", "--null-source", "class"])
+    train.load_resume(args)
+    assert args.null_source == "global"  # the checkpoint's behaviour, not the command line's
