@@ -135,31 +135,37 @@ class Results:
 
     def get(self, key: str, compute) -> dict:
         if key not in self.points:
-            self.points[key] = compute()
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.points, indent=1))
-            os.replace(tmp, self.path)
+            self.put(key, compute())
         return self.points[key]
+
+    def put(self, key: str, value: dict) -> None:
+        self.points[key] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.points, indent=1))
+        os.replace(tmp, self.path)
 
 
 def timed(results: Results, part: str, work) -> None:
     """Run one part; its wall time (of the run that computed it) is kept in results.json."""
     begin = time.perf_counter()
     work()
-    seconds = time.perf_counter() - begin
     previous = results.points.get(f"time/{part}", {}).get("seconds", 0.0)
-    results.points.pop(f"time/{part}", None)
-    results.get(f"time/{part}", lambda: {"seconds": previous + seconds})
+    results.put(f"time/{part}", {"seconds": previous + time.perf_counter() - begin})
 
 
 # ----------------------------------------------------------------------------- training
+
+def dataset_options(config: Config, args: argparse.Namespace) -> dict:
+    """The loader's options: an image size, for the datasets that take one."""
+    return {"image_size": config.image_size} if config.image_size and args.dataset in ("shapes", "folder") else {}
+
 
 def common_argv(config: Config, args: argparse.Namespace) -> list[str]:
     """The options train.py and eval_fid.py share: dataset, its folder and size, seed, device."""
     argv = ["--dataset", args.dataset, "--seed", str(args.seed)]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
-    if config.image_size and args.dataset in ("shapes", "folder"):
+    if dataset_options(config, args):
         argv += ["--image-size", str(config.image_size)]
     if args.device:
         argv += ["--device", args.device]
@@ -240,9 +246,8 @@ class Evaluator:
 
     def real_images(self) -> dict:
         """The first n test images against the (training) reference: the metric's floor at this n."""
-        options = {"image_size": self.config.image_size} if self.config.image_size and \
-            self.args.dataset in ("shapes", "folder") else {}
-        test = data.load_dataset(self.args.dataset, self.args.data_dir, "test", **options)
+        test = data.load_dataset(self.args.dataset, self.args.data_dir, "test",
+                                 **dataset_options(self.config, self.args))
         images, labels = test.get(np.arange(min(self.config.n, len(test))))
         return eval_fid.score(self.extractor, images, labels.numpy(), self.ref, 256, self.args.seed)
 
@@ -301,6 +306,12 @@ def path_straightness(velocity: sample.Velocity, x0: torch.Tensor, nfe: int) -> 
 
 # ----------------------------------------------------------------------------- the parts
 
+def euler_key(config: Config, slug: str, nfe: int, part: str) -> str:
+    """A main method's unguided Euler point is one measurement, whichever part asks for it first."""
+    main = slug in {s for s, _ in METHODS.values()} and nfe in config.euler_nfes
+    return f"cmp/{slug}/euler/{nfe}" if main else f"{part}/{slug}/{nfe}"
+
+
 def run_comparison(ev: Evaluator, results: Results, runs: dict[str, dict[int, Path]]) -> None:
     config, figures = ev.config, ev.args.out / "figures"
     # yardsticks: real test images (the floor at this n), and NFE 8 again from other starting noise
@@ -334,7 +345,8 @@ def run_cfg(ev: Evaluator, results: Results, runs: dict[str, dict[int, Path]]) -
         slug, final = {**METHODS, **CFG_VARIANTS}[label][0], runs[label][max(runs[label])]
         for scale in ev.config.cfg_scales:
             nfe = ev.config.cfg_steps * (1 if scale == 1.0 else 2)  # a guided step is two evaluations
-            results.get(f"cfg/{slug}/{scale:g}", lambda: ev.point(final, "euler", nfe, scale))
+            key = euler_key(ev.config, slug, nfe, "cfg") if scale == 1.0 else f"cfg/{slug}/{scale:g}"
+            results.get(key, lambda: ev.point(final, "euler", nfe, scale))
 
 
 def run_cov(ev: Evaluator, results: Results, runs: dict[str, dict[int, Path]]) -> None:
@@ -346,8 +358,7 @@ def run_cov(ev: Evaluator, results: Results, runs: dict[str, dict[int, Path]]) -
     for label in ("CondOT", "class prior"):  # the sigma = 1 and Gaussian rows, at the same NFEs
         slug, final = METHODS[label][0], runs[label][max(runs[label])]
         for nfe in ev.config.cov_nfes:
-            key = f"cmp/{slug}/euler/{nfe}" if nfe in ev.config.euler_nfes else f"cov/{slug}/{nfe}"
-            results.get(key, lambda: ev.point(final, "euler", nfe))
+            results.get(euler_key(ev.config, slug, nfe, "cov"), lambda: ev.point(final, "euler", nfe))
 
 
 def run_overlap(config: Config, args: argparse.Namespace, results: Results) -> None:
@@ -504,7 +515,8 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
             slug = {**METHODS, **CFG_VARIANTS}[label][0]
             cells = []
             for scale in config.cfg_scales:
-                p = points.get(f"cfg/{slug}/{scale:g}")
+                p = points.get(euler_key(config, slug, config.cfg_steps, "cfg") if scale == 1.0
+                               else f"cfg/{slug}/{scale:g}")
                 cells.append("" if p is None else f"{p['value']:.2f} ({100 * p['accuracy']:.1f}%)")
             rows.append([label, *cells])
         lines += table(["method", *[f"w = {s:g}" for s in config.cfg_scales]], rows) + [""]
@@ -516,7 +528,7 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
                             *[(label, slug) for label, (slug, _) in COV_VARIANTS.items()]]:
             cells = []
             for nfe in config.cov_nfes:
-                p = points.get(f"cmp/{slug}/euler/{nfe}", points.get(f"cov/{slug}/{nfe}"))
+                p = points.get(euler_key(config, slug, nfe, "cov"))
                 cells.append("" if p is None else f"{p['value']:.2f}")
             cost, last = points.get(f"cost/{slug}"), p  # p: the point at the largest NFE
             rows.append([label, *cells, "" if last is None else f"{100 * last['accuracy']:.1f}%",
@@ -594,7 +606,8 @@ def main(argv: list[str] | None = None) -> None:
                     "cov": run_cov}[part]
             timed(results, part, lambda: work(evaluator, results, runs))
     # the report covers every part measured so far in this folder, not only this invocation's
-    prefixes = {"comparison": "cmp/", "straightness": "straight/", "cfg": "cfg/", "cov": "cov/", "overlap": "overlap/"}
+    prefixes = {"comparison": "yardstick/", "straightness": "straight/", "cfg": "cfg/", "cov": "cov/",
+                "overlap": "overlap/"}
     measured = [p for p in PARTS if p in parts or any(key.startswith(prefixes[p]) for key in results.points)]
     report = write_report(evaluator, results, args, measured)
     print(f"wrote {report} and {args.out / 'figures'}")

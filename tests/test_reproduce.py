@@ -61,6 +61,10 @@ def test_bad_config_and_parts_are_refused():
 
 def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, monkeypatch):
     out = tmp_path / "smoke"
+    # one part alone reports only itself, though it shares the main methods' Euler points
+    reproduce.main(["--config", "smoke", "--out", str(out), "--parts", "cov"])
+    alone = (out / "report.md").read_text()
+    assert "Covariance of the class prior" in alone and "against NFE, euler" not in alone
     reproduce.main(["--config", "smoke", "--out", str(out)])
     report = (out / "report.md").read_text()
     for heading in ("FD-clf against NFE, euler", "FD-clf against NFE, midpoint", "against training steps",
