@@ -1,0 +1,183 @@
+"""Checks every script shares: files we read, paths we write, devices, finite numbers.
+
+A user's mistake or a damaged file must end in ONE line that names the file or the flag and
+says what to do, and a non-zero exit; never a traceback, never silent output. So:
+
+    read    load_torch / load_npz turn any failure of the reader (truncated zip, garbage,
+            pickle errors, a missing key) into ValueError("PATH: what is wrong; what to do").
+    write   check_out_dir / check_out_file test, BEFORE any work starts, that the path can be
+            written (not a file where a folder is wanted, not under a file, not read-only, a
+            known image extension); atomic_write writes to PATH.tmp, fsyncs and renames, so a
+            run killed mid-write keeps the old file whole.
+    devices resolve_device("cuda:7") on a machine with one GPU is an error naming --device.
+    numbers check_finite refuses NaN/inf where it would otherwise flow silently into results.
+
+Scripts end with `run_main(main)`: ValueError, FileNotFoundError and other OSErrors print
+"error: ..." on one line and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+# ----------------------------------------------------------------------------- reading
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """`TypeName: first line of the message`, cut to `limit` characters."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_torch(path: str | Path, what: str, hint: str, weights_only: bool = True,
+               keys: Iterable[str] = ()) -> dict:
+    """torch.load a dict from `path`; any failure, or a missing key, is one ValueError line.
+
+    what: what the file should be ("checkpoint"); hint: what to do when it is not."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}: {hint}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # truncated zip, garbage bytes, unpickling: the same news for the user
+        raise ValueError(f"{path}: not a readable {what} ({first_line(err)}); {hint}") from None
+    return require_keys(obj, keys, path, what, hint)
+
+
+def load_npz(path: str | Path, what: str, hint: str, keys: Iterable[str] = ()) -> dict:
+    """All arrays of an .npz (no pickles); a missing, truncated or foreign file is one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}: {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as file:
+            if not hasattr(file, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            arrays = {key: file[key] for key in file.files}
+    except Exception as err:  # BadZipFile, zlib.error, EOFError, pickled objects, ...
+        raise ValueError(f"{path}: not a readable {what} ({first_line(err)}); {hint}") from None
+    return require_keys(arrays, keys, path, what, hint)
+
+
+def require_keys(obj: object, keys: Iterable[str], path: str | Path, what: str, hint: str) -> dict:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a {what} (holds a {type(obj).__name__}, not a dict); {hint}")
+    missing = [key for key in keys if key not in obj]
+    if missing:
+        raise ValueError(f"{path}: not a {what} (no {', '.join(map(repr, missing))}); {hint}")
+    return obj
+
+
+# ----------------------------------------------------------------------------- writing
+
+def check_out_dir(path: str | Path, flag: str) -> Path:
+    """Create folder `path` (and its parents) now and prove it writable, or say why not."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{flag} {path}: {parent} is a file, not a folder; choose another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write there ({err.strerror or first_line(err)}); "
+                         f"choose another {flag}") from None
+    return path
+
+
+def check_out_file(path: str | Path, flag: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """A file we will write later: a known suffix, not a folder, and a writable folder."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: the name must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    check_out_dir(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path}: the file exists and is read-only; choose another {flag}")
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[object], None]) -> None:
+    """write(file) into PATH.tmp, fsync, rename over PATH: readers see the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+
+
+def save_torch(path: str | Path, obj: object) -> None:
+    atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def save_npz(path: str | Path, arrays: dict) -> None:
+    # a file object: np.savez would append ".npz" to other names
+    atomic_write(path, lambda file: np.savez(file, **{key: np.asarray(v) for key, v in arrays.items()}))
+
+
+# ----------------------------------------------------------------------------- devices, numbers
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """`name` if this machine has it, else an error naming --device; None: cuda if available."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: this machine has no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {name}: unsupported device type '{device.type}'; use cpu or cuda")
+    return device
+
+
+def check_finite(value: float | np.ndarray | torch.Tensor, what: str, hint: str = "") -> None:
+    """ValueError when `value` holds NaN or inf; `what` names it for the user."""
+    if isinstance(value, torch.Tensor):
+        finite = bool(torch.isfinite(value).all())
+    elif isinstance(value, np.ndarray):
+        finite = bool(np.isfinite(value).all()) if value.dtype.kind in "fc" else True
+    else:
+        finite = math.isfinite(value)
+    if not finite:
+        raise ValueError(f"{what} is not finite (NaN or inf)" + (f"; {hint}" if hint else ""))
+
+
+def check_at_least(value: int | float | None, minimum: int | float, flag: str) -> None:
+    """`--flag must be at least minimum` unless value is None (= the default applies)."""
+    if value is not None and (not math.isfinite(value) or value < minimum):
+        raise ValueError(f"{flag} must be at least {minimum}, got {value}")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def run_main(main: Callable[[], None]) -> None:
+    """Every script's `if __name__ == "__main__"`: expected failures become one line and exit 2."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, OSError, zipfile.BadZipFile) as err:  # OSError: a FileNotFoundError, a full disk, ...
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
+        sys.exit(2)
