@@ -35,6 +35,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+import checks
 from data import to_model
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -229,15 +230,13 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
 
 
 def save_npz(path: str, state: dict) -> None:
-    np.savez(path, **{key: np.asarray(value) for key, value in state.items()})
+    checks.save_npz(path, state)  # temporary file + rename: a killed fit leaves no half-written file
 
 
 def load_npz(path: str) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as file:
-            return {key: file[key] for key in file.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prior statistics file {path} not found; fit the prior first (train.py does it)")
+    """A prior's saved state; a missing, damaged or foreign file is a one-line error naming it."""
+    return checks.load_npz(path, "prior statistics file", "train.py fits and writes it when the file is absent",
+                           keys=("name",))
 
 
 PRIORS: dict[str, type] = {"gaussian": GaussianPrior, "class": ClassPrior}

@@ -26,7 +26,6 @@ the batch size, the device count or which other classes are sampled in the same 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +34,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+import checks
 import data
 import prior as prior_module
 import unet
@@ -115,10 +115,6 @@ def guided_velocity(model: torch.nn.Module, labels: torch.Tensor, cfg: float,
     return velocity
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def prior_noise(prior, labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """x0 (N, C, H, W) float32 on labels' device; row j drawn from prior(labels[j]) with seeds[j].
     One generator per image: an image's noise does not depend on the batch it lands in."""
@@ -164,12 +160,13 @@ def generate(model: torch.nn.Module, prior, labels: torch.Tensor, seeds: list[in
 def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch.nn.Module, object, dict]:
     """(model with the EMA weights in eval mode on device, the checkpoint's own prior, config)."""
     path, device = Path(path), torch.device(device)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py) "
-                                "or pass --ckpt PATH")
+    hint = "train one first (python train.py) or pass --ckpt PATH"
     # weights_only=False: our own file, and the prior state holds numpy arrays
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    config = checkpoint["config"]
+    checkpoint = checks.load_torch(path, "checkpoint", hint, weights_only=False, keys=("ema", "config", "prior"))
+    config = checks.require_keys(checkpoint["config"], ("preset", "image_size", "channels", "num_classes"),
+                                 path, "train.py checkpoint (its config)", hint)
+    if config["preset"] not in unet.PRESETS:
+        raise ValueError(f"checkpoint {path} uses preset {config['preset']!r}, which this unet.py does not have")
     model = unet.build_unet(config["preset"], config["image_size"], config["channels"], config["num_classes"])
     # a torch.compile'd module saves its weights under "_orig_mod."; the plain UNet does not
     ema = {key.removeprefix("_orig_mod."): value for key, value in checkpoint["ema"].items()}
@@ -181,22 +178,33 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch
             detail = detail[:237] + "..."
         raise ValueError(f"checkpoint {path} does not match preset {config['preset']!r} (was unet.py changed "
                          f"since it was trained? sample with that version): {detail}") from None
-    prior = prior_module.prior_from_state(checkpoint["prior"]["state"])
+    bad = [name for name, value in model.state_dict().items() if value.is_floating_point()
+           and not torch.isfinite(value).all()]
+    if bad:  # would give all-black images and exit 0
+        raise ValueError(f"checkpoint {path} has non-finite (NaN/inf) EMA weights in {bad[0]}"
+                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}: the run diverged before "
+                         f"it was saved; use an earlier checkpoint or retrain with a lower --lr")
+    try:
+        prior = prior_module.prior_from_state(checkpoint["prior"]["state"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {path}: its prior state is incomplete ({checks.first_line(err)}); {hint}") from None
     model = model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model, prior, config
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad: int = 2) -> None:
+def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad: int = 2,
+              max_rows: int = 20, max_columns: int = 16) -> None:
     """PNG grid: one row per class (ascending id), its samples left to right; white padding.
 
-    Tiles smaller than 64 px are upscaled by an integer factor (nearest) so 32x32 stays viewable.
+    At most max_rows classes and max_columns samples each are shown (a picture to look at; the
+    .npz keeps every image). Tiles under 64 px are upscaled by an integer factor (nearest).
     """
     images, labels = images.cpu().numpy(), np.asarray(torch.as_tensor(labels).cpu())
     _, channels, height, width = images.shape
     scale = max(1, 64 // max(height, width))
-    rows = [images[labels == c] for c in np.unique(labels)]
+    rows = [images[labels == c][:max_columns] for c in np.unique(labels)[:max_rows]]
     columns = max((len(row) for row in rows), default=0)
     tile_h, tile_w = height * scale + pad, width * scale + pad
     canvas = np.full((len(rows) * tile_h + pad, columns * tile_w + pad, channels), 255, dtype=np.uint8)
@@ -206,15 +214,16 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad:
             top, left = pad + r * tile_h, pad + c * tile_w
             canvas[top:top + height * scale, left:left + width * scale] = tile
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas[..., 0] if channels == 1 else canvas).save(path)
+    picture = Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
+    checks.atomic_write(path, lambda file: picture.save(file, format=Image.registered_extensions()[
+        Path(path).suffix.lower()]))
 
 
 def save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | Path) -> None:
-    """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,)."""
+    """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,); atomic."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as file:  # a file object: np.savez would append ".npz" to a bare name
-        np.savez(file, arr_0=images.cpu().permute(0, 2, 3, 1).numpy().astype(np.uint8),
-                 arr_1=torch.as_tensor(labels).cpu().numpy().astype(np.int64))
+    checks.save_npz(path, {"arr_0": images.cpu().permute(0, 2, 3, 1).numpy().astype(np.uint8),
+                           "arr_1": torch.as_tensor(labels).cpu().numpy().astype(np.int64)})
 
 
 def image_seed(run_seed: int, class_id: int, index: int) -> int:
@@ -251,29 +260,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-npz", default=None, help="default: next to the checkpoint")
     args = parser.parse_args(argv)
 
+    checks.check_finite(args.cfg, "--cfg", "give a number such as 1 (no guidance) or 2")
     num_steps(args.nfe, args.solver, 1 if args.cfg == 1.0 else 2)  # fail on a bad budget before loading
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1 image per class, got {args.n}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = torch.device(args.device) if args.device else default_device()
+    checks.check_at_least(args.n, 1, "--n")
+    checks.check_at_least(args.batch_size, 1, "--batch-size")
+    device = checks.resolve_device(args.device)
+    stem = (f"samples_{args.solver}_nfe{args.nfe}" + (f"_cfg{args.cfg:g}" if args.cfg != 1.0 else "")
+            + f"_n{args.n}" + (f"_seed{args.seed}" if args.seed else ""))  # other runs keep their files
     model, prior, config = load_checkpoint(args.ckpt, device)
+    # both outputs are checked before the sampling starts, not after it
+    out_png = checks.check_out_file(args.out_png or Path(args.ckpt).parent / f"{stem}.png", "--out-png",
+                                    checks.IMAGE_SUFFIXES)
+    out_npz = checks.check_out_file(args.out_npz or Path(args.ckpt).parent / f"{stem}.npz", "--out-npz", (".npz",))
     classes = parse_classes(args.classes, config["num_classes"])
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n)
     seeds = [image_seed(args.seed, c, j) for c in classes for j in range(args.n)]
     images = generate(model, prior, labels, seeds, args.nfe, args.solver, args.cfg, args.batch_size,
                       device, progress=True)
-
-    stem = f"samples_{args.solver}_nfe{args.nfe}" + (f"_cfg{args.cfg:g}" if args.cfg != 1.0 else "")
-    out_png = Path(args.out_png or Path(args.ckpt).parent / f"{stem}.png")
-    out_npz = Path(args.out_npz or Path(args.ckpt).parent / f"{stem}.npz")
     save_grid(images, labels, out_png)
     save_npz(images, labels, out_npz)
-    print(f"wrote {out_png} ({len(classes)} classes x {args.n}) and {out_npz} ({len(images)} images)")
+    print(f"wrote {out_png} (grid of up to 20 classes x 16) and {out_npz} ({len(classes)} classes x {args.n} = "
+          f"{len(images)} images)")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    checks.run_main(main)

@@ -23,8 +23,11 @@ gives the losses of the uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -40,6 +43,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import checks
 import data
 import flow
 import prior as priors
@@ -47,44 +51,65 @@ import sample
 import unet
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The command line. suppress_defaults=True leaves out every option not given, which tells a
+    resumed run which options the user changed."""
     files = "\n".join(f"  {name}: {what}" for name, what in data.EXPECTED_FILES.items())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="--data-dir must hold:\n" + files,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS if suppress_defaults else None)
     arg = parser.add_argument
-    arg("--dataset", default="shapes", help=f"one of: {', '.join(data.DATASETS)}")
-    arg("--data-dir", default=None, help="folder with the dataset's files (see below)")
-    arg("--image-size", dest="resize_to", type=int, default=None, help="for --dataset folder/shapes: image size")
-    arg("--prior", default="class", help=f"source distribution, one of: {', '.join(priors.PRIORS)}")
-    arg("--cov", default="iso", choices=["iso", "diag"], help="class prior covariance: sigma*I or per-class std")
-    arg("--sigma", type=float, default=1.0, help="class prior std for --cov iso")
-    arg("--cov-scale", type=float, default=1.0, help="multiplies the per-class std for --cov diag")
-    arg("--prior-stats", default=None, help="prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
-    arg("--coupling", default="independent", help=f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
-    arg("--sigma-min", type=float, default=0.0, help="width of the probability path at t=1")
-    arg("--max-images", type=int, default=None, help="use only the first N training images (quick runs)")
-    arg("--preset", default=None, help=f"network size: {', '.join(unet.PRESETS)} (default: see RECIPES)")
-    arg("--batch-size", type=int, default=None, help="global batch, split over processes (default 32)")
-    arg("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
-    arg("--warmup", type=int, default=None, help="steps of linear learning-rate warm-up (default 200)")
-    arg("--weight-decay", type=float, default=0.0)
-    arg("--grad-clip", type=float, default=1.0)
-    arg("--steps", type=int, default=None, help="total optimizer steps (default 2500)")
-    arg("--ema", type=float, default=None, help="EMA decay, warmed up as min(decay, (1+s)/(10+s)) (default 0.999)")
-    arg("--label-dropout", type=float, default=0.1, help="share of labels replaced by the null label (CFG)")
-    arg("--null-source", default="global", choices=["global", "class"],
+
+    def default(value):  # argparse ignores `default=` when argument_default is SUPPRESS, so say it here
+        return argparse.SUPPRESS if suppress_defaults else value
+
+    arg("--dataset", default=default("shapes"), help=f"one of: {', '.join(data.DATASETS)}")
+    arg("--data-dir", default=default(None), help="folder with the dataset's files (see below)")
+    arg("--image-size", dest="resize_to", type=int, default=default(None),
+        help="for --dataset folder/shapes: image size")
+    arg("--prior", default=default("class"), help=f"source distribution, one of: {', '.join(priors.PRIORS)}")
+    arg("--cov", default=default("iso"), choices=["iso", "diag"],
+        help="class prior covariance: sigma*I or per-class std")
+    arg("--sigma", type=float, default=default(1.0), help="class prior std for --cov iso")
+    arg("--cov-scale", type=float, default=default(1.0), help="multiplies the per-class std for --cov diag")
+    arg("--prior-stats", default=default(None),
+        help="prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
+    arg("--coupling", default=default("independent"), help=f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
+    arg("--sigma-min", type=float, default=default(0.0), help="width of the probability path at t=1")
+    arg("--max-images", type=int, default=default(None), help="use only the first N training images (quick runs)")
+    arg("--preset", default=default(None), help=f"network size: {', '.join(unet.PRESETS)} (default: see RECIPES)")
+    arg("--batch-size", type=int, default=default(None), help="global batch, split over processes (default 32)")
+    arg("--grad-accum", type=int, default=default(1),
+        help="split each process's batch into N micro-batches (one optimizer step; same update, less memory)")
+    arg("--lr", type=float, default=default(None), help="peak learning rate (default 1e-3)")
+    arg("--warmup", type=int, default=default(None), help="steps of linear learning-rate warm-up (default 200)")
+    arg("--weight-decay", type=float, default=default(0.0))
+    arg("--grad-clip", type=float, default=default(1.0))
+    arg("--steps", type=int, default=default(None), help="total optimizer steps (default 2500)")
+    arg("--ema", type=float, default=default(None),
+        help="EMA decay, warmed up as min(decay, (1+s)/(10+s)) (default 0.999)")
+    arg("--label-dropout", type=float, default=default(0.1), help="share of labels replaced by the null label (CFG)")
+    arg("--null-source", default=default("global"), choices=["global", "class"],
         help="x0 of a dropped label: the dataset-wide component (global) or its own class's (class)")
-    arg("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU")
-    arg("--compile", action="store_true", help="torch.compile the network")
-    arg("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    arg("--seed", type=int, default=0)
-    arg("--out", default="out", help="output folder: ckpt.pt, log.jsonl, samples/")
-    arg("--log-every", type=int, default=50)
-    arg("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500)")
-    arg("--sample-every", type=int, default=None, help="steps between EMA sample grids, 0: never (default 500)")
-    arg("--sample-nfe", type=int, default=16)
-    arg("--resume", nargs="?", const="auto", default=None, help="continue from OUT/ckpt.pt (or the given path)")
-    args = parser.parse_args(argv)
+    arg("--precision", default=default("auto"), choices=["auto", "bf16", "fp32"],
+        help="auto: bf16 on CUDA, fp32 on CPU")
+    arg("--compile", action="store_true", default=default(False), help="torch.compile the network")
+    arg("--device", default=default(None), help="cuda, cuda:N, cpu (default: cuda if available)")
+    arg("--seed", type=int, default=default(0))
+    arg("--out", default=default("out"), help="output folder: ckpt.pt, log.jsonl, samples/")
+    arg("--log-every", type=int, default=default(50))
+    arg("--ckpt-every", type=int, default=default(None), help="steps between checkpoints (default 500)")
+    arg("--sample-every", type=int, default=default(None),
+        help="steps between EMA sample grids, 0: never (default 500)")
+    arg("--sample-nfe", type=int, default=default(16))
+    arg("--resume", nargs="?", const="auto", default=default(None),
+        help="continue from OUT/ckpt.pt (or the given path); see RESUMABLE for what may change")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.given = sorted(vars(build_parser(suppress_defaults=True).parse_args(argv)))  # options on the command line
     recipe = RECIPES.get(args.dataset, RECIPES["default"])
     for key, value in recipe.items():  # an option given on the command line wins
         if getattr(args, key) is None:
@@ -104,27 +129,38 @@ RECIPES: dict[str, dict] = {
 }
 
 
-# What defines a run; a resumed run takes these from the checkpoint, not the command line.
-RUN_KEYS = ("dataset", "data_dir", "resize_to", "max_images", "prior", "cov", "sigma", "cov_scale", "coupling",
-            "sigma_min", "preset", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema", "label_dropout",
-            "null_source", "seed")
-ADDED_KEYS = {"null_source": "global"}  # keys added later: what checkpoints written before them did
+# What defines a run: a resumed run must keep these (a different value is refused), since they
+# decide what is learnt: the data, the prior, the network, the pairing, the batches and the seed.
+RUN_KEYS = ("dataset", "resize_to", "max_images", "prior", "cov", "sigma", "cov_scale", "coupling", "sigma_min",
+            "preset", "batch_size", "label_dropout", "null_source", "seed")
+# What a resumed run may change: how it is optimised (after a divergence: a lower --lr), how long,
+# how often it logs, saves and samples, and where it runs. Not given again: the checkpoint's value.
+RESUMABLE = ("data_dir", "lr", "warmup", "weight_decay", "grad_clip", "ema", "steps", "grad_accum", "log_every",
+             "ckpt_every", "sample_every", "sample_nfe", "precision", "compile", "device")
+ADDED_KEYS = {"null_source": "global", "grad_accum": 1}  # keys added later: what checkpoints before them did
+DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.dataset not in data.DATASETS:
-        raise ValueError(f"unknown dataset '{args.dataset}'; choose one of: {', '.join(data.DATASETS)}")
-    if args.prior not in priors.PRIORS:
-        raise ValueError(f"unknown prior '{args.prior}'; choose one of: {', '.join(priors.PRIORS)}")
-    if args.coupling not in flow.COUPLINGS:
-        raise ValueError(f"unknown coupling '{args.coupling}'; choose one of: {', '.join(flow.COUPLINGS)}")
-    if args.preset not in unet.PRESETS:
-        raise ValueError(f"unknown preset '{args.preset}'; choose one of: {', '.join(unet.PRESETS)}")
-    for name in ("batch_size", "steps", "log_every", "ckpt_every"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not 0 <= args.label_dropout < 1:
-        raise ValueError(f"--label-dropout must be in [0, 1), got {args.label_dropout}")
+    """Every option's range, named by its flag."""
+    for name, table in (("dataset", data.DATASETS), ("prior", priors.PRIORS), ("coupling", flow.COUPLINGS),
+                        ("preset", unet.PRESETS)):
+        if getattr(args, name) not in table:
+            raise ValueError(f"unknown {name} '{getattr(args, name)}'; choose one of: {', '.join(table)}")
+    for name, minimum in (("batch_size", 1), ("grad_accum", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1),
+                          ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
+                          ("resize_to", 8), ("seed", 0)):
+        checks.check_at_least(getattr(args, name), minimum, "--" + name.replace("_", "-"))
+    for name in ("lr", "sigma", "cov_scale", "grad_clip"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    for name, low, high in (("label_dropout", 0, 1), ("ema", 0, 1), ("sigma_min", 0, 1)):
+        value = getattr(args, name)
+        if not low <= value < high:  # also false for NaN
+            raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}), got {value}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -132,10 +168,7 @@ def check_args(args: argparse.Namespace) -> None:
 def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun one process per GPU; plain python: one process."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if device_arg:
-        device = torch.device(device_arg)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = checks.resolve_device(device_arg)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -193,7 +226,10 @@ class Prefetcher:
             step += 1
 
     def close(self) -> None:
+        """Stop the thread and wait for it: a thread still inside the data path while the
+        interpreter shuts down can abort the process ("terminate called ...", exit 134)."""
         self.stop.set()
+        self.thread.join()
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.queue.get()
@@ -204,36 +240,62 @@ class Prefetcher:
 
 # ----------------------------------------------------------------------------- prior
 
-def make_prior(args: argparse.Namespace, dataset, num_images: int, device: torch.device, rank: int, world: int):
-    """Fit the prior once per dataset (one streaming pass) and cache its statistics."""
-    options = {"cov": args.cov, "sigma": args.sigma, "scale": args.cov_scale}
+def data_fingerprint(dataset, num_images: int) -> str:
+    """What identifies the training images: name, count, shape, every label and the pixels of 64
+    images spread over the set (a cheap content hash: two folders of equal size differ here)."""
+    probe = np.unique(np.linspace(0, num_images - 1, min(64, num_images)).round().astype(np.int64))
+    images, _ = dataset.get(probe)
+    digest = hashlib.sha256(f"{dataset.name}|{num_images}|{dataset.channels}x{dataset.image_size}|"
+                            f"{dataset.num_classes}".encode())
+    digest.update(np.ascontiguousarray(dataset.labels[:num_images]).tobytes())
+    digest.update(images.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prior_options(args: argparse.Namespace) -> dict:
+    return {"cov": args.cov, "sigma": args.sigma, "scale": args.cov_scale}
+
+
+def cache_key(name: str, options: dict, fingerprint: str) -> str:
+    """Statistics are reused only for the same prior, options and data."""
+    text = json.dumps({"prior": name, "options": options, "data": fingerprint}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_prior(args: argparse.Namespace, dataset, num_images: int, fingerprint: str, device: torch.device,
+               rank: int, world: int):
+    """Fit the prior (one streaming pass) and cache it in OUT/prior_stats.npz under a key of the
+    prior, its options and the data; a file with another key is refitted (or, when given by
+    --prior-stats, refused)."""
+    options = prior_options(args)
+    key = cache_key(args.prior, options, fingerprint)
     path = Path(args.prior_stats or Path(args.out) / "prior_stats.npz")
-    if rank == 0 and not path.exists():
-        fitted = priors.build_prior(args.prior, **options)
-        starts = range(0, num_images, 1024)  # one streaming pass over the training images
-        batches = (dataset.get(np.arange(i, min(i + 1024, num_images))) for i in starts)
-        batches = ((images.to(device), labels.to(device)) for images, labels in batches)  # float64 work on the GPU
-        fitted.fit(tqdm(batches, total=len(starts), desc=f"fitting {args.prior} prior", disable=rank != 0),
-                   dataset.num_classes, dataset=args.dataset)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        priors.save_npz(str(tmp), {**fitted.state_dict(), "num_images": num_images})
-        os.replace(tmp, path)
+    hint = "delete it, or pass --prior-stats with another path"
+    if rank == 0:
+        stored = None
+        if path.exists():
+            stored = priors.load_npz(str(path))
+            if str(stored.get("cache_key", "")) != key:
+                if args.prior_stats:
+                    raise ValueError(f"--prior-stats {path} holds {stored.get('name')} prior statistics of other data "
+                                     f"or options (key {stored.get('cache_key', 'none')}, this run needs {key}); {hint}")
+                print(f"{path} was fitted on other data or prior options: fitting again")
+                stored = None
+        if stored is None:
+            fitted = priors.build_prior(args.prior, **options)
+            starts = range(0, num_images, 1024)  # one streaming pass over the training images
+            batches = (dataset.get(np.arange(i, min(i + 1024, num_images))) for i in starts)
+            batches = ((images.to(device), labels.to(device)) for images, labels in batches)  # float64 on the GPU
+            fitted.fit(tqdm(batches, total=len(starts), desc=f"fitting {args.prior} prior"),
+                       dataset.num_classes, dataset=args.dataset)
+            checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
     if world > 1:
         dist.barrier()  # the other processes wait for rank 0's file
-    state = priors.load_npz(str(path))
-    fitted_on = (str(state["name"]), str(state.get("dataset")), int(state.get("num_images", -1)))
-    if fitted_on != (args.prior, args.dataset, num_images):
-        raise ValueError(f"{path} holds {fitted_on[0]} prior statistics of {fitted_on[1]} ({fitted_on[2]} images), "
-                         f"not of {args.dataset} ({num_images} images) for prior {args.prior}; delete it or pass "
-                         f"--prior-stats with another path")
-    state.update(options)  # the same statistics serve any sigma / covariance choice
-    fitted = priors.prior_from_state(state)
+    fitted = priors.prior_from_state(priors.load_npz(str(path)))
     expected = (dataset.channels, dataset.image_size, dataset.image_size)
     if tuple(fitted.shape) != expected or fitted.num_classes != dataset.num_classes:
         raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)} with {fitted.num_classes} "
-                         f"classes, but {args.dataset} has {expected} and {dataset.num_classes}; delete it or "
-                         f"pass --prior-stats with another path")
+                         f"classes, but {args.dataset} has {expected} and {dataset.num_classes}; {hint}")
     return fitted
 
 
@@ -241,12 +303,7 @@ def make_prior(args: argparse.Namespace, dataset, num_images: int, device: torch
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary file, then rename: a run killed mid-write keeps the old file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
-        torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    checks.save_torch(path, state)
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -261,17 +318,47 @@ def set_rng_state(state: dict, generator: torch.Generator, device: torch.device)
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step", "rng", "config", "prior")
+
+
 def load_resume(args: argparse.Namespace) -> dict | None:
+    """The checkpoint to continue, with args merged: RUN_KEYS come from the checkpoint (a
+    different value on the command line is refused), RESUMABLE ones from the command line when
+    given there, else from the checkpoint."""
     if args.resume is None:
         return None
     path = Path(args.out) / "ckpt.pt" if args.resume == "auto" else Path(args.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume or give the path")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = checks.load_torch(path, "checkpoint", "start without --resume, or give a checkpoint's path",
+                                   weights_only=False, keys=CHECKPOINT_KEYS)
     config = {**ADDED_KEYS, **checkpoint["config"]}
-    for key in RUN_KEYS:  # the run's definition comes from the checkpoint
+    given = set(getattr(args, "given", ()))
+    changed = [key for key in RUN_KEYS if key in given and getattr(args, key) != config.get(key)]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {config.get(k)})" for k in changed)
+        raise ValueError(f"--resume {path}: {flags}: a resumed run keeps its data, prior, network and batches; "
+                         f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change. "
+                         f"Start a new run with another --out instead")
+    for key in RUN_KEYS:
         setattr(args, key, config[key])
+    for key in RESUMABLE:
+        if key not in given and key in config:
+            setattr(args, key, config[key])
     return checkpoint
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Keep the log lines up to the checkpoint's step (atomically): lines written after it by the
+    run that was stopped are written again by the resumed one."""
+    if not path.exists():
+        return
+    def step_of(line: str) -> float:  # a line cut by a kill mid-write is dropped too
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return math.inf
+
+    kept = [line for line in path.read_text().splitlines() if step_of(line) <= last_step]
+    checks.atomic_write(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
 
 
 # ----------------------------------------------------------------------------- training
@@ -327,7 +414,11 @@ def build_run(args: argparse.Namespace, dataset, prior, device: torch.device, ra
 
 
 def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a uint8 batch; returns (loss, grad norm) as device tensors (no sync)."""
+    """One optimizer step on a uint8 batch; returns (loss, grad norm) as device tensors (no sync).
+
+    With --grad-accum N the batch's random draws (dropped labels, x0, coupling, t) are made for
+    the whole batch first, then the network runs on N slices whose losses, weighted by their
+    share of the batch, add up to the whole batch's mean: the same gradient, 1/N of the activations."""
     args, device, generator = run.args, run.device, run.generator
     x1 = data.to_model(images.to(device, non_blocking=True))
     if device.type == "cuda":
@@ -340,16 +431,26 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, step: int) 
     x0 = run.prior.sample(null_labels if args.null_source == "global" else labels, generator)
     x0, x1, labels = flow.couple(x0, x1, null_labels, args.coupling)
     t = flow.sample_t(len(labels), device, generator)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
-        loss = flow.flow_loss(run.network, x0, x1, labels, t, args.sigma_min)
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(step, args)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    slices = torch.arange(len(labels), device=device).tensor_split(args.grad_accum)
+    total = torch.zeros((), device=device)
+    for index, part in enumerate(slices):
+        if len(part) == 0:
+            continue
+        # DDP: average the gradients across processes once, after the last micro-batch
+        last = index == len(slices) - 1
+        sync = run.network.no_sync() if hasattr(run.network, "no_sync") and not last else contextlib.nullcontext()
+        with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
+            loss = flow.flow_loss(run.network, x0[part], x1[part], labels[part], t[part], args.sigma_min)
+            loss = loss * (len(part) / len(labels))
+            loss.backward()
+        total = total + loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
     run.optimizer.step()
     update_ema(run.ema, run.model, step, args.ema)
-    return loss.detach(), grad_norm
+    return total, grad_norm
 
 
 def train(args: argparse.Namespace) -> list[float]:
@@ -359,20 +460,42 @@ def train(args: argparse.Namespace) -> list[float]:
     rank, world, device = setup_distributed(args.device)
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world})")
+    if args.batch_size // world < args.grad_accum:
+        raise ValueError(f"--grad-accum {args.grad_accum} is more than the {args.batch_size // world} images each "
+                         f"process gets per step; use at most that")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # every path we write, checked before any work
+        checks.check_out_dir(out, "--out")
+        if args.prior_stats:
+            checks.check_out_file(args.prior_stats, "--prior-stats", (".npz",))
+        if checkpoint is None and ((out / "ckpt.pt").exists() or (out / "log.jsonl").exists()):
+            raise ValueError(f"--out {out} already holds a run (ckpt.pt / log.jsonl): continue it with --resume, "
+                             f"or choose another --out (or delete that folder)")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     options = {"image_size": args.resize_to} if args.resize_to else {}
+    sized = [name for name, kind in data.DATASETS.items() if "image_size" in inspect.signature(kind).parameters]
+    if options and args.dataset not in sized:
+        raise ValueError(f"--image-size applies to {', '.join(sized)} only, not {args.dataset}")
     dataset = data.load_dataset(args.dataset, args.data_dir, "train", **options)
     num_images = min(len(dataset), args.max_images or len(dataset))
-    prior = make_prior(args, dataset, num_images, device, rank, world)
+    fingerprint = data_fingerprint(dataset, num_images)
+    if checkpoint is None:
+        prior = make_prior(args, dataset, num_images, fingerprint, device, rank, world)
+    else:  # the checkpoint's own prior, after checking that the data is the same
+        saved = checkpoint["config"].get("data_fingerprint")
+        if saved is not None and saved != fingerprint:
+            raise ValueError(f"--resume: the images under --data-dir {args.data_dir} are not the ones this run was "
+                             f"trained on (data fingerprint {fingerprint}, checkpoint {saved}); point --data-dir at "
+                             f"the original data")
+        prior = priors.prior_from_state(checkpoint["prior"]["state"])
     run = build_run(args, dataset, prior, device, rank, world)
     model, ema, optimizer, generator = run.model, run.ema, run.optimizer, run.generator
-    config = {**vars(args), "dataset_options": options, "image_size": dataset.image_size,
-              "channels": dataset.channels, "num_classes": dataset.num_classes, "world_size": world}
-    start = 0
+    config = {**{k: v for k, v in vars(args).items() if k != "given"}, "dataset_options": options,
+              "image_size": dataset.image_size, "channels": dataset.channels, "num_classes": dataset.num_classes,
+              "world_size": world, "data_fingerprint": fingerprint}
+    start, best_loss = 0, math.inf
     if checkpoint is not None:
         try:
             model.load_state_dict(checkpoint["model"])
@@ -381,14 +504,19 @@ def train(args: argparse.Namespace) -> list[float]:
             raise ValueError(f"--resume: the checkpoint does not match preset '{args.preset}': "
                              f"{str(err).splitlines()[0]}") from None
         optimizer.load_state_dict(checkpoint["optimizer"])
-        start = checkpoint["step"]
+        for group in optimizer.param_groups:  # the optimizer state keeps the old values; the flags win
+            group["weight_decay"] = args.weight_decay
+        start, best_loss = checkpoint["step"], checkpoint.get("best_loss", math.inf)
         states = checkpoint["rng"]
         set_rng_state(states[rank] if len(states) == world else states[0], generator, device)
+        if rank == 0:
+            trim_log(out / "log.jsonl", start)
     if rank == 0:
         print(f"{args.dataset}: {num_images} images, {dataset.num_classes} classes, {dataset.image_size}px | "
               f"prior {args.prior}, coupling {args.coupling} | preset {args.preset} "
               f"({unet.count_parameters(model):,} parameters) | {device} x{world}, {run.precision} | "
-              f"steps {start}..{args.steps} at batch {args.batch_size} | out {out}")
+              f"steps {start}..{args.steps} at batch {args.batch_size}"
+              + (f" in {args.grad_accum} micro-batches" if args.grad_accum > 1 else "") + f" | writing to {out}/")
 
     def save(step: int) -> None:
         states = [rng_state(generator, device)]
@@ -399,7 +527,7 @@ def train(args: argparse.Namespace) -> list[float]:
             save_checkpoint(out / "ckpt.pt", {
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "rng": states, "config": config, "class_names": dataset.class_names,
-                "prior": {"name": args.prior, "state": prior.state_dict()}})
+                "best_loss": best_loss, "prior": {"name": args.prior, "state": prior.state_dict()}})
 
     prefetch = Prefetcher(dataset, num_images, start, args.batch_size, args.seed, rank, world,
                           pin=device.type == "cuda")
@@ -407,6 +535,7 @@ def train(args: argparse.Namespace) -> list[float]:
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
                desc=f"{args.prior} prior, {args.coupling}", dynamic_ncols=True)
     losses: list[float] = []
+    saved_step = start if checkpoint is not None else None
     try:
         loss_sum = grad_sum = torch.zeros((), device=device)
         timer, timed_steps = time.perf_counter(), 0
@@ -420,9 +549,8 @@ def train(args: argparse.Namespace) -> list[float]:
                     dist.all_reduce(loss_sum)
                     loss_sum /= world
                 mean_loss, mean_grad = (loss_sum / timed_steps).item(), (grad_sum / timed_steps).item()  # the sync
-                if not math.isfinite(mean_loss):
-                    raise ValueError(f"the loss became {mean_loss} at step {done}; the last good checkpoint "
-                                     f"{out / 'ckpt.pt'} is untouched: lower --lr or raise --warmup, then --resume")
+                check_progress(mean_loss, mean_grad, best_loss, done, out, saved_step, args)  # before any save
+                best_loss = min(best_loss, mean_loss)
                 rate = timed_steps * args.batch_size / (time.perf_counter() - timer)
                 losses.append(mean_loss)
                 if log:
@@ -434,15 +562,37 @@ def train(args: argparse.Namespace) -> list[float]:
                 timer, timed_steps = time.perf_counter(), 0
             if done % args.ckpt_every == 0 or done == args.steps:
                 save(done)
+                saved_step = done
             if rank == 0 and args.sample_every and (done % args.sample_every == 0 or done == args.steps):
                 sample_grid(ema, prior, dataset, args, done, device)
     finally:
+        bar.close()
         prefetch.close()
         if log:
             log.close()
     if world > 1:
         dist.destroy_process_group()
+    if rank == 0:
+        grids = sorted((out / "samples").glob("step_*.png")) if args.sample_every else []
+        print(f"done: {out / 'ckpt.pt'} (step {args.steps}), {out / 'log.jsonl'}"
+              + (f", sample grids in {out / 'samples'}/ (latest {grids[-1].name})" if grids else ""))
     return losses
+
+
+def check_progress(mean_loss: float, mean_grad: float, best_loss: float, step: int, out: Path,
+                   saved_step: int | None, args: argparse.Namespace) -> None:
+    """Stop before a checkpoint is written once the loss is non-finite or explodes (DIVERGENCE x
+    the lowest logged loss), or the gradient is non-finite (the weights are already damaged)."""
+    if math.isfinite(mean_loss) and math.isfinite(mean_grad) and mean_loss <= DIVERGENCE * best_loss:
+        return
+    what = (f"the gradient norm became {mean_grad}" if math.isfinite(mean_loss) and not math.isfinite(mean_grad)
+            else f"the loss became {mean_loss:.4g}")
+    if saved_step is None:
+        raise ValueError(f"{what} at step {step}, before the first checkpoint: start again with a lower --lr "
+                         f"(now {args.lr:g}, e.g. --lr {args.lr / 4:g}) or a longer --warmup")
+    raise ValueError(f"{what} at step {step} (lowest so far {best_loss:.4g}); the last good checkpoint "
+                     f"{out / 'ckpt.pt'} (step {saved_step}) is untouched: continue it with a lower learning rate, "
+                     f"e.g. --resume --lr {args.lr / 4:g} (or a longer --warmup)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -450,7 +600,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    checks.run_main(main)

@@ -51,6 +51,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import checks  # noqa: E402
 import data  # noqa: E402
 import eval_fid  # noqa: E402
 import inception  # noqa: E402
@@ -236,7 +237,7 @@ class Evaluator:
 
     @property
     def device(self) -> torch.device:
-        return eval_fid.default_device(self.args.device)
+        return checks.resolve_device(self.args.device)
 
     def balanced(self, num_classes: int, n: int, seed: int | None = None) -> tuple[torch.Tensor, list[int]]:
         seed = self.args.seed if seed is None else seed
@@ -614,7 +615,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    checks.run_main(main)

@@ -115,7 +115,7 @@ def test_bad_input_is_named():
         ClassPrior().fit(batches_of(images, labels, 8, np.arange(20)), K)
     with pytest.raises(ValueError, match=r"class ids must be in 0\.\.1"):
         ClassPrior().fit(batches_of(images, labels + 1, 8, np.arange(20)), 2)
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="no prior statistics file at"):
         ClassPrior.load("/nonexistent/stats.npz")
 
 
