@@ -1,12 +1,13 @@
 """Linear flow matching: the path, the objective, and how source and data are paired.
 
-Given a source point x0 (from a prior) paired with a data point x1 of class c, the
+Given a source point x0 (from a prior) paired with a data point x1 of condition c, the
 straight path and its constant velocity are (Lipman et al. 2023, "CondOT" path)
 
     x_t = (1 - (1 - sigma_min) t) x0 + t x1,     u = d x_t / dt = x1 - (1 - sigma_min) x0,
 
 with t ~ U[0, 1]; sigma_min = 0 gives x_t = (1 - t) x0 + t x1 and u = x1 - x0. The network
-v_theta(x_t, t, c) is trained by regression onto u:
+v_theta(x_t, t, c) is trained by regression onto u (c: class ids or condition vectors, with
+a null mask for the unconditional rows of classifier-free guidance):
 
     loss = E || v_theta(x_t, t, c) - u ||^2          (mean over pixels and batch)
 
@@ -16,8 +17,9 @@ the data. How x0 is paired with x1 decides how straight that field is:
     independent  x0 and x1 drawn independently (the prior may still depend on c)
     ot           minibatch optimal transport: the permutation P minimising
                  sum_i ||x0_P(i) - x1_i||^2 (exact, scipy's linear_sum_assignment)
-    class_ot     the same, but solved within each class, so a source drawn for class c is
-                 never paired with another class's image
+    class_ot     the same, but solved within each of the prior's groups (prior.groups: one class,
+                 null rows apart; every row alone for condition vectors), so a source drawn
+                 for class c is never paired with another class's image
 
 The paper's measure of path length is the transport cost E ||x1 - x0||^2.
 """
@@ -29,12 +31,16 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# v(x_t, t, cond, null): what the network computes (unet.UNet.forward)
+Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ot_permutation(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """perm with x0[perm][i] paired to x1[i], minimising the total squared distance."""
-    cost = torch.cdist(x1.flatten(1).double(), x0.flatten(1).double()) ** 2  # (n1, n0)
+    # float32 cost on the batch's device: the assignment only needs the ORDER of the costs, which
+    # float32 keeps for image batches (float64 doubled the time with the same permutation)
+    x0f, x1f = x0.flatten(1).float(), x1.flatten(1).float()
+    cost = x1f.square().sum(1, keepdim=True) + x0f.square().sum(1) - 2 * x1f @ x0f.T  # (n1, n0)
     # The assignment is solved on the CPU (one host sync per step; scipy's solver is
     # exact and O(n^3), about 10 ms at n = 256).
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
@@ -43,19 +49,20 @@ def ot_permutation(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(perm).to(x0.device)
 
 
-def couple(x0: torch.Tensor, x1: torch.Tensor, labels: torch.Tensor,
-           method: str = "independent") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Re-pair a batch. The data side (x1, labels) keeps its order; x0 is permuted."""
+def couple(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor, method: str = "independent") -> torch.Tensor:
+    """x0 re-ordered to pair with x1 (the data side keeps its order); groups: (N,) ids, rows
+    of one id may swap sources under class_ot."""
     if method == "independent":
-        return x0, x1, labels
+        return x0
     if method == "ot":
-        return x0[ot_permutation(x0, x1)], x1, labels
+        return x0[ot_permutation(x0, x1)]
     if method == "class_ot":
         perm = torch.arange(len(x0), device=x0.device)
-        for c in torch.unique(labels).tolist():
-            members = torch.nonzero(labels == c).flatten()
+        ids, counts = torch.unique(groups, return_counts=True)
+        for g in ids[counts > 1].tolist():  # a group of one keeps its own source
+            members = torch.nonzero(groups == g).flatten()
             perm[members] = members[ot_permutation(x0[members], x1[members])]
-        return x0[perm], x1, labels
+        return x0[perm]
     raise ValueError(f"unknown coupling '{method}'; choose one of: {', '.join(COUPLINGS)}")
 
 
@@ -76,11 +83,11 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
     return x_t, u
 
 
-def flow_loss(model: Velocity, x0: torch.Tensor, x1: torch.Tensor, labels: torch.Tensor,
+def flow_loss(model: Velocity, x0: torch.Tensor, x1: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
               t: torch.Tensor, sigma_min: float = 0.0) -> torch.Tensor:
-    """Mean squared error between v_theta(x_t, t, label) and the path velocity u."""
+    """Mean squared error between v_theta(x_t, t, cond, null) and the path velocity u."""
     x_t, u = interpolate(x0, x1, t, sigma_min)
-    velocity = model(x_t, t, labels)
+    velocity = model(x_t, t, cond, null)
     return (velocity.float() - u).pow(2).mean()
 
 

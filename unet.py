@@ -1,10 +1,12 @@
 """A compact ADM-style UNet: the velocity network v_theta(x_t, t, c) of flow matching.
 
-The network maps a noisy image x_t, a time t in [0, 1] and a class label c to a
-velocity with the same shape as the image. It follows the "ADM" UNet of Dhariwal &
-Nichol (2021) that the flow-matching papers train (Lipman et al. 2023, Issachar et al. 2025):
+The network maps a noisy image x_t, a time t in [0, 1] and a condition c to a velocity
+with the same shape as the image. It follows the "ADM" UNet of Dhariwal & Nichol (2021)
+that the flow-matching papers train (Lipman et al. 2023, Issachar et al. 2025):
 
-    emb   = MLP(sinusoid(1000 t)) + E[c]               E has K + 1 rows; row K is "null" (for CFG)
+    emb   = MLP(sinusoid(1000 t)) + enc(c)             enc: a table E[c] for class ids, a small
+                                                       MLP for condition vectors (an embedding);
+                                                       a learned vector for "null" (for CFG)
     block = x + conv(dropout(silu(GN(conv(silu(GN(x)))) * (1 + scale) + shift)))
             with (scale, shift) = Linear(silu(emb))    "adaptive group norm"
     attn  = x + proj(softmax(q k^T / sqrt(d)) v)        multi-head, at chosen resolutions
@@ -52,7 +54,7 @@ PRESETS: dict[str, dict] = {
     # 32,16,8, num_head_channels 64, dropout 0.1, use_scale_shift_norm, new attention
     # order, channel_mult (1,2,3,4) for 64x64), which Lipman et al. 2023 (Flow Matching,
     # appendix E hyper-parameter table) also use for ImageNet-64 (about 296M parameters).
-    # Here: 277,189,827 parameters at 3 channels and 1000 classes (+1 null row). The
+    # Here: 277,189,827 parameters at 3 channels and 1000 classes (+ the null embedding). The
     # ~19M gap is ADM's residual blocks for down/upsampling (resblock_updown), where we
     # use one conv each: 3 + 3 fewer blocks of two 3x3 convs plus an embedding projection.
     "imagenet64": dict(base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
@@ -66,6 +68,31 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     freqs = torch.exp(-math.log(max_period) / half * torch.arange(half, device=t.device, dtype=torch.float32))
     angles = (TIME_SCALE * t.float())[:, None] * freqs[None, :]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class ConditionEncoder(nn.Module):
+    """The one place that knows what a condition is: (N,) int64 class ids through a table, or
+    (N, E) float vectors through a two-layer MLP. Rows with null=True get a learned "null"
+    embedding instead (the unconditional field of classifier-free guidance)."""
+
+    def __init__(self, emb_dim: int, num_classes: int = 0, cond_dim: int = 0):
+        super().__init__()
+        if (num_classes > 0) == (cond_dim > 0):
+            raise ValueError(f"a condition is class ids (num_classes > 0) or vectors (cond_dim > 0), "
+                             f"got num_classes={num_classes}, cond_dim={cond_dim}")
+        self.num_classes, self.cond_dim = num_classes, cond_dim
+        if cond_dim:
+            self.mlp = nn.Sequential(nn.Linear(cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        else:
+            self.table = nn.Embedding(num_classes, emb_dim)
+        self.null = nn.Parameter(torch.randn(emb_dim))  # N(0, 1), like a table row
+
+    def forward(self, cond: Tensor, null: Tensor) -> Tensor:
+        if self.cond_dim:
+            embedding = self.mlp(cond.float())
+        else:  # a null row's id may be anything: clamp so the lookup stays in range
+            embedding = self.table(cond.clamp(0, self.num_classes - 1))
+        return torch.where(null[:, None], self.null.to(embedding.dtype), embedding)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -122,22 +149,23 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """forward(x (N,C,H,W), t (N,) in [0,1], labels (N,) in 0..num_classes) -> velocity (N,C,H,W).
+    """forward(x (N,C,H,W), t (N,) in [0,1], cond, null (N,) bool) -> velocity (N,C,H,W).
 
-    Label num_classes is the "null" class (no condition) used by classifier-free guidance.
+    cond: (N,) class ids in 0..num_classes-1, or (N, cond_dim) vectors; null marks the rows
+    to treat as unconditional (classifier-free guidance); None means no row is null.
     """
 
-    def __init__(self, image_size: int, channels: int, num_classes: int, base_channels: int = 64,
+    def __init__(self, image_size: int, channels: int, num_classes: int = 0, base_channels: int = 64,
                  channel_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 2,
                  attention_downsample: tuple[int, ...] = (2,), num_head_channels: int = 64,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, cond_dim: int = 0):
         super().__init__()
         levels = len(channel_mult)
         if image_size < 1 or image_size % 2 ** (levels - 1) != 0:
             raise ValueError(f"image_size {image_size} must be divisible by {2 ** (levels - 1)} "
                              f"for {levels} resolution levels; resize the images or pick another preset")
-        if channels < 1 or num_classes < 1:
-            raise ValueError(f"channels ({channels}) and num_classes ({num_classes}) must be at least 1")
+        if channels < 1:
+            raise ValueError(f"channels ({channels}) must be at least 1")
         if base_channels < 16 or any(w % 4 or w % min(32, w // 4) for w in [base_channels * m for m in channel_mult]):
             raise ValueError(f"base_channels {base_channels} times each of channel_mult {tuple(channel_mult)} must "
                              f"split into group-norm groups (min(32, width/4)): use a multiple of 16 or 32")
@@ -149,12 +177,12 @@ class UNet(nn.Module):
         if any(width % num_head_channels != 0 for width in attended + widths[-1:]):
             raise ValueError(f"num_head_channels {num_head_channels} must divide the channel count "
                              f"of every attention layer {sorted(set(attended + widths[-1:]))}")
-        self.image_size, self.channels, self.num_classes = image_size, channels, num_classes
+        self.image_size, self.channels, self.num_classes, self.cond_dim = image_size, channels, num_classes, cond_dim
         self.base_channels = base_channels
         emb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(),
                                       nn.Linear(emb_dim, emb_dim))
-        self.class_embedding = nn.Embedding(num_classes + 1, emb_dim)  # row num_classes = null
+        self.cond_encoder = ConditionEncoder(emb_dim, 0 if cond_dim else num_classes, cond_dim)
         self.input_conv = nn.Conv2d(channels, base_channels, 3, padding=1)
 
         def block(cin: int, cout: int, level: int) -> ResBlock:
@@ -194,8 +222,10 @@ class UNet(nn.Module):
         self.output = nn.Sequential(group_norm(width), nn.SiLU(),
                                     zero_init(nn.Conv2d(width, channels, 3, padding=1)))
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        emb = self.time_mlp(timestep_embedding(t, self.base_channels)) + self.class_embedding(labels)
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, null: Tensor | None = None) -> Tensor:
+        if null is None:
+            null = torch.zeros(len(cond), dtype=torch.bool, device=cond.device)
+        emb = self.time_mlp(timestep_embedding(t, self.base_channels)) + self.cond_encoder(cond, null)
         emb = F.silu(emb)  # ADM applies SiLU before every block's projection; do it once here
         h = self.input_conv(x)
         skips = [h]
@@ -217,10 +247,11 @@ class UNet(nn.Module):
         return self.output(h).to(x.dtype)
 
 
-def build_unet(preset: str, image_size: int, channels: int, num_classes: int) -> UNet:
+def build_unet(preset: str, image_size: int, channels: int, num_classes: int = 0, cond_dim: int = 0) -> UNet:
+    """A preset network for class ids (num_classes) or condition vectors (cond_dim)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-    return UNet(image_size, channels, num_classes, **PRESETS[preset])
+    return UNet(image_size, channels, num_classes, cond_dim=cond_dim, **PRESETS[preset])
 
 
 def count_parameters(model: nn.Module) -> int:
