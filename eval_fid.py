@@ -41,7 +41,6 @@ import json
 import math
 import time
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, NoReturn
 
