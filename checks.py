@@ -59,6 +59,9 @@ def load_npz(path: str | Path, what: str, hint: str, keys: Iterable[str] = ()) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}: {hint}")
+    if not zipfile.is_zipfile(path):  # else np.load tries a pickle and reports "pickled data": misleading
+        raise ValueError(f"{path}: not a readable {what} (not an .npz archive: truncated, or another kind of "
+                         f"file); {hint}")
     try:
         with np.load(path, allow_pickle=False) as file:
             if not hasattr(file, "files"):

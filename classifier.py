@@ -6,15 +6,20 @@ pool3) give a Frechet distance reported as "FD-clf", never as FID, and its predi
 conditional accuracy, the share of samples classified as the class they were generated for
 (the offline stand-in for the paper's CLIP score). Inputs are images in [0, 1].
 
-    python eval_fid.py classifier --dataset shapes --out clf.pt
+    python eval_fid.py classifier --dataset shapes          # writes runs/clf.pt
+    python classifier.py --dataset shapes                   # the same (options: --help)
 """
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
+
+import checks
 
 
 class Classifier(nn.Module):
@@ -81,3 +86,14 @@ def accuracy(net: Classifier, dataset, device: torch.device, limit: int = 10_000
         if total >= limit:
             break
     return correct / total
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python classifier.py ARGS` runs `python eval_fid.py classifier ARGS`: one set of options."""
+    import eval_fid  # here, not at the top: eval_fid imports this module
+
+    eval_fid.main(["classifier", *(sys.argv[1:] if argv is None else argv)], prog="eval_fid.py")
+
+
+if __name__ == "__main__":
+    checks.run_main(main)

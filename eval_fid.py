@@ -9,8 +9,10 @@ Frechet distance between the Gaussians fitted to two feature sets (float64, unbi
 
     FD = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr( (S1 S2)^(1/2) )
 
-with scipy.linalg.sqrtm and pytorch-fid's safeguards: a non-finite root is retried with 1e-6
-added to both diagonals; an imaginary part above 1e-3 on the diagonal is an error, else dropped.
+with scipy.linalg.sqrtm and pytorch-fid's safeguards: a root that is not finite, or whose square is
+off S1 S2 by more than 1e-5 (relative, Frobenius), is retried with 1e-6 added to both diagonals; an
+imaginary part above 1e-3 on the diagonal is an error, else dropped. Non-finite statistics, features
+or roots are errors, never a NaN result.
 
 Kernel inception distance: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over
 random subsets of m samples from each set (100 subsets of 1000 by default):
@@ -24,24 +26,23 @@ there), plus up to 10k features for KID, the feature network's name and id, n an
 shape (a calc with other features or sizes is refused). Printed: a JSON line (KID as is),
 then a readable summary (KID x 1e3).
 
-    python eval_fid.py classifier --dataset cifar10 --out clf.pt           # only for --features clf
-    python eval_fid.py ref --dataset cifar10 --out ref.npz [--features clf --clf clf.pt]
-    python eval_fid.py calc --samples samples.npz --ref ref.npz
-    python eval_fid.py sweep --ckpt a.pt b.pt --ref ref.npz --nfe 1,2,4,8,15,32 --n 10000
+    python eval_fid.py classifier --dataset cifar10                 # runs/clf.pt, only for --features clf
+    python eval_fid.py ref --dataset cifar10 [--features clf --clf runs/clf.pt]     # runs/ref.npz
+    python eval_fid.py calc --samples out/samples_euler_nfe8.npz --ref runs/ref.npz
+    python eval_fid.py sweep --ckpt a/ckpt.pt b/ckpt.pt --ref runs/ref.npz --nfe 1,2,4,8 --n 10000  # runs/sweep.*
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import hashlib
+import io
 import json
 import math
-import os
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, NoReturn
 
 import numpy as np
 import scipy.linalg
@@ -50,6 +51,7 @@ import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+import checks
 import data
 import flow
 import sample
@@ -59,11 +61,12 @@ from inception import INCEPTION_FILE, InceptionV3  # noqa: F401 (re-exported: fr
 INCEPTION_ID = "pt_inception-2015-12-05"  # the feature id in reference files (pytorch-fid's have none)
 KID_KEEP = 10_000  # reference features stored for KID
 IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
+SQRTM_TOLERANCE = 1e-5  # ||root^2 - S1 S2|| / ||S1 S2|| above this: the root is not trusted
+SAMPLES_HINT = "make one with python sample.py (arr_0: uint8 images N x H x W x C, arr_1: N labels)"
+REF_HINT = "make one with python eval_fid.py ref"
+CLF_HINT = "train one with python eval_fid.py classifier --dataset NAME --out runs/clf.pt"
+CLF_KEYS = ("model", "channels", "image_size", "num_classes", "width")
 
-
-def default_device(name: str | torch.device | None = None) -> torch.device:
-    """`name` if given, else cuda if available, else cpu."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 # ---------------------------------------------------------------- features and statistics
@@ -91,11 +94,12 @@ class RunningStats:
         return self.shift + mean_offset, sigma
 
 
-def check_enough(n: int, dim: int) -> None:
-    """n samples give a covariance of rank <= n - 1: below dim + 1 it is singular."""
+def check_enough(n: int, dim: int, hint: str = "measure more images") -> None:
+    """n samples give a covariance of rank <= n - 1: below dim + 1 it is singular.
+    hint: how the caller's user gets more (a flag, a command)."""
     if n < dim + 1:
         raise ValueError(f"{n} samples for {dim}-d features: the covariance is singular; "
-                         f"use at least {dim + 1} (10000+ is usual for FID)")
+                         f"use at least {dim + 1} (10000+ is usual for FID): {hint}")
 
 
 class Extractor:
@@ -126,28 +130,33 @@ class Extractor:
             features = self.net(x)
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        # a broken network (NaN weights, overflow) stops here instead of becoming NaN statistics
+        network = f"classifier {self.clf_path}" if self.clf_path else f"the {self.name} network"
+        checks.check_finite(features, f"features of {network}",
+                            "its weights are damaged: retrain or re-download it")
         predictions = self.net.head(features).argmax(1).cpu().numpy() if self.name == "clf" else None
         return features.double().cpu().numpy(), predictions
 
 
 def build_extractor(name: str, clf: str | None = None, inception_weights: str | None = None,
                     device: torch.device | str | None = None) -> Extractor:
-    device = default_device(device)
+    device = checks.resolve_device(device)
     if name == "inception":
         return Extractor(name, InceptionV3(inception_weights or "auto"), 2048, INCEPTION_ID, device)
     if name == "clf":
         if clf is None:
-            raise ValueError("--features clf needs --clf clf.pt (train it with: python eval_fid.py classifier)")
-        if not Path(clf).is_file():
-            raise FileNotFoundError(f"no classifier at {clf}: train one with "
-                                    "python eval_fid.py classifier --dataset NAME --out clf.pt")
-        saved = torch.load(clf, map_location="cpu", weights_only=True)
-        net = Classifier(saved["channels"], saved["num_classes"], saved["width"])
-        net.load_state_dict(saved["model"])
+            raise ValueError(f"--features clf needs --clf FILE: {CLF_HINT}")
+        saved = checks.load_torch(clf, "classifier file", CLF_HINT, keys=CLF_KEYS)
+        try:  # right keys, wrong contents (another network, strings for sizes): still the file's fault
+            channels, size, width = int(saved["channels"]), int(saved["image_size"]), int(saved["width"])
+            net = Classifier(channels, int(saved["num_classes"]), width)
+            net.load_state_dict(saved["model"])
+        except (TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise ValueError(f"{clf}: not a classifier file of this classifier.py "
+                             f"({' '.join(str(err).split())[:200]}); {CLF_HINT}") from None
         net.requires_grad_(False).eval()
         fingerprint = "clf-" + hashlib.sha256(Path(clf).read_bytes()).hexdigest()[:16]
-        return Extractor(name, net, 8 * saved["width"], fingerprint, device, str(clf),
-                         (saved["channels"], saved["image_size"], saved["image_size"]))
+        return Extractor(name, net, 8 * width, fingerprint, device, str(clf), (channels, size, size))
     raise ValueError(f"unknown features '{name}'; choose inception or clf")
 
 
@@ -178,22 +187,40 @@ def measure(extractor: Extractor, batches: Iterable[torch.Tensor], total: int, k
 
 # ---------------------------------------------------------------- the numbers
 
+def root_is_accurate(root: np.ndarray, product: np.ndarray, tol: float = SQRTM_TOLERANCE) -> bool:
+    """Finite and squares back to `product` (relative Frobenius residual <= tol). We decide, not
+    scipy: whether sqrtm returns NaN or a poor root on a singular product changes between versions."""
+    if not np.isfinite(root).all():
+        return False
+    return bool(np.linalg.norm(root @ root - product) <= tol * np.linalg.norm(product))
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
-    """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr sqrtm(S1 S2), float64, pytorch-fid's safeguards."""
+                     eps: float = 1e-6, sqrtm: Callable[[np.ndarray], np.ndarray] = scipy.linalg.sqrtm,
+                     tol: float = SQRTM_TOLERANCE) -> float:
+    """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr sqrtm(S1 S2), float64, pytorch-fid's safeguards.
+    A root that fails root_is_accurate is taken again of (S1 + eps I)(S2 + eps I); if that fails
+    too, ValueError. sqrtm is injectable so that tests can make the first root fail."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} "
                          f"vs {sigma2.shape} (made with different features?)")
+    for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+        checks.check_finite(value, f"Frechet distance input {name}")
+    product = sigma1 @ sigma2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # singular products are handled below
-        root = scipy.linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(root).all():
+        root = sqrtm(product)
+        if not root_is_accurate(root, product, tol):
             # a (nearly) singular product can make the Schur method fail: regularise both sides
-            warnings.warn(f"sqrtm(S1 S2) is not finite; adding {eps} to the covariance diagonals")
+            warnings.warn(f"sqrtm(S1 S2) is not finite or not accurate; adding {eps} to the covariance diagonals")
             offset = eps * np.eye(len(mu1))
-            root = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+            product = (sigma1 + offset) @ (sigma2 + offset)
+            root = sqrtm(product)
+            if not root_is_accurate(root, product, tol):  # a wrong root would be a wrong number
+                raise ValueError(f"no accurate sqrtm(S1 S2) even with {eps} added to the diagonals: "
+                                 "are both covariances positive semi-definite?")
     if np.iscomplexobj(root):
         # S1 S2 has real non-negative eigenvalues, so a small imaginary part is rounding error
         if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
@@ -259,7 +286,7 @@ def load_images(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
-        opened = [Image.open(p) for p in files]
+        opened = [read_image(p) for p in files]
         mode = "L" if all(im.mode in ("1", "L", "I;16", "I") for im in opened) else "RGB"
         sizes = {im.size for im in opened}
         if len(sizes) > 1:
@@ -267,38 +294,51 @@ def load_images(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
         arrays = [np.asarray(im.convert(mode)) for im in opened]
         images = np.stack(arrays)[..., None] if mode == "L" else np.stack(arrays)
         labels = None
-    elif path.is_file() and path.suffix == ".npz":
-        with np.load(path) as file:
-            if "arr_0" not in file:
-                raise ValueError(f"{path} has no 'arr_0' image array (keys: {', '.join(file.files)})")
-            images = file["arr_0"]
-            labels = file["arr_1"].astype(np.int64) if "arr_1" in file else None
+    elif path.suffix.lower() == ".npz":
+        arrays = checks.load_npz(path, "sample file", SAMPLES_HINT, keys=("arr_0",))
+        images, labels = arrays["arr_0"], arrays.get("arr_1")
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
+        if labels is not None:  # a label per image, or the accuracy would compare the wrong pairs
+            if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
+                raise ValueError(f"{path}: arr_1 must hold one integer label per image of arr_0 ({len(images)}), "
+                                 f"got {labels.dtype} {labels.shape}")
+            labels = labels.astype(np.int64)
+    elif path.exists():
+        raise ValueError(f"{path} is neither an .npz sample file nor a folder of images")
     else:
-        raise FileNotFoundError(f"no sample file or image folder at {path} (expected .npz or a folder)")
+        raise FileNotFoundError(f"no sample file or image folder at {path}: {SAMPLES_HINT}")
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def read_image(path: Path) -> Image.Image:
+    """The decoded image, or one line naming the file: Image.open is lazy, so decode now."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as err:  # UnidentifiedImageError, truncated data, decompression bombs, ...
+        raise ValueError(f"{path}: not a readable image ({checks.first_line(err)}); "
+                         "replace it or remove it from the folder") from None
+    return image
 
 
 def save_ref(path: str | Path, extractor: Extractor, mu: np.ndarray, sigma: np.ndarray, features: np.ndarray,
              n: int, image_shape: tuple[int, ...], source: str) -> None:
     """mu and sigma under pytorch-fid's --save-stats keys, plus what a calc must check."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as file:  # a file object: np.savez would append ".npz" to other names
-        np.savez(file, mu=mu, sigma=sigma, features=features, feature_name=extractor.name,
-                 extractor_id=extractor.id, clf_path=extractor.clf_path, n=n,
-                 image_shape=np.asarray(image_shape, np.int64), source=source)
+    checks.save_npz(path, {"mu": mu, "sigma": sigma, "features": features, "feature_name": extractor.name,
+                           "extractor_id": extractor.id, "clf_path": extractor.clf_path, "n": n,
+                           "image_shape": np.asarray(image_shape, np.int64), "source": source})
 
 
 def load_ref(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no reference statistics at {path}: make them with python eval_fid.py ref")
-    with np.load(path) as file:
-        ref = {key: file[key] for key in file.files}
-    if "mu" not in ref or "sigma" not in ref:
-        raise ValueError(f"{path} has no 'mu'/'sigma' (keys: {', '.join(ref)}): not a statistics file; "
-                         "make one with python eval_fid.py ref")
+    ref = checks.load_npz(path, "reference statistics file", REF_HINT, keys=("mu", "sigma"))
+    mu, sigma = ref["mu"], ref["sigma"]
+    if mu.dtype.kind not in "fiu" or mu.ndim != 1 or sigma.dtype.kind not in "fiu" or sigma.shape != (len(mu),) * 2:
+        raise ValueError(f"{path}: mu {mu.dtype} {mu.shape} and sigma {sigma.dtype} {sigma.shape} are not a "
+                         f"mean and its covariance; {REF_HINT}")
+    for key in ("mu", "sigma", "features"):  # NaN here would come out as a NaN metric
+        if key in ref:
+            checks.check_finite(ref[key], f"{path}: {key}", f"the file is damaged; {REF_HINT}")
     # a plain pytorch-fid stats file has only mu and sigma: Inception features, no KID
     ref["feature_name"] = str(ref.get("feature_name", "inception"))
     ref["extractor_id"] = str(ref.get("extractor_id", INCEPTION_ID))
@@ -412,7 +452,9 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, 
         draw.line([width - right - 150, legend_y, width - right - 130, legend_y], fill=color, width=3)
         draw.text((width - right - 125, legend_y), label, fill="black", font=font, anchor="lm")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    # atomic: a run killed mid-write keeps the old plot; a file object needs the format named
+    image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    checks.atomic_write(path, lambda file: image.save(file, format=image_format))
 
 
 # ---------------------------------------------------------------- commands
@@ -423,6 +465,7 @@ def load_split(args: argparse.Namespace, split: str):
 
 
 def run_classifier(args: argparse.Namespace) -> None:
+    out = checks.check_out_file(args.out, "--out")  # before the training, not after it
     train_set, test_set = load_split(args, "train"), load_split(args, "test")
     start = time.perf_counter()
     net, train_acc, test_acc = train_classifier(train_set, test_set, args.steps, args.batch_size, args.lr,
@@ -431,38 +474,42 @@ def run_classifier(args: argparse.Namespace) -> None:
              "image_size": train_set.image_size, "num_classes": train_set.num_classes, "width": args.width,
              "dataset": args.dataset, "steps": args.steps, "seed": args.seed,
              "train_accuracy": train_acc, "test_accuracy": test_acc}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(saved, str(args.out) + ".tmp")
-    os.replace(str(args.out) + ".tmp", args.out)
+    checks.save_torch(out, saved)
     print(f"classifier on {args.dataset}: train accuracy {100 * train_acc:.2f}%, test accuracy "
-          f"{100 * test_acc:.2f}% ({args.steps} steps, {time.perf_counter() - start:.0f} s); wrote {args.out}")
+          f"{100 * test_acc:.2f}% ({args.steps} steps, {time.perf_counter() - start:.0f} s); wrote {out}")
 
 
 def run_ref(args: argparse.Namespace) -> None:
-    extractor = build_extractor(args.features or "inception", args.clf, args.inception_weights, args.device)
+    out = checks.check_out_file(args.out, "--out", (".npz",))
+    if not args.images and not args.dataset:
+        raise ValueError("ref needs --dataset NAME or --images PATH")
+    # the network first: it fails fast (missing weights), reading the images may take long
+    extractor = build_extractor(args.features, args.clf, args.inception_weights, args.device)
     if args.images:
         images, _ = load_images(args.images)
+        images = images[:args.max_images]  # None: all
         total, shape, source = len(images), tuple(images.shape[1:]), str(args.images)
         batches: Iterable[torch.Tensor] = images.split(args.batch_size)
-    elif args.dataset:
+    else:
         dataset = load_split(args, "train")
         total = min(len(dataset), args.max_images or len(dataset))
         shape, source = (dataset.channels, dataset.image_size, dataset.image_size), f"{args.dataset}:train"
         batches = (images for images, _ in dataset.batches(args.batch_size))
-    else:
-        raise ValueError("ref needs --dataset NAME or --images PATH")
+    check_enough(total, extractor.dim, "use more images (--max-images, or a larger --images set)")
     # a seeded random subset of the reference features is kept for KID
     keep = np.zeros(total, bool)
     keep[np.random.default_rng(args.seed).choice(total, min(KID_KEEP, total), replace=False)] = True
     mu, sigma, features, _ = measure(extractor, batches, total, keep, desc="reference")
-    save_ref(args.out, extractor, mu, sigma, features, total, shape, source)
-    print(f"wrote {args.out}: {extractor.name} statistics of {total} images from {source} "
+    save_ref(out, extractor, mu, sigma, features, total, shape, source)
+    print(f"wrote {out}: {extractor.name} statistics of {total} images from {source} "
           f"({len(features)} features kept for KID)")
 
 
 def run_calc(args: argparse.Namespace) -> None:
     ref = load_ref(args.ref)
     images, labels = load_images(args.samples)
+    dim = len(ref["mu"])  # known before the feature network is loaded
+    check_enough(len(images), dim, f"generate at least {dim + 1} with python sample.py --n N (images per class)")
     extractor = extractor_for_ref(ref, args)
     result = {"samples": str(args.samples), "ref": str(args.ref)} | score(
         extractor, images, labels, ref, args.batch_size, args.seed)
@@ -470,21 +517,34 @@ def run_calc(args: argparse.Namespace) -> None:
     print(summary(result))
 
 
+def sweep_paths(out: str | Path) -> list[Path]:
+    """OUT.csv, OUT.md and OUT.png, each checked writable now, before any sampling."""
+    if Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give a name prefix such as {Path(out) / 'sweep'}")
+    return [checks.check_out_file(Path(out).with_suffix(suffix), "--out") for suffix in (".csv", ".md", ".png")]
+
+
 def run_sweep(args: argparse.Namespace) -> None:
     try:
         nfes = [int(part) for part in args.nfe.split(",") if part.strip()]
     except ValueError:
         raise ValueError(f"--nfe must be comma-separated integers like 1,2,4,8, got {args.nfe!r}") from None
-    if not nfes or min(nfes) < 1:
-        raise ValueError(f"--nfe needs positive integers, got {args.nfe!r}")
+    if not nfes:
+        raise ValueError(f"--nfe needs at least one integer, got {args.nfe!r}")
+    checks.check_at_least(min(nfes), 1, "--nfe")
+    checks.check_finite(args.cfg, "--cfg")
     labels_given = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if labels_given is not None and len(labels_given) != len(args.ckpt):
         raise ValueError(f"--labels has {len(labels_given)} names for {len(args.ckpt)} checkpoints")
     for nfe in nfes:  # a bad budget fails now, not after the first checkpoint's samples
         sample.num_steps(nfe, args.solver, 1 if args.cfg == 1.0 else 2)
+    missing = [ckpt for ckpt in args.ckpt if not Path(ckpt).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--ckpt: no checkpoint at {', '.join(missing)}; train one with python train.py")
+    paths = sweep_paths(args.out)
     ref = load_ref(args.ref)
+    check_enough(args.n, len(ref["mu"]), "raise --n (samples per point)")
     extractor = extractor_for_ref(ref, args)
-    check_enough(args.n, extractor.dim)
     rows = []
     for index, ckpt in enumerate(args.ckpt):
         model, prior, config = sample.load_checkpoint(ckpt, args.device)
@@ -502,17 +562,21 @@ def run_sweep(args: argparse.Namespace) -> None:
             rows.append(row)
             print(json.dumps(row))
             print(f"{label} NFE {nfe}: {summary(result)}, transport cost {cost:.2f}")
-    write_sweep(rows, args.out, extractor.metric, args.solver)
+    write_sweep(rows, paths, extractor.metric, args.solver)
 
 
-def write_sweep(rows: list[dict], out: str, metric: str, solver: str) -> None:
-    """OUT.csv (every field), OUT.md (the readable table) and OUT.png (metric against NFE)."""
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path.with_suffix(".csv"), "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_text(path: Path, text: str) -> None:
+    checks.atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -> None:
+    """paths = OUT.csv (every field), OUT.md (the readable table), OUT.png (metric against NFE)."""
+    csv_path, md_path, png_path = paths
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(csv_path, table.getvalue())
     kid_name = "KID" if metric == "FID" else "KID-clf"
     lines = [f"| checkpoint | NFE | {metric} | {kid_name} x1e3 | accuracy | transport cost |", "|---" * 6 + "|"]
     for row in rows:
@@ -520,42 +584,56 @@ def write_sweep(rows: list[dict], out: str, metric: str, solver: str) -> None:
         acc_text = "" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
         lines.append(f"| {row['label']} | {row['nfe']} | {row['value']:.2f} | {kid_text} | {acc_text} | "
                      f"{row['transport_cost']:.2f} |")
-    out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(md_path, "\n".join(lines) + "\n")
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         series.setdefault(row["label"], []).append((row["nfe"], row["value"]))
-    plot_curves(series, out_path.with_suffix(".png"), metric, f"{solver} solver")
-    print(f"wrote {out_path.with_suffix('.csv')}, {out_path.with_suffix('.md')}, {out_path.with_suffix('.png')}")
+    plot_curves(series, png_path, metric, f"{solver} solver")
+    print(f"wrote {csv_path}, {md_path}, {png_path}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one ValueError line (run_main prints it) like any bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default but None, whose meaning the help text says."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = Parser(prog=prog, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, batch_size: int = 100) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help)
+        sub = commands.add_parser(name, help=help, description=help, formatter_class=DefaultsFormatter)
         sub.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
-        sub.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+        sub.add_argument("--seed", type=int, default=0, help="random seed")
         return sub
 
     def features(sub: argparse.ArgumentParser, default: str | None) -> None:
         sub.add_argument("--features", choices=["inception", "clf"], default=default,
-                         help="feature network (calc/sweep: the reference's)")
+                         help="feature network" + ("" if default else " (default: the reference's)"))
         sub.add_argument("--clf", default=None, help="classifier file for --features clf")
         sub.add_argument("--inception-weights", default=None,
                          help=f"path of {INCEPTION_FILE} (default: torch.hub's checkpoints folder)")
 
     def dataset(sub: argparse.ArgumentParser, required: bool) -> None:
-        sub.add_argument("--dataset", required=required, default=None)
-        sub.add_argument("--data-dir", default=None)
+        sub.add_argument("--dataset", required=required, default=None, help="dataset name, as in train.py")
+        sub.add_argument("--data-dir", default=None, help="folder of the dataset's files, as in train.py")
         sub.add_argument("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
 
     sub = command("classifier", "train the offline feature classifier", batch_size=128)
     dataset(sub, required=True)
-    sub.add_argument("--out", default="clf.pt")
-    sub.add_argument("--steps", type=int, default=1000)
-    sub.add_argument("--lr", type=float, default=2e-3)
+    sub.add_argument("--out", default="runs/clf.pt", help="classifier file to write")
+    sub.add_argument("--steps", type=int, default=1000, help="training steps")
+    sub.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     sub.add_argument("--width", type=int, default=32, help="base channels; features are 8 x width")
     sub.add_argument("--eval-images", type=int, default=10_000, help="images for the accuracies")
 
@@ -563,35 +641,36 @@ def main(argv: list[str] | None = None) -> None:
     features(sub, "inception")
     dataset(sub, required=False)
     sub.add_argument("--images", default=None, help="an .npz (arr_0) or a folder of images instead")
-    sub.add_argument("--max-images", type=int, default=None, help="use the first N training images")
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--max-images", type=int, default=None, help="use the first N images (default: all)")
+    sub.add_argument("--out", default="runs/ref.npz", help="statistics file to write (.npz)")
 
     sub = command("calc", "metrics of a sample file against reference statistics")
     features(sub, None)
     sub.add_argument("--samples", required=True, help="sample.py's .npz or a folder of images")
-    sub.add_argument("--ref", required=True)
+    sub.add_argument("--ref", required=True, help="statistics file written by ref")
 
     sub = command("sweep", "generate and measure checkpoints at several NFEs")
     features(sub, None)
-    sub.add_argument("--ckpt", nargs="+", required=True)
-    sub.add_argument("--ref", required=True)
-    sub.add_argument("--nfe", default="1,2,4,8,15,32")
-    sub.add_argument("--solver", default="euler")
-    sub.add_argument("--cfg", type=float, default=1.0)
+    sub.add_argument("--ckpt", nargs="+", required=True, help="checkpoints written by train.py")
+    sub.add_argument("--ref", required=True, help="statistics file written by ref")
+    sub.add_argument("--nfe", default="1,2,4,8,15,32", help="comma-separated network evaluations per image")
+    sub.add_argument("--solver", default="euler", help="ODE solver, as in sample.py")
+    sub.add_argument("--cfg", type=float, default=1.0, help="guidance weight; 1 = no guidance")
     sub.add_argument("--n", type=int, default=10_000, help="samples per point, class-balanced")
-    sub.add_argument("--sample-batch-size", type=int, default=256)
+    sub.add_argument("--sample-batch-size", type=int, default=256, help="images per sampling batch")
     sub.add_argument("--labels", default=None, help="comma-separated legend names, one per --ckpt")
-    sub.add_argument("--out", default="sweep", help="writes OUT.csv, OUT.md and OUT.png")
+    sub.add_argument("--out", default="runs/sweep", help="writes OUT.csv, OUT.md and OUT.png")
 
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    args.device = default_device(args.device)
+    for flag in ("batch_size", "steps", "width", "eval_images", "max_images", "image_size", "n",
+                 "sample_batch_size"):
+        if hasattr(args, flag):  # each sub-command has some of them; None = the default applies
+            checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
+    if hasattr(args, "lr") and not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    args.device = checks.resolve_device(args.device)
     {"classifier": run_classifier, "ref": run_ref, "calc": run_calc, "sweep": run_sweep}[args.command](args)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    checks.run_main(main)

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checks
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub names files by the first 8 hex digits of the sha256
@@ -189,17 +191,21 @@ class InceptionV3(nn.Module):
         self.eval()
 
     def load_weights(self, path: Path) -> None:
+        """Strictly, or one ValueError naming the file: garbage, truncated, or another network's."""
+        hint = f"get {INCEPTION_URL}, or use --features clf"
+        state = checks.load_torch(path, "Inception weights file", hint)
+        try:
+            self.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError) as err:
+            lines = str(err).splitlines()
+            first = lines[1].strip() if len(lines) > 1 else str(err)  # line 0 only says "Error(s) in loading"
+            raise ValueError(f"{path} is not the pytorch-fid Inception weights file ({first[:200]}); "
+                             f"{hint}") from None
+        # after loading, so that a file we refuse gets one error line, not a warning first
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if not digest.startswith(INCEPTION_SHA256_PREFIX):
             warnings.warn(f"{path} has sha256 {digest[:8]}..., not {INCEPTION_SHA256_PREFIX}...: "
                           f"numbers may not be comparable with published FIDs")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            self.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-            raise ValueError(f"{path} is not the pytorch-fid Inception weights file ({first[:200]}); "
-                             f"get {INCEPTION_URL}") from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = inception_preprocess(images)
@@ -215,14 +221,17 @@ class InceptionV3(nn.Module):
 
 
 def find_inception_weights(path: str | Path | None) -> Path:
-    """The weights file: `path`, else torch.hub's checkpoint folder (where pytorch-fid caches it)."""
-    hint = f"download {INCEPTION_URL} (nothing is downloaded automatically), or use --features clf"
+    """The weights file: `path`, else torch.hub's checkpoint folder (where pytorch-fid caches it).
+    FileNotFoundError when it is not there (bench/reproduce.py falls back to --features clf on it)."""
     if path is not None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"no Inception weights file at {path}: {hint}")
+            raise FileNotFoundError(f"no Inception weights file at {path}: download {INCEPTION_URL} "
+                                    "and pass its path with --inception-weights, or use --features clf "
+                                    "for offline features")
         return Path(path)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if not cached.is_file():
-        raise FileNotFoundError(f"Inception weights not found at {cached}: {hint} "
-                                "and save it there or pass --inception-weights PATH")
+        raise FileNotFoundError(f"no Inception weights file {INCEPTION_FILE} in {cached.parent}: "
+                                f"download it from {INCEPTION_URL} into that folder or pass "
+                                "--inception-weights PATH, or use --features clf for offline features")
     return cached

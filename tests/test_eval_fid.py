@@ -1,11 +1,12 @@
-"""eval_fid: closed-form Frechet distances, KID against a double loop, the Inception layout of
-the published weights file, pytorch-fid's preprocessing, and ref/calc/sweep end to end with the
-classifier features (CPU, no weights file, no network)."""
+"""eval_fid: closed-form Frechet distances (and its sqrtm fallback, against numpy's eigenvalues),
+KID against a double loop, the Inception layout of the published weights file, pytorch-fid's
+preprocessing, damaged input files, and ref/calc/sweep end to end with the classifier features
+(CPU, no weights file, no network). The command-line error lines: test_bad_input_eval.py."""
 from __future__ import annotations
 
 import csv
 import json
-import subprocess
+import runpy
 import sys
 import warnings
 from pathlib import Path
@@ -17,7 +18,9 @@ import torch
 from PIL import Image
 
 import eval_fid
+import sample
 from eval_fid import frechet_distance, kid
+from classifier import Classifier
 from inception import InceptionV3, inception_preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,28 +61,83 @@ def test_fd_identical_is_zero_and_symmetric():
     assert frechet_distance(mu1, s1, mu2, s2) > 0
 
 
-def test_fd_singular_product_uses_the_epsilon_safeguard():
-    # S1 = v v^T (rank 1): S1 S2 = v (S2 v)^T has the single non-zero eigenvalue v.S2 v = 10,
-    # so Tr sqrt(S1 S2) = sqrt(10). scipy's Schur method returns NaNs on this product.
+def regularised_fd(mu1, s1, mu2, s2, eps: float) -> float:
+    """pytorch-fid's fallback value, independently: Tr sqrt(A B) = sum sqrt(eigenvalues of A B)
+    (real, positive for A, B positive definite), with A, B = S + eps I; the traces stay unregularised."""
+    offset = eps * np.eye(len(mu1))
+    eigenvalues = np.linalg.eigvals((s1 + offset) @ (s2 + offset))
+    return float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(eigenvalues.real).sum())
+
+
+@pytest.mark.parametrize("failure", ["nan", "not a root"])
+def test_fd_fallback_when_our_check_rejects_the_root(failure):
+    # the first root fails our check (not finite / does not square back to S1 S2): the value must be
+    # the regularised one, taken from (S1 + eps I)(S2 + eps I)
+    rng = np.random.default_rng(8)
+    s1, s2, mu1, mu2 = random_spd(rng, 5), random_spd(rng, 5), rng.normal(size=5), rng.normal(size=5)
+    calls = []
+
+    def failing_once(matrix: np.ndarray) -> np.ndarray:
+        calls.append(matrix)
+        if len(calls) > 1:
+            return scipy.linalg.sqrtm(matrix)
+        return np.full_like(matrix, np.nan) if failure == "nan" else matrix  # M is no root of M (M^2 != M)
+
+    eps = 1e-2  # large, so the regularised value is far from the plain one
+    with pytest.warns(UserWarning, match="adding 0.01"):
+        value = frechet_distance(mu1, s1, mu2, s2, eps=eps, sqrtm=failing_once)
+    assert len(calls) == 2 and np.allclose(calls[1], (s1 + eps * np.eye(5)) @ (s2 + eps * np.eye(5)), rtol=1e-14)
+    assert value == pytest.approx(regularised_fd(mu1, s1, mu2, s2, eps), rel=1e-10)
+    assert abs(value - regularised_fd(mu1, s1, mu2, s2, 0.0)) > 1e-3  # it did not use the plain product
+
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no accurate sqrtm"):  # both fail: no number
+        frechet_distance(mu1, s1, mu2, s2, sqrtm=lambda matrix: matrix)
+
+
+def test_fd_healthy_case_takes_no_fallback():
+    rng = np.random.default_rng(9)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    calls = []
+
+    def counting(matrix: np.ndarray) -> np.ndarray:
+        calls.append(matrix)
+        return scipy.linalg.sqrtm(matrix)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fallback's warning would fail here
+        value = frechet_distance(np.zeros(6), q @ np.diag(a) @ q.T, np.zeros(6), q @ np.diag(b) @ q.T,
+                                 sqrtm=counting)
+    assert len(calls) == 1  # commuting covariances: Tr sqrt(S1 S2) = sum sqrt(a_i b_i)
+    assert value == pytest.approx(np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rel=1e-9)
+
+
+def test_fd_singular_product_whichever_path():
+    # S1 = v v^T (rank 1): S1 S2 = v (S2 v)^T has the single non-zero eigenvalue v.S2 v = 10, so
+    # Tr sqrt(S1 S2) = sqrt(10). Some scipy versions return NaN here (fallback), others a root:
+    # either way the value is the closed form, up to the fallback's O(sqrt(eps)) per null direction
     v = np.array([1.0, 1, -1, -1])
     s1 = np.outer(v, v)
     s2 = np.array([[2.0, 1, -1, 0], [1, 1, -1, 0], [-1, -1, 1, 0], [0, 0, 0, 0]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert not np.isfinite(scipy.linalg.sqrtm(s1 @ s2)).all()
-    with pytest.warns(UserWarning, match="adding 1e-06"):
         value = frechet_distance(np.zeros(4), s1, np.zeros(4), s2)
-    assert value == pytest.approx(4 + 4 - 2 * np.sqrt(10), abs=1e-2)  # eps costs O(sqrt(eps)) per null direction
+    assert value == pytest.approx(4 + 4 - 2 * np.sqrt(10), abs=1e-2)
+
+
+def test_fd_refuses_non_finite_statistics():
+    with pytest.raises(ValueError, match="sigma2 is not finite"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.diag([1.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match="mu1 is not finite"):
+        frechet_distance(np.array([0, np.inf, 0]), np.eye(3), np.zeros(3), np.eye(3))
 
 
 def test_fd_rank_deficient_sample_covariances():
-    # fewer samples than dimensions: sqrtm goes complex; dropping the tiny imaginary part is right
+    # fewer samples than dimensions: the product is singular, the root may come back complex with
+    # a tiny imaginary part (here forced, whatever scipy does): dropping it is right
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(10, 32)), rng.normal(size=(12, 32)) + 0.5
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert np.iscomplexobj(scipy.linalg.sqrtm(s1 @ s2))
     # independent reference: Tr sqrt(S1 S2) = Tr sqrt(S1^1/2 S2 S1^1/2), a symmetric PSD matrix
     w, v = np.linalg.eigh(s1)
     half = v @ np.diag(np.sqrt(np.clip(w, 0, None))) @ v.T
@@ -89,6 +147,9 @@ def test_fd_rank_deficient_sample_covariances():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert frechet_distance(x.mean(0), s1, y.mean(0), s2) == pytest.approx(expected, rel=1e-6)
+        complex_root = frechet_distance(x.mean(0), s1, y.mean(0), s2,
+                                        sqrtm=lambda matrix: scipy.linalg.sqrtm(matrix) + 1e-9j)
+    assert complex_root == pytest.approx(expected, rel=1e-6)
 
 
 def test_fd_errors():
@@ -224,14 +285,23 @@ def test_weights_file_loads_strictly(tmp_path, inception):
         loaded = InceptionV3(path)
     assert all(torch.equal(loaded.state_dict()[key], state[key]) for key in state)
     torch.save({"fc.weight": state["fc.weight"]}, path)  # keys missing: refused, not half-loaded
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="not the pytorch-fid Inception"):
-        InceptionV3(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before the sha256 warning: the error is the only line
+        with pytest.raises(ValueError, match="not the pytorch-fid Inception"):
+            InceptionV3(path)
+        path.write_bytes(path.read_bytes()[:1000])  # truncated
+        with pytest.raises(ValueError, match=f"{path}: not a readable Inception weights file"):
+            InceptionV3(path)
 
 
 def test_missing_weights_say_where_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="releases/download/fid_weights/pt_inception-2015-12-05"):
+    with pytest.raises(FileNotFoundError) as caught:
         InceptionV3("auto")
+    message = str(caught.value)  # where it looked, the file, where to get it, the offline alternative
+    for part in (str(tmp_path / "checkpoints"), eval_fid.INCEPTION_FILE, "releases/download/fid_weights/",
+                 "--inception-weights", "--features clf"):
+        assert part in message
     with pytest.raises(FileNotFoundError, match="no Inception weights file at .*--features clf"):
         eval_fid.main(["ref", "--images", str(tmp_path), "--out", str(tmp_path / "r.npz"),
                        "--inception-weights", str(tmp_path / "nothing.pth")])
@@ -251,27 +321,104 @@ def test_load_images_folder_and_npz(tmp_path):
     np.savez(tmp_path / "s.npz", arr_0=arrays, arr_1=np.array([2, 0, 1]))
     images, labels = eval_fid.load_images(tmp_path / "s.npz")
     assert images.shape == (3, 3, 6, 5) and labels.tolist() == [2, 0, 1]
+    (folder / "broken.png").write_bytes((folder / "0.png").read_bytes()[:40])  # truncated
+    with pytest.raises(ValueError, match="broken.png: not a readable image"):
+        eval_fid.load_images(folder)
+    (folder / "broken.png").unlink()
     Image.fromarray(arrays[0][:4]).save(folder / "odd.png")
     with pytest.raises(ValueError, match="different sizes"):
         eval_fid.load_images(folder)
 
 
-def test_reference_without_mu_sigma(tmp_path):
+def test_damaged_sample_files(tmp_path):
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    np.savez(tmp_path / "good.npz", arr_0=images)
+    cases = {"garbage.npz": (b"not a zip file" * 10, "not a readable sample file"),
+             "cut.npz": ((tmp_path / "good.npz").read_bytes()[:200], "not a readable sample file")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}: {message}"):
+            eval_fid.load_images(tmp_path / name)
+    np.savez(tmp_path / "other.npz", images=images)
+    with pytest.raises(ValueError, match=r"other.npz: not a sample file \(no 'arr_0'\)"):
+        eval_fid.load_images(tmp_path / "other.npz")
+    np.savez(tmp_path / "labels.npz", arr_0=images, arr_1=np.array([0, 1]))  # 3 images, 2 labels
+    with pytest.raises(ValueError, match=r"labels.npz: arr_1 must hold one integer label per image.*\(3\)"):
+        eval_fid.load_images(tmp_path / "labels.npz")
+
+
+def test_damaged_reference_files(tmp_path):
     np.savez(tmp_path / "bad.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))
-    with pytest.raises(ValueError, match="no 'mu'/'sigma'"):
+    with pytest.raises(ValueError, match=r"bad.npz: not a reference statistics file \(no 'mu', 'sigma'\)"):
         eval_fid.load_ref(tmp_path / "bad.npz")
+    np.savez(tmp_path / "ok.npz", mu=np.zeros(3), sigma=np.eye(3))
+    assert eval_fid.load_ref(tmp_path / "ok.npz")["feature_name"] == "inception"  # a pytorch-fid file
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:150])
+    with pytest.raises(ValueError, match="cut.npz: not a readable reference statistics file"):
+        eval_fid.load_ref(tmp_path / "cut.npz")
+    np.savez(tmp_path / "nan.npz", mu=np.zeros(3), sigma=np.diag([1.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match="nan.npz: sigma is not finite"):
+        eval_fid.load_ref(tmp_path / "nan.npz")
+    np.savez(tmp_path / "shape.npz", mu=np.zeros(3), sigma=np.eye(4))
+    with pytest.raises(ValueError, match="are not a mean and its covariance"):
+        eval_fid.load_ref(tmp_path / "shape.npz")
 
 
-def test_too_few_samples_for_the_dimension():
-    with pytest.raises(ValueError, match="2048-d features.*at least 2049"):
-        eval_fid.check_enough(100, 2048)
+def test_too_few_samples_say_how_to_get_more():
+    with pytest.raises(ValueError, match="2048-d features.*at least 2049.*: raise --n"):
+        eval_fid.check_enough(100, 2048, "raise --n")
 
 
-def test_script_reports_one_line_error(tmp_path):
-    result = subprocess.run([sys.executable, "eval_fid.py", "calc", "--samples", str(tmp_path / "s.npz"),
-                             "--ref", str(tmp_path / "r.npz")], cwd=REPO, capture_output=True, text=True)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: no reference statistics")
+@pytest.mark.parametrize("argv, flag", [
+    (["classifier", "--dataset", "shapes", "--steps", "0"], "--steps"),
+    (["classifier", "--dataset", "shapes", "--width", "0"], "--width"),
+    (["classifier", "--dataset", "shapes", "--eval-images", "0"], "--eval-images"),
+    (["classifier", "--dataset", "shapes", "--lr", "0"], "--lr"),
+    (["ref", "--dataset", "shapes", "--max-images", "0"], "--max-images"),
+    (["ref", "--dataset", "shapes", "--max-images", "-5"], "--max-images"),
+    (["calc", "--samples", "s.npz", "--ref", "r.npz", "--batch-size", "0"], "--batch-size"),
+    (["sweep", "--ckpt", "c.pt", "--ref", "r.npz", "--n", "0"], "--n"),
+    (["sweep", "--ckpt", "c.pt", "--ref", "r.npz", "--nfe", "4,0"], "--nfe"),
+    (["calc", "--samples", "s.npz", "--ref", "r.npz", "--device", "cuda:7"], "--device"),
+    (["calc", "--samples", "s.npz"], "--ref"),  # argparse's own errors are one ValueError line too
+])
+def test_flags_out_of_range_name_the_flag(argv, flag):
+    with pytest.raises(ValueError, match=flag):
+        eval_fid.main(argv)
+
+
+def test_out_paths_are_checked_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "folder.npz").mkdir()
+    common = ["--device", "cpu", "--images", str(tmp_path / "missing.npz")]  # would fail later, if reached
+    with pytest.raises(ValueError, match="--out .*folder.npz is a folder"):
+        eval_fid.main(["ref", *common, "--out", str(tmp_path / "folder.npz")])
+    with pytest.raises(ValueError, match="--out .*file is a file, not a folder"):
+        eval_fid.main(["ref", *common, "--out", str(tmp_path / "file" / "ref.npz")])
+    with pytest.raises(ValueError, match="--out .*must end in .npz"):
+        eval_fid.main(["ref", *common, "--out", str(tmp_path / "ref.txt")])
+    with pytest.raises(ValueError, match="--out .*file is a file, not a folder"):  # before training
+        eval_fid.main(["classifier", "--dataset", "shapes", "--out", str(tmp_path / "file" / "clf.pt")])
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"")
+    sweep = ["sweep", "--ckpt", str(ckpt), "--ref", str(tmp_path / "missing.npz")]
+    with pytest.raises(ValueError, match="--out .* is a folder; give a name prefix"):
+        eval_fid.main([*sweep, "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--out .*file is a file, not a folder"):
+        eval_fid.main([*sweep, "--out", str(tmp_path / "file" / "sweep")])
+
+
+def test_help_shows_defaults(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as caught:
+        eval_fid.main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert caught.value.code == 0 and "(default: 10000)" in text and "(default: runs/sweep)" in text
+    # python classifier.py --help is eval_fid.py classifier's help
+    monkeypatch.setattr(sys, "argv", ["classifier.py", "--help"])
+    with pytest.raises(SystemExit) as caught:
+        runpy.run_path(str(REPO / "classifier.py"), run_name="__main__")
+    text = " ".join(capsys.readouterr().out.split())
+    assert caught.value.code == 0 and "usage: eval_fid.py classifier" in text and "(default: runs/clf.pt)" in text
 
 
 # ---------------------------------------------------------------- end to end (classifier features)
@@ -309,9 +456,29 @@ def workdir(tmp_path_factory) -> Path:
     return folder
 
 
+def load_classifier(path: Path) -> Classifier:
+    saved = torch.load(path, weights_only=True)
+    net = Classifier(saved["channels"], saved["num_classes"], saved["width"])
+    net.load_state_dict(saved["model"])
+    return net.eval()
+
+
+@torch.inference_mode()
+def predict(net: Classifier, images: torch.Tensor) -> np.ndarray:
+    """The classifier's classes, computed here rather than by eval_fid's code."""
+    return net.logits(images.float() / 255).argmax(1).numpy()
+
+
 def test_classifier_and_reference_files(workdir, capsys):
+    import data
     saved = torch.load(workdir / "clf.pt", weights_only=True)
-    assert saved["width"] == 2 and saved["num_classes"] == 10 and 0 <= saved["test_accuracy"] <= 1
+    assert saved["width"] == 2 and saved["num_classes"] == 10
+    # the stored accuracies are the saved network's on the first --eval-images (100) images of each split
+    net = load_classifier(workdir / "clf.pt")
+    for split in ("train", "test"):
+        images, labels = data.load_dataset("shapes", split=split, image_size=16).get(np.arange(100))
+        expected = np.mean(predict(net, images) == labels.numpy())
+        assert saved[f"{split}_accuracy"] == pytest.approx(expected, abs=1e-12)
     ref = eval_fid.load_ref(workdir / "ref.npz")
     assert ref["mu"].shape == (16,) and ref["sigma"].shape == (16, 16) and ref["features"].shape == (300, 16)
     assert ref["feature_name"] == "clf" and int(ref["n"]) == 300 and tuple(ref["image_shape"]) == (3, 16, 16)
@@ -319,10 +486,12 @@ def test_classifier_and_reference_files(workdir, capsys):
 
 def test_calc_on_real_images_gives_a_small_distance(workdir, capsys):
     import data
-    images, labels = data.load_dataset("shapes", split="test", image_size=16).get(np.arange(100))
-    np.savez(workdir / "real.npz", arr_0=images.permute(0, 2, 3, 1).numpy(), arr_1=labels.numpy())
-    np.savez(workdir / "noise.npz", arr_0=np.random.default_rng(0).integers(0, 256, (100, 16, 16, 3), np.uint8),
-             arr_1=labels.numpy())
+    images, _ = data.load_dataset("shapes", split="test", image_size=16).get(np.arange(100))
+    noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (100, 3, 16, 16), np.uint8))
+    # accuracy known by construction: labels = the classifier's own predictions (1) or never them (0)
+    net = load_classifier(workdir / "clf.pt")
+    np.savez(workdir / "real.npz", arr_0=images.permute(0, 2, 3, 1).numpy(), arr_1=predict(net, images))
+    np.savez(workdir / "noise.npz", arr_0=noise.permute(0, 2, 3, 1).numpy(), arr_1=(predict(net, noise) + 1) % 10)
     results = []
     for name in ("real", "noise"):
         capsys.readouterr()
@@ -332,7 +501,8 @@ def test_calc_on_real_images_gives_a_small_distance(workdir, capsys):
         results.append(json.loads(line))
         assert readable.startswith("FD-clf ") and "KID-clf" in readable
     real, noise = results
-    assert real["metric"] == "FD-clf" and real["n"] == 100 and 0 <= real["accuracy"] <= 1
+    assert real["metric"] == "FD-clf" and real["n"] == 100
+    assert real["accuracy"] == 1.0 and noise["accuracy"] == 0.0
     assert noise["value"] > 3 * real["value"] and noise["kid"] > real["kid"]
 
 
@@ -342,15 +512,38 @@ def test_calc_refuses_mismatches(workdir):
     with pytest.raises(ValueError, match=r"samples are \(3, 32, 32\).*\(3, 16, 16\)"):
         eval_fid.main(["calc", "--samples", str(workdir / "large.npz"), "--ref", ref, "--device", "cpu"])
     np.savez(workdir / "few.npz", arr_0=np.zeros((10, 16, 16, 3), np.uint8))
-    with pytest.raises(ValueError, match="10 samples for 16-d features.*at least 17"):
+    with pytest.raises(ValueError, match="10 samples for 16-d features.*at least 17.*python sample.py --n"):
         eval_fid.main(["calc", "--samples", str(workdir / "few.npz"), "--ref", ref, "--device", "cpu"])
+    large = str(workdir / "large.npz")  # enough samples: the mismatches below are found first
     with pytest.raises(ValueError, match="--features inception, but the reference was made with clf"):
-        eval_fid.main(["calc", "--samples", str(workdir / "few.npz"), "--ref", ref, "--features", "inception"])
+        eval_fid.main(["calc", "--samples", large, "--ref", ref, "--features", "inception"])
     other = workdir / "other_clf.pt"
     saved = torch.load(workdir / "clf.pt", weights_only=True)
     torch.save(saved | {"seed": 1}, other)
     with pytest.raises(ValueError, match="same --clf file"):
-        eval_fid.main(["calc", "--samples", str(workdir / "few.npz"), "--ref", ref, "--clf", str(other)])
+        eval_fid.main(["calc", "--samples", large, "--ref", ref, "--clf", str(other)])
+
+
+def test_damaged_classifier_files(workdir, tmp_path):
+    saved = torch.load(workdir / "clf.pt", weights_only=True)
+    images = tmp_path / "images.npz"
+    np.savez(images, arr_0=np.random.default_rng(1).integers(0, 256, (20, 16, 16, 3), np.uint8))
+    (tmp_path / "garbage.pt").write_bytes(b"garbage" * 100)
+    torch.save({k: v for k, v in saved.items() if k != "width"}, tmp_path / "no_width.pt")
+    torch.save(saved | {"width": 3}, tmp_path / "other_net.pt")  # weights of a width-2 network
+    broken = saved | {"model": {k: v.clone() for k, v in saved["model"].items()}}
+    broken["model"]["trunk.0.weight"][0, 0, 0, 0] = float("nan")  # every feature becomes NaN
+    torch.save(broken, tmp_path / "nan.pt")
+    cases = {"garbage.pt": "garbage.pt: not a readable classifier file",
+             "no_width.pt": r"no_width.pt: not a classifier file \(no 'width'\)",
+             "other_net.pt": "other_net.pt: not a classifier file of this classifier.py",
+             "nan.pt": "features of classifier .*nan.pt is not finite"}
+    for name, message in cases.items():
+        out = tmp_path / f"ref_{name}.npz"
+        with pytest.raises(ValueError, match=message):
+            eval_fid.main(["ref", "--images", str(images), "--features", "clf", "--clf", str(tmp_path / name),
+                           "--out", str(out), "--device", "cpu"])
+        assert not out.exists()  # no statistics written, NaN or otherwise
 
 
 def test_sweep_writes_table_csv_and_plot(workdir, capsys):
@@ -362,7 +555,17 @@ def test_sweep_writes_table_csv_and_plot(workdir, capsys):
     rows = list(csv.DictReader(out.with_suffix(".csv").read_text().splitlines()))
     assert [(r["label"], r["nfe"]) for r in rows] == [("gaussian+independent", "1"), ("gaussian+independent", "2"),
                                                      ("class+ot", "1"), ("class+ot", "2")]
-    assert all(float(r["value"]) > 0 and 0 <= float(r["accuracy"]) <= 1 for r in rows)
+    assert all(float(r["value"]) > 0 for r in rows)
+    # the untrained networks output v = 0, so every NFE returns the prior's draws themselves: equal rows
+    for first, second in (rows[0], rows[1]), (rows[2], rows[3]):
+        assert (first["value"], first["accuracy"], first["kid"]) == (second["value"], second["accuracy"], second["kid"])
+    # the accuracy is the classifier's on those draws: image i of class i % 10 from image_seed(0, c, i // 10)
+    model, prior, _ = sample.load_checkpoint(ckpts[1], "cpu")
+    classes = np.arange(20) % 10
+    seeds = [sample.image_seed(0, int(c), i // 10) for i, c in enumerate(classes)]
+    images = sample.generate(model, prior, torch.from_numpy(classes), seeds, 1)
+    expected = np.mean(predict(load_classifier(workdir / "clf.pt"), images) == classes)
+    assert float(rows[2]["accuracy"]) == pytest.approx(expected, abs=1e-12)
     # the class prior starts near the data: its coupling is far cheaper than N(0, I)'s
     assert float(rows[2]["transport_cost"]) < float(rows[0]["transport_cost"])
     assert out.with_suffix(".md").read_text().startswith("| checkpoint | NFE | FD-clf |")
