@@ -69,6 +69,7 @@ class Dataset:
 
     name = ""
     num_classes = 0
+    cond_dim = 0  # 0: get() gives class ids; E > 0: (n, E) float32 condition vectors
     class_names: list[str] | None = None
 
     def _set_arrays(self, parts: list[np.ndarray], labels: np.ndarray) -> None:

@@ -504,6 +504,9 @@ class RunningClassStats:
 
     def update(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         k = self.num_classes
+        if labels.dtype != torch.int64:
+            raise ValueError("this prior groups images by class id, got condition vectors; "
+                             "for vector conditions use --prior mapper or gaussian")
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
             raise ValueError(f"class ids must be in 0..{k - 1}, got {int(labels.min())}..{int(labels.max())}")
         self.shape = tuple(x.shape[1:])

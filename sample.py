@@ -98,59 +98,77 @@ def integrate(velocity: Velocity, x0: torch.Tensor, nfe: int, solver: str = "eul
     return x
 
 
-def guided_velocity(model: torch.nn.Module, labels: torch.Tensor, cfg: float,
-                    null_label: int) -> Velocity:
-    """The field the solver sees for one batch: v(x, t, c), or its guided mix when cfg != 1."""
-    on_cuda = labels.device.type == "cuda"
-    both_labels = torch.cat([labels, torch.full_like(labels, null_label)])
+def guided_velocity(model: torch.nn.Module, cond: torch.Tensor, cfg: float,
+                    null: torch.Tensor | None = None) -> Velocity:
+    """The field the solver sees for one batch: v(x, t, c), or its guided mix when cfg != 1,
+    v_uncond + cfg (v_cond - v_uncond), both halves in one batched call."""
+    on_cuda = cond.device.type == "cuda"
+    null = torch.zeros(len(cond), dtype=torch.bool, device=cond.device) if null is None else null
+    both_cond, both_null = torch.cat([cond, cond]), torch.cat([null, torch.ones_like(null)])
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # bf16 only inside the network; the integration state stays float32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
             if cfg == 1.0:
-                return model(x, t, labels).float()
-            v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), both_labels).float().chunk(2)
+                return model(x, t, cond, null).float()
+            v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), both_cond, both_null).float().chunk(2)
         return v_uncond + cfg * (v_cond - v_uncond)
 
     return velocity
 
 
-def prior_noise(prior, labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-    """x0 (N, C, H, W) float32 on labels' device; row j drawn from prior(labels[j]) with seeds[j].
+def prior_noise(prior, cond: torch.Tensor, seeds: list[int], null: torch.Tensor | None = None) -> torch.Tensor:
+    """x0 (N, C, H, W) float32 on cond's device; row j drawn from prior(cond[j]) with seeds[j].
     One generator per image: an image's noise does not depend on the batch it lands in."""
-    generator = torch.Generator(labels.device)
-    return torch.cat([prior.sample(labels[j:j + 1], generator.manual_seed(int(seeds[j])))
-                      for j in range(len(labels))]).float()
+    generator = torch.Generator(cond.device)
+    return torch.cat([prior.sample(cond[j:j + 1], generator.manual_seed(int(seeds[j])),
+                                   None if null is None else null[j:j + 1])
+                      for j in range(len(cond))]).float()
+
+
+def as_condition(cond, num_classes: int, cond_dim: int) -> torch.Tensor:
+    """Class ids -> int64 (N,) in 0..K-1; vectors -> float32 (N, cond_dim); anything else an error."""
+    cond = torch.as_tensor(cond)
+    if cond_dim:
+        if cond.ndim != 2 or cond.shape[1] != cond_dim:
+            raise ValueError(f"this model takes {cond_dim}-d condition vectors, got shape {tuple(cond.shape)}")
+        cond = cond.float()
+        checks.check_finite(cond, "the condition vectors")
+        return cond.cpu()
+    if cond.ndim != 1 or cond.is_floating_point():
+        raise ValueError(f"this model takes class ids (N,), got {cond.dtype} of shape {tuple(cond.shape)}")
+    cond = cond.long().cpu()
+    if len(cond) and not 0 <= int(cond.min()) <= int(cond.max()) < num_classes:
+        raise ValueError(f"class ids must lie in 0..{num_classes - 1}, got {int(cond.min())}..{int(cond.max())}")
+    return cond
 
 
 @torch.no_grad()  # not inference_mode: the prior caches tables made here for later training use
-def generate(model: torch.nn.Module, prior, labels: torch.Tensor, seeds: list[int] | torch.Tensor,
+def generate(model: torch.nn.Module, prior, cond: torch.Tensor, seeds: list[int] | torch.Tensor,
              nfe: int, solver: str = "euler", cfg: float = 1.0, batch_size: int = 256,
-             device: torch.device | str | None = None, progress: bool = False) -> torch.Tensor:
-    """Images (N, C, H, W) uint8 for `labels`; image i starts from prior noise seeded by seeds[i].
-
-    Labels may be 0..K, K (the null label) meaning unconditional. nfe counts both halves of a
-    guided evaluation. The model is used as given (put it in eval mode and on `device` first).
+             device: torch.device | str | None = None, progress: bool = False,
+             null: torch.Tensor | None = None) -> torch.Tensor:
+    """Images (N, C, H, W) uint8 for conditions `cond` (class ids (N,) or vectors (N, E)); image i
+    starts from prior noise seeded by seeds[i]. null (N,) bool marks unconditional images. nfe
+    counts both halves of a guided evaluation. The model is used as given (eval mode, on `device`).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+    cond = as_condition(cond, model.num_classes, model.cond_dim)
     seeds = [int(seed) for seed in seeds]
-    if labels.ndim != 1 or len(seeds) != len(labels):
-        raise ValueError(f"need one seed per label: got {len(seeds)} seeds for labels of shape "
-                         f"{tuple(labels.shape)}")
-    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) <= prior.num_classes:
-        raise ValueError(f"labels must lie in 0..{prior.num_classes} ({prior.num_classes} = unconditional)")
+    if len(seeds) != len(cond):
+        raise ValueError(f"need one seed per condition: got {len(seeds)} seeds for {len(cond)} conditions")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    null = torch.zeros(len(cond), dtype=torch.bool) if null is None else torch.as_tensor(null, dtype=torch.bool)
     guided = cfg != 1.0
     calls = num_steps(nfe, solver, 2 if guided else 1) * SOLVERS[solver]  # velocity calls
     images = []
-    for start in tqdm(range(0, len(labels), batch_size), desc="sampling", disable=not progress):
-        batch_labels = labels[start:start + batch_size].to(device)
-        x0 = prior_noise(prior, batch_labels, seeds[start:start + batch_size])
+    for start in tqdm(range(0, len(cond), batch_size), desc="sampling", disable=not progress):
+        batch_cond, batch_null = cond[start:start + batch_size].to(device), null[start:start + batch_size].to(device)
+        x0 = prior_noise(prior, batch_cond, seeds[start:start + batch_size], batch_null)
         if device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        x1 = integrate(guided_velocity(model, batch_labels, cfg, prior.num_classes), x0, calls, solver)
+        x1 = integrate(guided_velocity(model, batch_cond, cfg, batch_null), x0, calls, solver)
         images.append(data.to_uint8(x1).cpu())  # one sync per batch, none inside the solver
     if not images:
         return torch.zeros((0, *prior.shape), dtype=torch.uint8)
@@ -167,7 +185,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch
                                  path, "train.py checkpoint (its config)", hint)
     if config["preset"] not in unet.PRESETS:
         raise ValueError(f"checkpoint {path} uses preset {config['preset']!r}, which this unet.py does not have")
-    model = unet.build_unet(config["preset"], config["image_size"], config["channels"], config["num_classes"])
+    model = unet.build_unet(config["preset"], config["image_size"], config["channels"], config["num_classes"],
+                            config.get("cond_dim", 0))
     # a torch.compile'd module saves its weights under "_orig_mod."; the plain UNet does not
     ema = {key.removeprefix("_orig_mod."): value for key, value in checkpoint["ema"].items()}
     try:
@@ -219,11 +238,15 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad:
         Path(path).suffix.lower()]))
 
 
-def save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | Path) -> None:
-    """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,); atomic."""
+def save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | Path, cond: torch.Tensor | None = None) -> None:
+    """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,) class ids (for
+    vector conditions: the condition's row), plus `cond` (N, E) float32 when given; atomic."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    checks.save_npz(path, {"arr_0": images.cpu().permute(0, 2, 3, 1).numpy().astype(np.uint8),
-                           "arr_1": torch.as_tensor(labels).cpu().numpy().astype(np.int64)})
+    arrays = {"arr_0": images.cpu().permute(0, 2, 3, 1).numpy().astype(np.uint8),
+              "arr_1": torch.as_tensor(labels).cpu().numpy().astype(np.int64)}
+    if cond is not None:
+        arrays["cond"] = cond.cpu().numpy().astype(np.float32)
+    checks.save_npz(path, arrays)
 
 
 def image_seed(run_seed: int, class_id: int, index: int) -> int:
@@ -245,14 +268,47 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
     return list(dict.fromkeys(classes))  # a repeated id would only repeat the same seeds
 
 
+def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tensor, list[int]]:
+    """(one condition per row, its id for the seeds): class ids from --classes; vectors from
+    --cond-file (an .npy of (M, E)) or the first --conditions of the dataset's held-out split."""
+    if not config.get("cond_dim", 0):
+        if args.cond_file:
+            raise ValueError("--cond-file is for checkpoints trained on condition vectors; this one takes "
+                             "class ids: use --classes")
+        classes = parse_classes(args.classes, config["num_classes"])
+        return torch.tensor(classes, dtype=torch.long), classes
+    if args.classes:
+        raise ValueError("--classes is for class-conditional checkpoints; this one takes condition vectors: "
+                         "use --cond-file FILE.npy or --conditions M (from the held-out split)")
+    if args.cond_file:
+        path = Path(args.cond_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--cond-file {path} not found: give an .npy of (M, {config['cond_dim']}) vectors")
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except Exception as err:
+            raise ValueError(f"--cond-file {path}: not a readable .npy ({checks.first_line(err)})") from None
+    else:
+        checks.check_at_least(args.conditions, 1, "--conditions")
+        held_out = data.load_dataset(config["dataset"], config.get("data_dir"), "test",
+                                     **config.get("dataset_options", {}))
+        _, vectors = held_out.get(np.arange(min(args.conditions, len(held_out))))
+    vectors = as_condition(np.asarray(vectors, dtype=np.float32), 0, config["cond_dim"])
+    return vectors, list(range(len(vectors)))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
     parser.add_argument("--nfe", type=int, default=8, help="network evaluations per image (cfg: both halves)")
     parser.add_argument("--solver", default="euler", choices=list(SOLVERS))
-    parser.add_argument("--n", type=int, default=8, help="images per class")
+    parser.add_argument("--n", type=int, default=8, help="images per class (or per condition vector)")
     parser.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="image j of class c uses image_seed(seed, c, j)")
+    parser.add_argument("--cond-file", default=None, help="vector checkpoints: an .npy of (M, E) conditions")
+    parser.add_argument("--conditions", type=int, default=10,
+                        help="vector checkpoints without --cond-file: the first M of the held-out split")
+    parser.add_argument("--seed", type=int, default=0, help="image j of condition c uses image_seed(seed, c, j)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--cfg", type=float, default=1.0, help="guidance weight w; 1 = no guidance")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -268,19 +324,20 @@ def main(argv: list[str] | None = None) -> None:
     stem = (f"samples_{args.solver}_nfe{args.nfe}" + (f"_cfg{args.cfg:g}" if args.cfg != 1.0 else "")
             + f"_n{args.n}" + (f"_seed{args.seed}" if args.seed else ""))  # other runs keep their files
     model, prior, config = load_checkpoint(args.ckpt, device)
+    conditions, ids = load_conditions(args, config)
     # both outputs are checked before the sampling starts, not after it
     out_png = checks.check_out_file(args.out_png or Path(args.ckpt).parent / f"{stem}.png", "--out-png",
                                     checks.IMAGE_SUFFIXES)
     out_npz = checks.check_out_file(args.out_npz or Path(args.ckpt).parent / f"{stem}.npz", "--out-npz", (".npz",))
-    classes = parse_classes(args.classes, config["num_classes"])
-    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n)
-    seeds = [image_seed(args.seed, c, j) for c in classes for j in range(args.n)]
-    images = generate(model, prior, labels, seeds, args.nfe, args.solver, args.cfg, args.batch_size,
+    rows = torch.arange(len(ids)).repeat_interleave(args.n)
+    seeds = [image_seed(args.seed, c, j) for c in ids for j in range(args.n)]
+    images = generate(model, prior, conditions[rows], seeds, args.nfe, args.solver, args.cfg, args.batch_size,
                       device, progress=True)
-    save_grid(images, labels, out_png)
-    save_npz(images, labels, out_npz)
-    print(f"wrote {out_png} (grid of up to 20 classes x 16) and {out_npz} ({len(classes)} classes x {args.n} = "
-          f"{len(images)} images)")
+    row_ids = torch.tensor(ids)[rows]
+    save_grid(images, row_ids, out_png)
+    save_npz(images, row_ids, out_npz, conditions[rows] if config.get("cond_dim", 0) else None)
+    print(f"wrote {out_png} (grid of up to 20 rows x 16) and {out_npz} ({len(ids)} "
+          f"{'conditions' if config.get('cond_dim', 0) else 'classes'} x {args.n} = {len(images)} images)")
 
 
 if __name__ == "__main__":

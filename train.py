@@ -1,14 +1,17 @@
-"""Train a class-conditional flow with a condition-specific prior, on one GPU (or a CPU).
+"""Train a conditional flow with a condition-specific prior, on one GPU (or a CPU).
 
 One training step, the whole method (prior.py, flow.py, unet.py hold the pieces):
 
-    (x1, c)        a batch of data, uint8 until it reaches the device, then x1 in [-1, 1]
-    c'             c, or the null label K with probability --label-dropout (for guidance)
-    x0             ~ prior(c')              class prior: N(mu_c, Sigma_c); gaussian: N(0, I)
-                                            (prior(c) with --null-source class)
-    (x0, x1, c')   re-paired by --coupling   (independent, ot, class_ot)
+    (x1, c)        a batch of data, uint8 until it reaches the device, then x1 in [-1, 1];
+                   c: class ids (N,) or condition vectors (N, E) (--cond, e.g. shapes attributes)
+    null           True with probability --label-dropout: the row is unconditional (for guidance)
+    x0             ~ prior(c, null, x1)     class: N(mu_c, Sigma_c); gaussian: N(0, I); kmeans:
+                                            the component of x1's cluster; mapper: N(P(c), s^2 I);
+                                            null rows: the dataset-wide component
+                                            (prior(c, no null) with --null-source class)
+    x0             re-paired by --coupling   (independent, ot, class_ot within prior.groups)
     t              ~ U[0, 1]
-    loss           = || v_theta(x_t, t, c') - (x1 - x0) ||^2,   x_t = (1 - t) x0 + t x1
+    loss           = || v_theta(x_t, t, c, null) - (x1 - x0) ||^2,   x_t = (1 - t) x0 + t x1
 
 then AdamW with warm-up, gradient clipping and an EMA of the weights (the EMA is what
 sample.py uses). Everything that is random comes from --seed and is saved in the
@@ -57,7 +60,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     files = "\n".join(f"  {name}: {what}" for name, what in data.EXPECTED_FILES.items())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="--data-dir must hold:\n" + files,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS if suppress_defaults else None)
+                                     argument_default=argparse.SUPPRESS if suppress_defaults else None, allow_abbrev=False)
     arg = parser.add_argument
 
     def default(value):  # argparse ignores `default=` when argument_default is SUPPRESS, so say it here
@@ -68,10 +71,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     arg("--image-size", dest="resize_to", type=int, default=default(None),
         help="for --dataset folder/shapes: image size")
     arg("--prior", default=default("class"), help=f"source distribution, one of: {', '.join(priors.PRIORS)}")
-    arg("--cov", default=default("iso"), choices=["iso", "diag"],
-        help="class prior covariance: sigma*I or per-class std")
-    arg("--sigma", type=float, default=default(1.0), help="class prior std for --cov iso")
-    arg("--cov-scale", type=float, default=default(1.0), help="multiplies the per-class std for --cov diag")
+    arg("--prior-opt", dest="prior_opt", action="append", default=default([]), metavar="KEY=VALUE",
+        help="an option of the prior's constructor, repeatable: --prior-opt sigma=0.5 --prior-opt cov=diag "
+             "(a wrong key lists the prior's options)")
+    arg("--cond", default=default(None),
+        help="which condition the dataset gives (shapes: class or attributes; default: the dataset's own)")
     arg("--prior-stats", default=default(None),
         help="prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
     arg("--coupling", default=default("independent"), help=f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
@@ -88,7 +92,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     arg("--steps", type=int, default=default(None), help="total optimizer steps (default 2500)")
     arg("--ema", type=float, default=default(None),
         help="EMA decay, warmed up as min(decay, (1+s)/(10+s)) (default 0.999)")
-    arg("--label-dropout", type=float, default=default(0.1), help="share of labels replaced by the null label (CFG)")
+    arg("--label-dropout", type=float, default=default(0.1), help="share of rows trained as unconditional (null), for guidance")
     arg("--null-source", default=default("global"), choices=["global", "class"],
         help="x0 of a dropped label: the dataset-wide component (global) or its own class's (class)")
     arg("--precision", default=default("auto"), choices=["auto", "bf16", "fp32"],
@@ -109,7 +113,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    args.given = sorted(vars(build_parser(suppress_defaults=True).parse_args(argv)))  # options on the command line
+    given = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))  # options on the command line
+    args.given = sorted(given | ({"prior_options"} if "prior_opt" in given else set()))
+    if args.prior not in priors.PRIORS:
+        raise ValueError(f"unknown prior '{args.prior}'; choose one of: {', '.join(priors.PRIORS)}")
+    args.prior_options = priors.parse_prior_options(args.prior, args.prior_opt)
     recipe = RECIPES.get(args.dataset, RECIPES["default"])
     for key, value in recipe.items():  # an option given on the command line wins
         if getattr(args, key) is None:
@@ -131,7 +139,7 @@ RECIPES: dict[str, dict] = {
 
 # What defines a run: a resumed run must keep these (a different value is refused), since they
 # decide what is learnt: the data, the prior, the network, the pairing, the batches and the seed.
-RUN_KEYS = ("dataset", "resize_to", "max_images", "prior", "cov", "sigma", "cov_scale", "coupling", "sigma_min",
+RUN_KEYS = ("dataset", "resize_to", "cond", "max_images", "prior", "prior_options", "coupling", "sigma_min",
             "preset", "batch_size", "label_dropout", "null_source", "seed")
 # What a resumed run may change: how it is optimised (after a divergence: a lower --lr), how long,
 # how often it logs, saves and samples, and where it runs. Not given again: the checkpoint's value.
@@ -151,7 +159,8 @@ def check_args(args: argparse.Namespace) -> None:
                           ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
                           ("resize_to", 8), ("seed", 0)):
         checks.check_at_least(getattr(args, name), minimum, "--" + name.replace("_", "-"))
-    for name in ("lr", "sigma", "cov_scale", "grad_clip"):
+    priors.build_prior(args.prior, **args.prior_options)  # a bad value fails now, not after loading the data
+    for name in ("lr", "grad_clip"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
@@ -213,8 +222,8 @@ class Prefetcher:
         while not self.stop.is_set():
             try:
                 indices = batch_indices(step, num_images, batch_size, seed)[rank::world]
-                images, labels = dataset.get(indices)
-                item = (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+                images, cond = dataset.get(indices)
+                item = (images.pin_memory(), cond.pin_memory()) if pin else (images, cond)
             except Exception as err:  # hand the error to the training loop instead of dying silently
                 item = err
             while not self.stop.is_set():
@@ -241,19 +250,33 @@ class Prefetcher:
 # ----------------------------------------------------------------------------- prior
 
 def data_fingerprint(dataset, num_images: int) -> str:
-    """What identifies the training images: name, count, shape, every label and the pixels of 64
-    images spread over the set (a cheap content hash: two folders of equal size differ here)."""
+    """What identifies the training data: name, count, shape, every label and the pixels and
+    conditions of 64 images spread over the set (a cheap content hash: two folders of equal size
+    differ here)."""
     probe = np.unique(np.linspace(0, num_images - 1, min(64, num_images)).round().astype(np.int64))
-    images, _ = dataset.get(probe)
+    images, cond = dataset.get(probe)
     digest = hashlib.sha256(f"{dataset.name}|{num_images}|{dataset.channels}x{dataset.image_size}|"
-                            f"{dataset.num_classes}".encode())
+                            f"{dataset.num_classes}|{dataset.cond_dim}".encode())
     digest.update(np.ascontiguousarray(dataset.labels[:num_images]).tobytes())
     digest.update(images.numpy().tobytes())
+    digest.update(cond.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def prior_options(args: argparse.Namespace) -> dict:
-    return {"cov": args.cov, "sigma": args.sigma, "scale": args.cov_scale}
+class Passes:
+    """The training images as (uint8 images, cond) batches on `device`; every iteration is a new
+    pass, so a prior's fit can read the data as often as it needs (k-means, the mapper)."""
+
+    def __init__(self, dataset, num_images: int, device: torch.device, batch_size: int = 1024):
+        self.dataset, self.num_images, self.device, self.batch_size = dataset, num_images, device, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_images / self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.num_images, self.batch_size):
+            images, cond = self.dataset.get(np.arange(start, min(start + self.batch_size, self.num_images)))
+            yield images.to(self.device), cond.to(self.device)  # the fit's float64 work runs on the GPU
 
 
 def cache_key(name: str, options: dict, fingerprint: str) -> str:
@@ -267,7 +290,7 @@ def make_prior(args: argparse.Namespace, dataset, num_images: int, fingerprint: 
     """Fit the prior (one streaming pass) and cache it in OUT/prior_stats.npz under a key of the
     prior, its options and the data; a file with another key is refitted (or, when given by
     --prior-stats, refused)."""
-    options = prior_options(args)
+    options = args.prior_options
     key = cache_key(args.prior, options, fingerprint)
     path = Path(args.prior_stats or Path(args.out) / "prior_stats.npz")
     hint = "delete it, or pass --prior-stats with another path"
@@ -283,19 +306,16 @@ def make_prior(args: argparse.Namespace, dataset, num_images: int, fingerprint: 
                 stored = None
         if stored is None:
             fitted = priors.build_prior(args.prior, **options)
-            starts = range(0, num_images, 1024)  # one streaming pass over the training images
-            batches = (dataset.get(np.arange(i, min(i + 1024, num_images))) for i in starts)
-            batches = ((images.to(device), labels.to(device)) for images, labels in batches)  # float64 on the GPU
-            fitted.fit(tqdm(batches, total=len(starts), desc=f"fitting {args.prior} prior"),
-                       dataset.num_classes, dataset=args.dataset)
+            print(f"fitting the {args.prior} prior on {num_images} images ({options or 'default options'})")
+            fitted.fit(Passes(dataset, num_images, device), dataset.num_classes, dataset=args.dataset)
             checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
     if world > 1:
         dist.barrier()  # the other processes wait for rank 0's file
     fitted = priors.prior_from_state(priors.load_npz(str(path)))
     expected = (dataset.channels, dataset.image_size, dataset.image_size)
-    if tuple(fitted.shape) != expected or fitted.num_classes != dataset.num_classes:
-        raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)} with {fitted.num_classes} "
-                         f"classes, but {args.dataset} has {expected} and {dataset.num_classes}; {hint}")
+    if tuple(fitted.shape) != expected:
+        raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)}, but {args.dataset} has "
+                         f"{expected}; {hint}")
     return fitted
 
 
@@ -374,14 +394,24 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
 
 
+def grid_conditions(dataset, seed: int, per_row: int = 8, rows: int = 10) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """What the progress grids show: (cond, row of each image, seeds). Class ids: the first 10
+    classes; vectors: the conditions of the first 10 training images. 8 images a row."""
+    if dataset.cond_dim:
+        _, conditions = dataset.get(np.arange(min(rows, len(dataset))))
+    else:
+        conditions = torch.arange(min(dataset.num_classes, rows))
+    row = torch.arange(len(conditions)).repeat_interleave(per_row)
+    seeds = [sample.image_seed(seed, int(r), i % per_row) for i, r in enumerate(row)]
+    return conditions[row], row, seeds
+
+
 def sample_grid(ema: torch.nn.Module, prior, dataset, args, step: int, device: torch.device) -> None:
-    classes = list(range(min(dataset.num_classes, 10)))
-    labels = torch.tensor(classes).repeat_interleave(8)
-    seeds = [sample.image_seed(args.seed, int(c), i % 8) for i, c in enumerate(labels)]
-    images = sample.generate(ema, prior, labels, seeds, args.sample_nfe, "euler", device=device)
+    cond, row, seeds = grid_conditions(dataset, args.seed)
+    images = sample.generate(ema, prior, cond, seeds, args.sample_nfe, "euler", device=device)
     folder = Path(args.out) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    sample.save_grid(images, labels, folder / f"step_{step:07d}.png")
+    sample.save_grid(images, row, folder / f"step_{step:07d}.png")
 
 
 @dataclass
@@ -400,7 +430,8 @@ class Run:
 
 def build_run(args: argparse.Namespace, dataset, prior, device: torch.device, rank: int = 0, world: int = 1) -> Run:
     torch.manual_seed(args.seed + rank)  # weights (DDP broadcasts rank 0's) and dropout
-    model = unet.build_unet(args.preset, dataset.image_size, dataset.channels, dataset.num_classes).to(device)
+    model = unet.build_unet(args.preset, dataset.image_size, dataset.channels, dataset.num_classes,
+                            dataset.cond_dim).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -413,28 +444,27 @@ def build_run(args: argparse.Namespace, dataset, prior, device: torch.device, ra
     return Run(args, device, precision, prior, model, network, ema, optimizer, generator)
 
 
-def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a uint8 batch; returns (loss, grad norm) as device tensors (no sync).
 
-    With --grad-accum N the batch's random draws (dropped labels, x0, coupling, t) are made for
+    With --grad-accum N the batch's random draws (null rows, x0, coupling, t) are made for
     the whole batch first, then the network runs on N slices whose losses, weighted by their
     share of the batch, add up to the whole batch's mean: the same gradient, 1/N of the activations."""
     args, device, generator = run.args, run.device, run.generator
     x1 = data.to_model(images.to(device, non_blocking=True))
     if device.type == "cuda":
         x1 = x1.contiguous(memory_format=torch.channels_last)
-    labels = labels.to(device, non_blocking=True)
-    drop = torch.rand(labels.shape, device=device, generator=generator) < args.label_dropout
-    null_labels = torch.where(drop, run.prior.num_classes, labels)
-    # --null-source global: a dropped label's x0 comes from the dataset-wide component (row K); class: from
-    # its own class's, so the null-label field is the flow from the whole mixture, the source CFG starts from
-    x0 = run.prior.sample(null_labels if args.null_source == "global" else labels, generator)
-    x0, x1, labels = flow.couple(x0, x1, null_labels, args.coupling)
-    t = flow.sample_t(len(labels), device, generator)
+    cond = cond.to(device, non_blocking=True)
+    null = torch.rand(len(cond), device=device, generator=generator) < args.label_dropout
+    # --null-source global: a null row's x0 comes from the dataset-wide component; class: from its own
+    # condition's, so the null field is the flow from the whole mixture, the source CFG starts from
+    x0 = run.prior.sample(cond, generator, null if args.null_source == "global" else None, x1)
+    x0 = flow.couple(x0, x1, run.prior.groups(cond, null), args.coupling)
+    t = flow.sample_t(len(cond), device, generator)
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(step, args)
     run.optimizer.zero_grad(set_to_none=True)
-    slices = torch.arange(len(labels), device=device).tensor_split(args.grad_accum)
+    slices = torch.arange(len(cond), device=device).tensor_split(args.grad_accum)
     total = torch.zeros((), device=device)
     for index, part in enumerate(slices):
         if len(part) == 0:
@@ -443,8 +473,8 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, step: int) 
         last = index == len(slices) - 1
         sync = run.network.no_sync() if hasattr(run.network, "no_sync") and not last else contextlib.nullcontext()
         with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
-            loss = flow.flow_loss(run.network, x0[part], x1[part], labels[part], t[part], args.sigma_min)
-            loss = loss * (len(part) / len(labels))
+            loss = flow.flow_loss(run.network, x0[part], x1[part], cond[part], null[part], t[part], args.sigma_min)
+            loss = loss * (len(part) / len(cond))
             loss.backward()
         total = total + loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
@@ -474,10 +504,7 @@ def train(args: argparse.Namespace) -> list[float]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    options = {"image_size": args.resize_to} if args.resize_to else {}
-    sized = [name for name, kind in data.DATASETS.items() if "image_size" in inspect.signature(kind).parameters]
-    if options and args.dataset not in sized:
-        raise ValueError(f"--image-size applies to {', '.join(sized)} only, not {args.dataset}")
+    options = dataset_options(args)
     dataset = data.load_dataset(args.dataset, args.data_dir, "train", **options)
     num_images = min(len(dataset), args.max_images or len(dataset))
     fingerprint = data_fingerprint(dataset, num_images)
@@ -492,8 +519,9 @@ def train(args: argparse.Namespace) -> list[float]:
         prior = priors.prior_from_state(checkpoint["prior"]["state"])
     run = build_run(args, dataset, prior, device, rank, world)
     model, ema, optimizer, generator = run.model, run.ema, run.optimizer, run.generator
-    config = {**{k: v for k, v in vars(args).items() if k != "given"}, "dataset_options": options,
+    config = {**{k: v for k, v in vars(args).items() if k not in ("given", "prior_opt")}, "dataset_options": options,
               "image_size": dataset.image_size, "channels": dataset.channels, "num_classes": dataset.num_classes,
+              "cond_dim": dataset.cond_dim,
               "world_size": world, "data_fingerprint": fingerprint}
     start, best_loss = 0, math.inf
     if checkpoint is not None:
@@ -512,7 +540,8 @@ def train(args: argparse.Namespace) -> list[float]:
         if rank == 0:
             trim_log(out / "log.jsonl", start)
     if rank == 0:
-        print(f"{args.dataset}: {num_images} images, {dataset.num_classes} classes, {dataset.image_size}px | "
+        what = f"{dataset.cond_dim}-d condition vectors" if dataset.cond_dim else f"{dataset.num_classes} classes"
+        print(f"{args.dataset}: {num_images} images, {what}, {dataset.image_size}px | "
               f"prior {args.prior}, coupling {args.coupling} | preset {args.preset} "
               f"({unet.count_parameters(model):,} parameters) | {device} x{world}, {run.precision} | "
               f"steps {start}..{args.steps} at batch {args.batch_size}"
@@ -540,8 +569,8 @@ def train(args: argparse.Namespace) -> list[float]:
         loss_sum = grad_sum = torch.zeros((), device=device)
         timer, timed_steps = time.perf_counter(), 0
         for step in bar:
-            images, labels = prefetch.next()
-            loss, grad_norm = train_step(run, images, labels, step)
+            images, cond = prefetch.next()
+            loss, grad_norm = train_step(run, images, cond, step)
             loss_sum, grad_sum, timed_steps = loss_sum + loss, grad_sum + grad_norm, timed_steps + 1
             done = step + 1
             if done % args.log_every == 0 or done % args.ckpt_every == 0 or done == args.steps:
@@ -577,6 +606,19 @@ def train(args: argparse.Namespace) -> list[float]:
         print(f"done: {out / 'ckpt.pt'} (step {args.steps}), {out / 'log.jsonl'}"
               + (f", sample grids in {out / 'samples'}/ (latest {grids[-1].name})" if grids else ""))
     return losses
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """The keyword options of data.load_dataset that the flags set (--image-size, --cond)."""
+    accepted = inspect.signature(data.DATASETS[args.dataset]).parameters
+    options = {}
+    for flag, key, value in (("--image-size", "image_size", args.resize_to), ("--cond", "cond", args.cond)):
+        if value is not None:
+            if key not in accepted:
+                takers = [n for n, kind in data.DATASETS.items() if key in inspect.signature(kind).parameters]
+                raise ValueError(f"{flag} applies to {', '.join(takers)} only, not {args.dataset}")
+            options[key] = value
+    return options
 
 
 def check_progress(mean_loss: float, mean_grad: float, best_loss: float, step: int, out: Path,

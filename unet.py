@@ -90,8 +90,8 @@ class ConditionEncoder(nn.Module):
     def forward(self, cond: Tensor, null: Tensor) -> Tensor:
         if self.cond_dim:
             embedding = self.mlp(cond.float())
-        else:  # a null row's id may be anything: clamp so the lookup stays in range
-            embedding = self.table(cond.clamp(0, self.num_classes - 1))
+        else:  # a null row's id may be anything (its embedding is replaced below): look up row 0
+            embedding = self.table(torch.where(null, 0, cond))
         return torch.where(null[:, None], self.null.to(embedding.dtype), embedding)
 
 

@@ -67,9 +67,9 @@ METHODS = {
     "class prior + OT": ("class_ot", ["--prior", "class", "--coupling", "class_ot"]),
 }
 COV_VARIANTS = {  # the class prior with sigma 1 (iso) is "class prior" above
-    "class, sigma 0.25": ("class_sigma0.25", ["--prior", "class", "--sigma", "0.25"]),
-    "class, sigma 0.5": ("class_sigma0.5", ["--prior", "class", "--sigma", "0.5"]),
-    "class, diag std": ("class_diag", ["--prior", "class", "--cov", "diag"]),
+    "class, sigma 0.25": ("class_sigma0.25", ["--prior", "class", "--prior-opt", "sigma=0.25"]),
+    "class, sigma 0.5": ("class_sigma0.5", ["--prior", "class", "--prior-opt", "sigma=0.5"]),
+    "class, diag std": ("class_diag", ["--prior", "class", "--prior-opt", "cov=diag"]),
 }
 CFG_VARIANTS = {  # dropped labels start from their own class's component, not the dataset-wide one
     "class prior, null from class": ("class_nullclass", ["--prior", "class", "--null-source", "class"]),

@@ -148,7 +148,7 @@ def test_cached_statistics_are_keyed_by_data_and_options(tmp_path):
         run(tmp_path / "b", "--steps", "1", "--max-images", "32", "--prior-stats", str(stats))
     # another prior option: refused too (sigma is part of the key)
     with pytest.raises(ValueError, match="other data or options"):
-        run(tmp_path / "c", "--steps", "1", "--sigma", "0.5", "--prior-stats", str(stats))
+        run(tmp_path / "c", "--steps", "1", "--prior-opt", "sigma=0.5", "--prior-stats", str(stats))
     # the same data and options: reused, byte for byte
     before = stats.read_bytes()
     run(tmp_path / "d", "--steps", "1", "--prior-stats", str(stats))
@@ -211,13 +211,13 @@ def test_null_source_picks_the_component_of_dropped_labels(null_source, monkeypa
     run = train.build_run(args, dataset, prior, torch.device("cpu"))
     seen = {}
 
-    def capture(network, x0, x1, labels, t, sigma_min):
-        seen["x0"], seen["labels"] = x0, labels
-        return (network(x0, t, labels) ** 2).mean()
+    def capture(network, x0, x1, cond, null, t, sigma_min):
+        seen["x0"], seen["null"] = x0, null
+        return (network(x0, t, cond, null) ** 2).mean()
     monkeypatch.setattr(train.flow, "flow_loss", capture)
     train.train_step(run, torch.zeros(40, 3, 32, 32, dtype=torch.uint8), labels, 0)
-    dropped = seen["labels"] == 10
-    assert 0 < int(dropped.sum()) < 40  # some labels dropped, some kept (seeded)
+    dropped = seen["null"]
+    assert 0 < int(dropped.sum()) < 40  # some rows null, some not (seeded)
     x0_level = seen["x0"].mean((1, 2, 3))
     assert torch.allclose(x0_level[~dropped], 0.1 * labels[~dropped].float(), atol=1e-4)
     expected = torch.full_like(x0_level[dropped], 0.45) if null_source == "global" else 0.1 * labels[dropped].float()

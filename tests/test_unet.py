@@ -24,7 +24,7 @@ def inputs(batch: int, channels: int, size: int, num_classes: int, seed: int = 0
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, size, size, generator=generator)
     t = torch.rand(batch, generator=generator)
-    labels = torch.randint(0, num_classes + 1, (batch,), generator=generator)
+    labels = torch.randint(0, num_classes, (batch,), generator=generator)
     return x, t, labels
 
 
@@ -65,14 +65,29 @@ def test_output_depends_on_time_and_label(tiny):
         reference = tiny(x, t, labels)
         assert not torch.allclose(reference, tiny(x, t + 0.1, labels))
         assert not torch.allclose(reference, tiny(x, t, torch.tensor([4, 4])))
-        null = tiny(x, t, torch.tensor([10, 10]))  # num_classes is the null label: valid
+        null = tiny(x, t, labels, torch.tensor([True, True]))  # the unconditional field
         assert torch.isfinite(null).all() and not torch.allclose(reference, null)
+        # a null row ignores its id: any id (even out of range) gives the same field
+        assert torch.equal(null, tiny(x, t, torch.tensor([7, 99]), torch.tensor([True, True])))
 
 
-def test_label_beyond_null_is_an_index_error(tiny):
+def test_class_id_out_of_range_is_an_index_error(tiny):
     x, t, _ = inputs(1, 3, 8, 10)
     with pytest.raises(IndexError):
-        tiny(x, t, torch.tensor([11]))
+        tiny(x, t, torch.tensor([10]))  # ids are 0..9; "null" is the mask, not an id
+
+
+def test_vector_conditions_through_the_mlp_encoder():
+    torch.manual_seed(0)
+    model = perturbed(build_unet("tiny", 8, 3, cond_dim=7)).eval()
+    x, t, _ = inputs(2, 3, 8, 10)
+    cond = torch.rand(2, 7)
+    with torch.no_grad():
+        reference = model(x, t, cond)
+        assert not torch.allclose(reference, model(x, t, cond + 0.5))  # the vector matters
+        null = torch.tensor([True, True])
+        assert torch.equal(model(x, t, cond, null), model(x, t, cond + 0.5, null))  # unless the row is null
+    assert not hasattr(model.cond_encoder, "table")
 
 
 def test_samples_in_a_batch_are_independent(tiny):
@@ -118,11 +133,12 @@ def test_gradient_reaches_every_parameter():
     torch.manual_seed(0)
     model = perturbed(build_unet("tiny", 8, 3, 10)).train()
     x, t, labels = inputs(4, 3, 8, 10)
-    model(x, t, labels).pow(2).mean().backward()
+    null = torch.tensor([False, True, False, False])
+    model(x, t, labels, null).pow(2).mean().backward()
     for name, parameter in model.named_parameters():
-        if name == "class_embedding.weight":
-            # Only the rows of labels in the batch get a gradient.
-            assert parameter.grad[labels].abs().sum(dim=1).gt(0).all(), name
+        if name == "cond_encoder.table.weight":
+            # Only the rows of the (non-null) labels in the batch get a gradient.
+            assert parameter.grad[labels[~null]].abs().sum(dim=1).gt(0).all(), name
         else:
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
