@@ -266,10 +266,10 @@ def transport_cost(prior, config: dict, batches: int = 4, seed: int = 0) -> floa
     dataset = data.load_dataset(config["dataset"], config.get("data_dir"), "train", **options)
     generator = torch.Generator().manual_seed(seed)
     costs = []
-    for images, labels in dataset.batches(int(config.get("batch_size", 256)), shuffle=True, seed=seed):
+    for images, cond in dataset.batches(int(config.get("batch_size", 256)), shuffle=True, seed=seed):
         x1 = data.to_model(images)
-        x0 = prior.sample(labels, generator)
-        x0, x1, labels = flow.couple(x0, x1, labels, config.get("coupling", "independent"))
+        x0 = prior.sample(cond, generator, x1=x1)  # x1: the training coupling of data-dependent priors
+        x0 = flow.couple(x0, x1, prior.groups(cond), config.get("coupling", "independent"))
         costs.append(float(flow.transport_cost(x0, x1)))
         if len(costs) == batches:
             break
@@ -551,10 +551,9 @@ def run_sweep(args: argparse.Namespace) -> None:
         check_shape((config["channels"], config["image_size"], config["image_size"]), ref)
         label = labels_given[index] if labels_given else f"{config['prior']}+{config['coupling']}"
         cost = transport_cost(prior, config, seed=args.seed)
-        classes = np.arange(args.n) % config["num_classes"]  # class-balanced
-        seeds = [sample.image_seed(args.seed, int(c), i // config["num_classes"]) for i, c in enumerate(classes)]
+        cond, seeds, classes = evaluation_conditions(config, args.n, args.seed)
         for nfe in nfes:
-            images = sample.generate(model, prior, torch.from_numpy(classes), seeds, nfe, args.solver, args.cfg,
+            images = sample.generate(model, prior, cond, seeds, nfe, args.solver, args.cfg,
                                      args.sample_batch_size, args.device, progress=True)
             result = score(extractor, images, classes, ref, args.batch_size, args.seed)
             row = {"label": label, "ckpt": str(ckpt), "prior": config["prior"], "coupling": config["coupling"],
@@ -563,6 +562,22 @@ def run_sweep(args: argparse.Namespace) -> None:
             print(json.dumps(row))
             print(f"{label} NFE {nfe}: {summary(result)}, transport cost {cost:.2f}")
     write_sweep(rows, paths, extractor.metric, args.solver)
+
+
+def evaluation_conditions(config: dict, n: int, seed: int) -> tuple[torch.Tensor, list[int], np.ndarray | None]:
+    """(cond, seeds, class ids or None) for n samples: class-balanced ids (image j of class c has
+    seed image_seed(seed, c, j)), or the first n condition vectors of the held-out split (one
+    image each, seed image_seed(seed, i, 0))."""
+    if config.get("cond_dim", 0):
+        held_out = data.load_dataset(config["dataset"], config.get("data_dir"), "test",
+                                     **config.get("dataset_options", {}))
+        if len(held_out) < n:
+            raise ValueError(f"the held-out split has {len(held_out)} conditions, fewer than --n {n}")
+        _, cond = held_out.get(np.arange(n))
+        return cond, [sample.image_seed(seed, i, 0) for i in range(n)], None
+    classes = np.arange(n) % config["num_classes"]
+    seeds = [sample.image_seed(seed, int(c), i // config["num_classes"]) for i, c in enumerate(classes)]
+    return torch.from_numpy(classes), seeds, classes
 
 
 def write_text(path: Path, text: str) -> None:

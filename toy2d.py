@@ -71,7 +71,10 @@ class VelocityMLP(nn.Module):
         self.net = nn.Sequential(nn.Linear(2 + 16 + 16, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
                                  nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                null: torch.Tensor | None = None) -> torch.Tensor:
+        if null is not None:  # row K of the embedding is the unconditional one
+            labels = torch.where(null, self.class_embedding.num_embeddings - 1, labels)
         freqs = torch.exp(torch.linspace(0, math.log(100), 8, device=x.device))
         t_embedding = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], 1)
         return self.net(torch.cat([x, t_embedding, self.class_embedding(labels)], 1))
@@ -96,8 +99,9 @@ def train(method: str, centres: np.ndarray, steps: int, batch_size: int, sigma: 
     for _ in range(steps):
         labels = torch.randint(0, len(centres), (batch_size,), generator=generator)
         x1 = sample_data(centres, labels, generator)
-        x0, x1, labels = couple(prior.sample(labels, generator), x1, labels, coupling)
-        loss = flow_loss(model, x0, x1, labels, sample_t(batch_size, generator=generator))
+        x0 = couple(prior.sample(labels, generator), x1, labels, coupling)
+        no_null = torch.zeros(batch_size, dtype=torch.bool)
+        loss = flow_loss(model, x0, x1, labels, no_null, sample_t(batch_size, generator=generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -122,8 +126,8 @@ def evaluate(model, prior, coupling, centres, nfes, n_per_class, batch_size, see
     costs = []
     for start in range(0, len(labels), batch_size):
         part = slice(start, start + batch_size)
-        x0, pair_x1, _ = couple(prior.sample(labels[part], generator), x1[part], labels[part], coupling)
-        costs.append(float(transport_cost(x0, pair_x1)))
+        x0 = couple(prior.sample(labels[part], generator), x1[part], labels[part], coupling)
+        costs.append(float(transport_cost(x0, x1[part])))
     result = {"cost": float(np.mean(costs))}
     x0 = prior.sample(labels, generator)
     for nfe in nfes:

@@ -69,11 +69,11 @@ def fit_child(folder: str, limit: int, batch_size: int) -> dict:
 
 def time_ot(batch: int, repeats: int = 3) -> float:
     x0, x1 = torch.randn(batch, 3, 64, 64), torch.randn(batch, 3, 64, 64)
-    labels = torch.zeros(batch, dtype=torch.int64)
-    flow.couple(x0, x1, labels, "ot")
+    groups = torch.zeros(batch, dtype=torch.int64)
+    flow.couple(x0, x1, groups, "ot")
     begin = time.perf_counter()
     for _ in range(repeats):
-        flow.couple(x0, x1, labels, "ot")
+        flow.couple(x0, x1, groups, "ot")
     return (time.perf_counter() - begin) / repeats
 
 

@@ -274,7 +274,7 @@ class Evaluator:
         labels, seeds = self.balanced(run["num_classes"], self.config.straight_n)
         labels = labels.to(self.device)
         x0 = sample.prior_noise(prior, labels, seeds)
-        field = sample.guided_velocity(model, labels, 1.0, prior.num_classes)
+        field = sample.guided_velocity(model, labels, 1.0)
         return {**path_straightness(field, x0, self.config.straight_nfe), "n": len(labels)}
 
 

@@ -73,10 +73,11 @@ def test_path_endpoints_and_velocity():
 def test_loss_zero_for_exact_velocity_and_positive_otherwise():
     x0, x1 = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
     labels, t = torch.zeros(1, dtype=torch.int64), torch.rand(1)
-    exact = lambda x_t, t, c: (x1 - x0).expand_as(x_t)  # noqa: E731
-    assert float(flow_loss(exact, x0, x1, labels, t)) == 0.0
-    zero = lambda x_t, t, c: torch.zeros_like(x_t)  # noqa: E731
-    assert float(flow_loss(zero, x0, x1, labels, t)) == pytest.approx(float((x1 - x0).pow(2).mean()))
+    null = torch.zeros(1, dtype=torch.bool)
+    exact = lambda x_t, t, c, null: (x1 - x0).expand_as(x_t)  # noqa: E731
+    assert float(flow_loss(exact, x0, x1, labels, null, t)) == 0.0
+    zero = lambda x_t, t, c, null: torch.zeros_like(x_t)  # noqa: E731
+    assert float(flow_loss(zero, x0, x1, labels, null, t)) == pytest.approx(float((x1 - x0).pow(2).mean()))
 
 
 def test_transport_cost_hand_computed():

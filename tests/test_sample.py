@@ -89,20 +89,23 @@ class FakePrior:
 
     num_classes, shape = 3, (1, 4, 4)
 
-    def sample(self, labels, generator=None):
+    def sample(self, labels, generator=None, null=None, x1=None):
         noise = torch.randn((len(labels), *self.shape), generator=generator, device=labels.device)
         return labels[:, None, None, None].float() * 0.3 - 0.3 + 0.2 * noise
 
 
 class FakeModel(torch.nn.Module):
-    """A label- and time-dependent field that records each call's batch size and labels."""
+    """A label- and time-dependent field that records each call's labels (null rows as -1)."""
+
+    num_classes, cond_dim = 3, 0
 
     def __init__(self):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.tensor(0.5))
         self.calls: list[torch.Tensor] = []
 
-    def forward(self, x, t, labels):
+    def forward(self, x, t, labels, null):
+        labels = torch.where(null, -1, labels)
         self.calls.append(labels.clone())
         return -self.scale * x + t[:, None, None, None] * (labels[:, None, None, None].float() - 1) * 0.1
 
@@ -117,7 +120,7 @@ def test_generate_counts_guided_evaluations(solver):
             sample.generate(model, FakePrior(), labels, seeds, nfe, solver, cfg=cfg, batch_size=5)
             assert len(model.calls) * evals_per_call == nfe  # ONE network call per velocity
             for call in model.calls:
-                expected = torch.cat([labels, torch.full_like(labels, 3)]) if cfg != 1 else labels
+                expected = torch.cat([labels, torch.full_like(labels, -1)]) if cfg != 1 else labels
                 assert torch.equal(call, expected)
     with pytest.raises(ValueError, match="guidance doubles.*multiple of 2: try 2 or 4"):
         sample.generate(FakeModel(), FakePrior(), labels, seeds, 3, "euler", cfg=2.0)
