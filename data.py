@@ -12,6 +12,7 @@ Conventions
 Datasets
 - shapes (default): built in, drawn on the fly; image i of class i % K, its colour, size, position
   and rotation come from a counter-based hash of (seed, split, i), so it never changes.
+  Shapes.attributes(indices) returns them; measure_attributes(images) reads most back from pixels.
 - mnist, fashion-mnist: idx files, 28x28 grey, padded (or bilinearly resized) to 32x32.
 - cifar10: the python pickle batches.
 - imagenet32, imagenet64: the official downsampled .npz files, memory-mapped (1.28M images at
@@ -21,6 +22,7 @@ Datasets
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import gzip
 import inspect
 import io
@@ -33,6 +35,8 @@ from typing import Iterator
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
+
+import checks
 
 _IDX_FILES = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
               "t10k-labels-idx1-ubyte (each optionally .gz)")
@@ -91,11 +95,15 @@ class Dataset:
             images[rows[order]] = self.parts[part_id][local[order]]
         return images
 
-    def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images uint8 (n, C, H, W) and labels int64 (n,), in the order of `indices`."""
+    def _checked_indices(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise ValueError(f"{self.name}: indices must lie in 0..{len(self) - 1}")
+        return indices
+
+    def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images uint8 (n, C, H, W) and labels int64 (n,), in the order of `indices`."""
+        indices = self._checked_indices(indices)
         return torch.from_numpy(self._read(indices)), torch.from_numpy(self.labels[indices])
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0
@@ -108,14 +116,37 @@ class Dataset:
             yield self.get(order[start:start + batch_size])
 
 
-def _checked_labels(labels: np.ndarray, num_classes: int, count: int, source: object) -> np.ndarray:
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+def _checked_labels(labels: np.ndarray, num_classes: int, count: int, source: object,
+                    first: int = 0) -> np.ndarray:
+    """Labels first..first + num_classes - 1 as int64 0..num_classes - 1, one per image."""
+    labels = np.asarray(labels).reshape(-1)
+    # integers, or floats holding integers; anything else (strings, NaN, 2.5) is not a label file
+    whole = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and bool(
+        np.isfinite(labels).all() and (labels == np.round(labels)).all()))
+    if not whole:
+        raise ValueError(f"{source}: labels must be whole numbers, got {labels.dtype}; re-download it")
+    labels = labels.astype(np.int64) - first
     if len(labels) != count:
-        raise ValueError(f"{source}: {len(labels)} labels for {count} images")
+        raise ValueError(f"{source}: {len(labels)} labels for {count} images; re-download it")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{source}: labels out of range {labels.min()}..{labels.max()}, "
-                         f"expected 0..{num_classes - 1}")
+        raise ValueError(f"{source}: labels out of range {labels.min() + first}..{labels.max() + first}, "
+                         f"expected {first}..{num_classes - 1 + first}; re-download it")
     return labels
+
+
+@contextlib.contextmanager
+def _reading(path: Path, problem: str, hint: str = "re-download it") -> Iterator[None]:
+    """Any failure inside the block becomes ValueError("PATH: PROBLEM (why); HINT"), one line.
+
+    A damaged download fails deep inside gzip/zlib (zlib.error, EOFError), zipfile (BadZipFile,
+    KeyError, NotImplementedError), numpy's .npy header parser (ValueError, SyntaxError, even
+    tokenize.TokenError), struct, pickle or pillow, with types no one can list in advance; to
+    the user they all mean the same thing. So every read of a dataset file goes through here,
+    and only our own checks, which already name the file, run outside these blocks."""
+    try:
+        yield
+    except Exception as err:
+        raise ValueError(f"{path}: {problem} ({checks.first_line(err)}); {hint}") from None
 
 
 def _split(name: str, split: str) -> str:
@@ -128,6 +159,9 @@ def _data_folder(name: str, data_dir: str | Path | None) -> Path:
     if data_dir is None:
         raise ValueError(f"dataset '{name}' needs --data-dir: a folder with {EXPECTED_FILES[name]}")
     folder = Path(data_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{name}: --data-dir {folder} is a file; give the folder that holds "
+                         f"{EXPECTED_FILES[name]}")
     if not folder.is_dir():
         raise FileNotFoundError(f"{name}: data dir {folder} not found; "
                                 f"it should hold {EXPECTED_FILES[name]}")
@@ -168,6 +202,11 @@ SHAPES: dict[str, list[tuple[np.ndarray, int]]] = {
                          [-0.95, 0.25]]), 255)],
 }
 
+# How many rotations by 1/k turn map each shape onto itself (circle and ring are 40-gons), so a
+# rotation attribute is only defined modulo 1/k turn: a square at 0.05 and 0.3 turns is one image.
+ROTATION_SYMMETRY: dict[str, int] = {"circle": 40, "square": 4, "triangle": 3, "ring": 40, "cross": 4,
+                                     "star": 5, "crescent": 1, "frame": 4, "half-disk": 1, "arrow": 1}
+
 
 def _hash_uniforms(seed: int, stream: int, indices: np.ndarray, count: int) -> np.ndarray:
     """(n, count) uniforms in [0, 1) that depend only on (seed, stream, index, column).
@@ -185,7 +224,11 @@ def _hash_uniforms(seed: int, stream: int, indices: np.ndarray, count: int) -> n
 
 
 class Shapes(Dataset):
-    """Procedural coloured shapes on a dark background, drawn at 4x and box-downsampled."""
+    """Procedural coloured shapes on a dark background, drawn at 4x and box-downsampled.
+
+    Each image's drawing parameters come from 10 hashed uniforms (see _parameters); attributes()
+    returns them, and measure_attributes() recovers most of them from the pixels alone.
+    """
 
     name = "shapes"
     class_names = list(SHAPES)
@@ -208,14 +251,43 @@ class Shapes(Dataset):
             images[start:start + 256] = self._render(indices[start:start + 256])
         return images
 
-    def _render(self, indices: np.ndarray) -> np.ndarray:
-        size, scale, count = self.image_size, self.supersample, len(indices)
+    def _parameters(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """What _render draws for each image, from its uniforms u0..u9 (the only place they are read):
+        radius (u0) and centre (x, y) in pixels (u1, u2; polygon coordinates, see attributes),
+        rotation in turns (u3), fill RGB in [0, 1] from HSV (u4..u6), background RGB 0..70 (u7..u9)."""
+        size = self.image_size
         u = _hash_uniforms(self.seed, self.stream, indices, 10)
         radius = size * (0.25 + 0.15 * u[:, 0])  # 8..12.8 pixels at 32x32: big enough to read
         margin = radius + size / 32
         centres = margin[:, None] + (size - 2 * margin[:, None]) * u[:, 1:3]
+        # saturated bright fill over a dark background: the shape always stands out
+        fills = np.array([colorsys.hsv_to_rgb(h, 0.65 + 0.35 * s, 0.8 + 0.2 * v)
+                          for h, s, v in u[:, 4:7]], np.float32).reshape(-1, 3)
+        backgrounds = (70 * u[:, 7:10]).astype(np.float32)
+        return {"radius": radius, "centres": centres, "turns": u[:, 3], "fills": fills,
+                "backgrounds": backgrounds}
+
+    def attributes(self, indices: np.ndarray) -> np.ndarray:
+        """float32 (n, 7) per image: fill r, g, b in [0, 1] (before rounding to uint8), radius /
+        image_size, centre x / image_size, centre y / image_size, rotation in turns [0, 1).
+
+        The centre is in the convention where pixel j spans [j, j + 1): PIL puts polygon
+        coordinates on super-pixel centres, so a drawn centre c sits at c + 0.5 / supersample.
+        The rotation is only defined modulo 1 / ROTATION_SYMMETRY[class] turn (a square turned by
+        1/4 is the same image), so compare it modulo that, or not at all for circle and ring.
+        """
+        p = self._parameters(self._checked_indices(indices))
+        centres = (p["centres"] + 0.5 / self.supersample) / self.image_size
+        return np.column_stack([p["fills"], p["radius"] / self.image_size, centres, p["turns"]]
+                               ).astype(np.float32)
+
+    def _render(self, indices: np.ndarray) -> np.ndarray:
+        size, scale, count = self.image_size, self.supersample, len(indices)
+        p = self._parameters(indices)
+        radius = p["radius"]
+        centres = p["centres"]
         centres[:, 1] += size * np.arange(count)  # image i is the i-th tile of a tall canvas
-        cos, sin = np.cos(2 * np.pi * u[:, 3]), np.sin(2 * np.pi * u[:, 3])
+        cos, sin = np.cos(2 * np.pi * p["turns"]), np.sin(2 * np.pi * p["turns"])
         rotations = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)
         # one canvas for the chunk: PIL's per-image overhead, not the drawing, is the cost
         canvas = Image.new("L", (size * scale, size * scale * count), 0)
@@ -229,28 +301,66 @@ class Shapes(Dataset):
                 for polygon in points.reshape(len(rows), 2 * len(vertices)).tolist():
                     draw.polygon(polygon, fill=value)
         alpha = np.asarray(canvas.reduce(scale)).reshape(count, 1, size, size) / np.float32(255)
-        # saturated bright fill over a dark background: the shape always stands out
-        fills = np.array([colorsys.hsv_to_rgb(h, 0.65 + 0.35 * s, 0.8 + 0.2 * v)
-                          for h, s, v in u[:, 4:7]], np.float32)[:, :, None, None] * 255
-        backgrounds = (70 * u[:, 7:10]).astype(np.float32)[:, :, None, None]
+        fills = p["fills"][:, :, None, None] * 255
+        backgrounds = p["backgrounds"][:, :, None, None]
         return np.rint(backgrounds + (fills - backgrounds) * alpha).astype(np.uint8)
+
+
+def measure_attributes(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """float32 (n, 6) measured from the pixels of uint8 (n, 3, H, W) images of one flat-coloured
+    shape on a flat background (the shapes dataset): fill r, g, b in [0, 1], size, centroid x / W,
+    centroid y / H. No network, no fitting; per image, in closed form:
+
+    background  the per-channel median of the border pixels (a shape never touches the border)
+    fill        the mean of the pixels within 2 grey levels (Euclidean, RGB) of the pixel farthest
+                from the background: the fully covered pixels, which all hold the flat fill
+    alpha       each pixel's coverage, (pixel - background) . (fill - background) / |fill - background|^2
+                clipped to [0, 1]: exact for anti-aliased edges that blend the two colours linearly
+    size        sqrt(sum(alpha) / (H * W)): the square root of the covered share of the image. For a
+                given class it is proportional to the radius (area = class constant * radius^2), up to
+                how the rasteriser treats edges; across classes it is not comparable to the radius
+    centroid    the alpha-weighted mean of pixel centres (pixel j spans [j, j + 1)), over W and H;
+                equal to the drawn centre for shapes symmetric under a rotation (circle, square,
+                triangle, ring, cross, star, frame), offset by a fixed multiple of the radius for
+                crescent, half-disk and arrow (their area centroid is not their centre)
+
+    Rotation is not measured: many shapes look the same after a fraction of a turn (see
+    ROTATION_SYMMETRY), and an angle robust to that needs more than moments of the mask.
+    """
+    x = np.asarray(images, dtype=np.float64)
+    n, _, h, w = x.shape
+    border = np.concatenate([x[:, :, 0], x[:, :, -1], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], axis=2)
+    background = np.median(border, axis=2)  # (n, 3)
+    offset = x - background[:, :, None, None]
+    distance = np.sqrt((offset ** 2).sum(1))  # (n, H, W)
+    inside = distance >= distance.max((1, 2), keepdims=True) - 2
+    fill = (x * inside[:, None]).sum((2, 3)) / inside.sum((1, 2))[:, None]
+    direction = fill - background
+    squared = np.maximum((direction ** 2).sum(1), 1e-9)  # a shape the colour of its background: no area
+    alpha = np.clip(np.einsum("nchw,nc->nhw", offset, direction) / squared[:, None, None], 0, 1)
+    area = np.maximum(alpha.sum((1, 2)), 1e-9)
+    centre_x = (alpha.sum(1) * (np.arange(w) + 0.5)).sum(1) / area / w
+    centre_y = (alpha.sum(2) * (np.arange(h) + 0.5)).sum(1) / area / h
+    return np.column_stack([fill / 255, np.sqrt(area / (h * w)), centre_x, centre_y]).astype(np.float32)
 
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (idx)
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     """An idx file: big-endian int32 magic (0x08 = ubyte, low byte = ndim), ndim sizes, bytes."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as err:
-        raise ValueError(f"{path}: cannot decompress ({err}); re-download it") from None
+    gz = path.suffix == ".gz"
+    # not gzip at all (BadGzipFile), a corrupt deflate stream (zlib.error), cut short (EOFError)
+    with _reading(path, "cannot decompress this .gz file" if gz else "cannot read this idx file"):
+        raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
     found = int.from_bytes(raw[:4], "big")
     if len(raw) >= 4 and found != magic:
-        raise ValueError(f"{path}: wrong magic number {found}, expected {magic}; wrong idx file")
+        raise ValueError(f"{path}: wrong magic number {found}, expected {magic}; not the idx file "
+                         "this name promises, re-download it")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated ({len(raw)} bytes, shorter than the idx header)")
+        raise ValueError(f"{path}: truncated ({len(raw)} bytes, shorter than the idx header); "
+                         "re-download it")
     shape = struct.unpack(f">{ndim}i", raw[4:header])
     if len(raw) - header != int(np.prod(shape)):
         raise ValueError(f"{path}: header says {shape} = {int(np.prod(shape))} bytes but "
@@ -270,8 +380,13 @@ class MNIST(Dataset):
             raise ValueError(f"{self.name}: unknown resize '{resize}'; use pad or bilinear")
         folder = _data_folder(self.name, data_dir)
         prefix = "train" if _split(self.name, split) == "train" else "t10k"
-        images = _read_idx(self._find(folder, f"{prefix}-images-idx3-ubyte"), 2051)
-        labels = _read_idx(self._find(folder, f"{prefix}-labels-idx1-ubyte"), 2049)
+        image_path = self._find(folder, f"{prefix}-images-idx3-ubyte")
+        label_path = self._find(folder, f"{prefix}-labels-idx1-ubyte")
+        images = _read_idx(image_path, 2051)
+        if len(images) == 0 or images.shape[1:] != (28, 28):
+            raise ValueError(f"{image_path}: holds images of shape {images.shape}, expected "
+                             f"(N >= 1, 28, 28); re-download it")
+        labels = _checked_labels(_read_idx(label_path, 2049), 10, len(images), label_path)
         if resize == "pad":
             images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
         else:  # in chunks of 10k so the float copy stays small
@@ -330,18 +445,19 @@ class CIFAR10(Dataset):
     def _load_batch(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         if not path.is_file():
             raise _missing(self.name, path)
-        try:
+        with _reading(path, "not a CIFAR-10 python batch"):  # truncated, garbage, not a dict, ...
             batch = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-            data, labels = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
-        except Exception as err:  # any unpickling failure means the same thing to the user
-            raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err}); "
-                             "re-download it") from None
+            data, labels = batch[b"data"], np.asarray(batch[b"labels"])
         if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
                 and data.shape[1] == 3072):
             raise ValueError(f"{path}: b'data' should be uint8 (N, 3072), got "
-                             f"{getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}")
-        # rows are planar: 1024 red values (row-major 32x32), then green, then blue
-        return data.reshape(-1, 3, 32, 32), _checked_labels(labels, 10, len(data), path)
+                             f"{getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}; "
+                             "re-download it")
+        # a damaged pickle can carry a dtype equal to uint8 with corrupt internal flags (numpy then
+        # prints internal errors on every copy): keep only the raw bytes, under numpy's own uint8.
+        # Rows are planar: 1024 red values (row-major 32x32), then green, then blue.
+        pixels = np.frombuffer(data.tobytes(), np.uint8).reshape(-1, 3, 32, 32)
+        return pixels, _checked_labels(labels, 10, len(data), path)
 
 
 # ---------------------------------------------------------------- downsampled ImageNet (npz)
@@ -352,35 +468,47 @@ def _npz_array(path: Path, key: str) -> np.ndarray:
     np.savez (the official files) writes a plain ZIP_STORED zip of .npy members, so the member's
     bytes sit contiguously in the file: skip the zip local header and the .npy header and map
     the rest. A compressed member (np.savez_compressed) cannot be mapped and is loaded instead.
+    A damaged zip directory or .npy header is an error naming the file; a flipped byte inside
+    a mapped member's pixels is not caught (its CRC would mean reading all 15.7 GB up front).
     """
-    try:
+    damaged = "not a readable .npz archive (truncated or corrupt)"
+    with _reading(path, damaged):  # not a zip, cut inside the central directory, ...
         with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo(f"{key}.npy")
-    except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not a valid .npz (truncated or corrupt?); re-download it"
-                         ) from None
-    except KeyError:
-        raise ValueError(f"{path}: has no '{key}' array; not a downsampled ImageNet file") from None
-    if info.compress_type != zipfile.ZIP_STORED:
-        return np.load(path)[key]
-    with open(path, "rb") as file:
-        file.seek(info.header_offset)
-        local_header = file.read(30)
-        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
-        file.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(file)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read_header is None:  # a newer .npy header version: let numpy read it
-            return np.load(path)[key]
-        shape, fortran_order, dtype = read_header(file)
-        offset = file.tell()
-    if fortran_order or dtype.hasobject:
-        return np.load(path)[key]
+            names = archive.namelist()
+            info = archive.getinfo(f"{key}.npy") if f"{key}.npy" in names else None
+    if info is None:
+        raise ValueError(f"{path}: has no '{key}' array (it holds {', '.join(names) or 'nothing'}); "
+                         "not a downsampled ImageNet file, re-download it")
+    with _reading(path, damaged):  # a directory entry pointing at garbage, a bad .npy header
+        if info.compress_type != zipfile.ZIP_STORED:
+            return _load_member(path, key)
+        with open(path, "rb") as file:
+            file.seek(info.header_offset)
+            local_header = file.read(30)
+            if local_header[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"no local header for {key}.npy where the directory says")
+            name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+            file.seek(info.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(file)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:  # a newer .npy header version: let numpy read it
+                return _load_member(path, key)
+            shape, fortran_order, dtype = read_header(file)
+            offset = file.tell()
+        if fortran_order or dtype.hasobject:
+            return _load_member(path, key)
     if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
         raise ValueError(f"{path}: truncated ({path.stat().st_size} bytes, '{key}' needs more); "
                          "re-download it")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    with _reading(path, damaged):
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _load_member(path: Path, key: str) -> np.ndarray:
+    """Array `key` read whole; no pickles (an object array in a pixel file is never right)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return archive[key]
 
 
 class ImageNet(Dataset):
@@ -401,10 +529,10 @@ class ImageNet(Dataset):
             data = _npz_array(path, "data")
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * self.size**2:
                 raise ValueError(f"{path}: 'data' should be uint8 (N, {3 * self.size**2}) for "
-                                 f"{self.size}x{self.size}, got {data.dtype} {data.shape}")
+                                 f"{self.size}x{self.size}, got {data.dtype} {data.shape}; "
+                                 f"re-download the {self.size}x{self.size} files")
             parts.append(data.reshape(-1, 3, self.size, self.size))  # planar rows = (C, H, W)
-            one_based = np.asarray(_npz_array(path, "labels"))
-            labels.append(_checked_labels(one_based - 1, 1000, len(data), path))
+            labels.append(_checked_labels(_npz_array(path, "labels"), 1000, len(data), path, first=1))
         self._set_arrays(parts, np.concatenate(labels))
 
 
@@ -445,11 +573,10 @@ class ImageFolder(Dataset):
 
 
 def _load_image(path: Path, size: int) -> np.ndarray:
-    try:
+    # UnidentifiedImageError, truncated files, DecompressionBombError, a decoder's own errors
+    with _reading(path, "pillow cannot read this image", "remove or replace it"):
         with Image.open(path) as image:
             square = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
-    except OSError as err:  # includes UnidentifiedImageError and truncated files
-        raise ValueError(f"{path}: pillow cannot read it ({err})") from None
     return np.asarray(square).transpose(2, 0, 1)
 
 

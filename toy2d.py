@@ -19,19 +19,19 @@ Gaussian's and a clearly lower distance at NFE 4 and 8; the script prints what i
 `--layout interleaved` is the hard case: class 0's mean falls on class 1's data.
 A PNG shows sample trajectories of each method (pillow).
 
-    python toy2d.py                      # table + toy2d.png
+    python toy2d.py                      # table + runs/toy2d.png
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw
 
+import checks
 from flow import couple, flow_loss, sample_t, transport_cost
 from prior import ClassPrior, GaussianPrior
 from sample import integrate
@@ -188,8 +188,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--sigma", type=float, default=0.5, help="std of each class prior component")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--png", default="toy2d.png")
+    parser.add_argument("--png", default="runs/toy2d.png", help="trajectory plot (default runs/toy2d.png)")
     args = parser.parse_args(argv)
+    # every flag is checked before two minutes of training, not after them
+    checks.check_at_least(args.steps, 1, "--steps")  # 0 steps would compare untrained networks
+    checks.check_at_least(args.batch_size, 1, "--batch-size")
+    if args.layout == "ring":  # interleaved always has 2 classes
+        checks.check_at_least(args.classes, 2, "--classes")  # one class: its mean is the origin, no contrast
+    checks.check_finite(args.sigma, "--sigma", "give a positive number such as 0.5")
+    if args.sigma <= 0:
+        raise ValueError(f"--sigma must be positive, got {args.sigma}")
+    checks.check_out_file(args.png, "--png", checks.IMAGE_SUFFIXES)  # creates runs/ if needed
     torch.set_num_threads(1)  # 2-D points and a small MLP: extra threads only add overhead
     nfes = (1, 2, 4, 8)
     results = run(args.layout, args.classes if args.layout == "ring" else 2, args.steps, args.batch_size,
@@ -207,7 +216,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    checks.run_main(main)

@@ -6,9 +6,11 @@ image i is data[i, c*S*S + y*S + x] in the planar CIFAR / ImageNet rows), never 
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data import DATASETS, EXPECTED_FILES, SHAPES, load_dataset, to_model, to_uint8  # noqa: E402
+from data import (DATASETS, EXPECTED_FILES, ROTATION_SYMMETRY, SHAPES, load_dataset,  # noqa: E402
+                  measure_attributes, to_model, to_uint8)
 
 
 def planar_to_chw(flat: np.ndarray, size: int) -> np.ndarray:
@@ -120,6 +123,64 @@ def test_shapes_options_and_batches():
         dataset.get(np.array([25]))
     with pytest.raises(ValueError, match="length"):
         load_dataset("shapes", length=0)
+
+
+def polygon_area_centroid(polygons: list[tuple[np.ndarray, int]]) -> tuple[float, np.ndarray]:
+    """Area and area centroid of filled polygons minus holes (shoelace formulas), unit coordinates."""
+    area, moment = 0.0, np.zeros(2)
+    for vertices, value in polygons:
+        x, y = vertices[:, 0], vertices[:, 1]
+        x1, y1 = np.roll(x, -1), np.roll(y, -1)
+        cross = x * y1 - x1 * y
+        signed = cross.sum() / 2
+        centroid = np.array([((x + x1) * cross).sum(), ((y + y1) * cross).sum()]) / (6 * signed)
+        sign = 1 if value else -1  # value 0 cuts a hole, which lies inside the filled polygon
+        area, moment = area + sign * abs(signed), moment + sign * abs(signed) * centroid
+    return area, moment / area
+
+
+def test_measure_attributes_hand_built_image():
+    image = np.zeros((1, 3, 32, 32), np.uint8) + np.array([10, 20, 30], np.uint8)[:, None, None]
+    image[0, :, 5:11, 8:12] = np.array([200, 100, 50])[:, None, None]  # rows 5..10, columns 8..11
+    image[0, :, 5:11, 12] = np.array([105, 60, 40])[:, None]  # column 12 half covered
+    r, g, b, size, x, y = measure_attributes(image)[0]
+    assert np.allclose([r, g, b], np.array([200, 100, 50]) / 255, atol=1e-6)
+    assert np.isclose(size, np.sqrt((6 * 4 + 6 * 0.5) / 32**2), atol=1e-6)
+    # pixel j spans [j, j + 1): columns 8..11 full (centre 10), column 12 half (centre 12.5)
+    assert np.isclose(x * 32, (24 * 10 + 3 * 12.5) / 27, atol=1e-5) and np.isclose(y * 32, 8, atol=1e-5)
+
+
+def test_shapes_attributes_agree_with_measured_pixels():
+    dataset = load_dataset("shapes", length=200)
+    images, labels = (t.numpy() for t in dataset.get(np.arange(200)))
+    drawn = dataset.attributes(np.arange(200)).astype(np.float64)
+    assert drawn.shape == (200, 7) and set(ROTATION_SYMMETRY) == set(SHAPES)
+    assert np.allclose(dataset.attributes(np.array([150, 3])), drawn[[150, 3]])  # batch-independent
+    assert ((drawn[:, 3] >= 0.25) & (drawn[:, 3] < 0.4)).all()  # radius: 0.25 + 0.15 u
+    assert ((drawn[:, 6] >= 0) & (drawn[:, 6] < 1)).all()  # turns
+    measured = measure_attributes(images).astype(np.float64)
+    size = 32
+    # colour: fully covered pixels hold the fill rounded to uint8, so within half a grey level
+    assert np.abs(measured[:, :3] - drawn[:, :3]).max() * 255 < 0.51
+    turns = 2 * np.pi * drawn[:, 6]
+    rotations = np.stack([np.stack([np.cos(turns), np.sin(turns)], -1),
+                          np.stack([-np.sin(turns), np.cos(turns)], -1)], -2)  # as drawn: v @ R
+    for class_id, name in enumerate(SHAPES):
+        rows = labels == class_id
+        area, centroid = polygon_area_centroid(SHAPES[name])
+        radius = drawn[rows, 3] * size
+        # centroid = drawn centre + the shape's own area centroid, turned and scaled (zero for the
+        # rotation-symmetric shapes; 0.29 radius for the crescent, which checks the rotation too)
+        offset = np.einsum("i,nij->nj", centroid, rotations[rows]) * radius[:, None]
+        expected = drawn[rows, 4:6] * size + offset
+        assert np.abs(measured[rows, 4:6] * size - expected).max() < 0.5, name  # pixels
+        # size: measured area = closed-form polygon area * radius^2, plus the rasteriser's edges
+        # (measured 0.1 % to 7 % more, most for the pointed triangle, star and arrow)
+        ratio = (measured[rows, 3] * size) ** 2 / (area * radius**2)
+        assert (ratio > 0.99).all() and (ratio < 1.10).all(), (name, ratio.min(), ratio.max())
+        assert np.corrcoef(measured[rows, 3], drawn[rows, 3])[0, 1] > 0.99, name
+    with pytest.raises(ValueError, match="indices"):
+        dataset.attributes(np.array([200]))
 
 
 # ---------------------------------------------------------------- MNIST idx
@@ -376,3 +437,179 @@ def test_bad_names_options_and_folders(tmp_path):
         load_dataset("mnist", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         load_dataset("mnist", tmp_path)
+
+
+# ---------------------------------------------------------------- damaged downloads
+# Every file data.py reads, written valid in its official layout and then damaged: each must be
+# ONE ValueError line that names the file and says what to do, whatever the reader raised inside.
+
+def assert_one_line_naming(err: pytest.ExceptionInfo, path: Path, advice: str = "re-download it") -> None:
+    message = str(err.value)
+    assert err.type is ValueError and "\n" not in message, message
+    assert str(path) in message and advice in message, message
+
+
+def damage_gzip(raw: bytes, how: str) -> bytes:
+    """RFC 1952: magic 1f 8b, method 08 (deflate), flags; gzip.compress sets no optional fields,
+    so the deflate stream (RFC 1951) starts at byte 10 and ends before CRC32 + ISIZE (8 bytes)."""
+    assert raw[:4] == b"\x1f\x8b\x08\x00"
+    if how == "reserved_block_type":  # first block header: BFINAL bit 0, BTYPE bits 1-2; 11 is reserved
+        return raw[:10] + bytes([raw[10] | 0b111]) + raw[11:]
+    if how == "cut_mid_stream":
+        return raw[: len(raw) // 2]
+    if how == "bad_crc":
+        return raw[:-8] + bytes([raw[-8] ^ 0xFF]) + raw[-7:]
+    if how == "not_gzip":
+        return np.random.default_rng(0).bytes(len(raw))
+    assert how == "empty"
+    return b""
+
+
+@pytest.mark.parametrize("how", ["reserved_block_type", "cut_mid_stream", "bad_crc", "not_gzip", "empty"])
+def test_mnist_damaged_gz(tmp_path, how):
+    write_mnist(tmp_path, np.random.default_rng(6))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    damaged = damage_gzip(path.read_bytes(), how)
+    if how == "reserved_block_type":  # the fixture reaches zlib itself, which used to escape
+        with pytest.raises(zlib.error):
+            gzip.decompress(damaged)
+    path.write_bytes(damaged)
+    with pytest.raises(ValueError) as err:
+        load_dataset("mnist", tmp_path, "train")
+    assert_one_line_naming(err, path)
+
+
+def test_mnist_wrong_image_size_and_random_bytes(tmp_path):
+    write_mnist(tmp_path, np.random.default_rng(7))
+    images = tmp_path / "t10k-images-idx3-ubyte"
+    write_idx(images, 2051, np.zeros((6, 32, 32), np.uint8))  # a valid idx file, but not 28x28
+    with pytest.raises(ValueError) as err:
+        load_dataset("mnist", tmp_path, "test")
+    assert_one_line_naming(err, images)
+    assert "(6, 32, 32)" in str(err.value)
+    images.write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(ValueError) as err:
+        load_dataset("mnist", tmp_path, "test")
+    assert_one_line_naming(err, images)
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2, 40, 0.5, -1])  # bytes kept (or a share of them / all but one)
+def test_cifar10_truncated_batches(tmp_path, keep):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder, np.random.default_rng(8))
+    path = folder / "test_batch"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError) as err:
+        load_dataset("cifar10", tmp_path, "test")
+    assert_one_line_naming(err, path)
+
+
+def test_cifar10_batch_that_is_not_a_dict(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder, np.random.default_rng(9))
+    path = folder / "test_batch"
+    path.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
+    with pytest.raises(ValueError) as err:
+        load_dataset("cifar10", tmp_path, "test")
+    assert_one_line_naming(err, path)
+
+
+def npz_landmarks(raw: bytes) -> dict[str, int]:
+    """Byte offsets in an np.savez file from the ZIP format (PKWARE APPNOTE 4.3): local file
+    headers PK 03 04, then the members, then the central directory PK 01 02 and the end record
+    PK 05 06; each .npy member starts with the magic 93 'NUMPY' and a header ending in a newline."""
+    npy = raw.index(b"\x93NUMPY")
+    return {"local_header": raw.index(b"PK\x03\x04"), "npy_magic": npy,
+            "member_data": raw.index(b"\n", npy) + 1, "central": raw.index(b"PK\x01\x02"),
+            "end": raw.rindex(b"PK\x05\x06")}
+
+
+def write_val_npz(path: Path) -> bytes:
+    # a flat value: no stray "PK.." or NUMPY bytes inside the pixels to confuse npz_landmarks
+    np.savez(path, data=np.full((4, 3 * 32 * 32), 7, np.uint8), labels=np.array([1, 2, 3, 4]))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("where", ["empty", "local_header", "npy_magic", "member_data", "central", "end",
+                                   "last_byte"])
+def test_imagenet_npz_truncated_anywhere(tmp_path, where):
+    path = tmp_path / "val_data.npz"
+    raw = write_val_npz(path)
+    marks = npz_landmarks(raw)
+    order = [marks[key] for key in ("local_header", "npy_magic", "member_data", "central", "end")]
+    assert order[0] == 0 and order == sorted(set(order))
+    cut = {"empty": 0, "last_byte": len(raw) - 1}.get(where, marks.get(where, 0) + 3)  # 3 bytes into it
+    path.write_bytes(raw[:cut])
+    with pytest.raises(ValueError) as err:
+        load_dataset("imagenet32", tmp_path, "val")
+    assert_one_line_naming(err, path)
+
+
+def test_imagenet_npz_damaged_in_place(tmp_path):
+    """Same-length damage that used to escape as struct.error, NotImplementedError or a ValueError
+    from numpy's header parser that did not name the file."""
+    path = tmp_path / "val_data.npz"
+    raw = write_val_npz(path)
+    marks = npz_landmarks(raw)
+    central_method = marks["central"] + 10  # central directory entry: compression method, 2 bytes
+    damaged = {
+        "random_bytes": np.random.default_rng(1).bytes(len(raw)),
+        "local_header_signature": b"XXXX" + raw[4:],
+        "npy_header_key": raw.replace(b"'descr'", b"'dexcr'", 1),
+        "unknown_compression": raw[:central_method] + struct.pack("<H", 99) + raw[central_method + 2:],
+        "npy_magic": raw[:marks["npy_magic"]] + b"\x00" * 6 + raw[marks["npy_magic"] + 6:],
+    }
+    for name, content in damaged.items():
+        assert len(content) == len(raw) and content != raw, name
+        path.write_bytes(content)
+        with pytest.raises(ValueError) as err:
+            load_dataset("imagenet32", tmp_path, "val")
+        assert_one_line_naming(err, path)
+
+
+def test_imagenet_npz_wrong_arrays(tmp_path):
+    path = tmp_path / "val_data.npz"
+    data = np.zeros((3, 3 * 32 * 32), np.uint8)
+    wrong = {"string labels": dict(data=data, labels=np.array(["a", "b", "c"])),
+             "fractional labels": dict(data=data, labels=np.array([1.0, 2.5, 3.0])),
+             "float pixels": dict(data=data.astype(np.float32), labels=np.array([1, 2, 3])),
+             "pickled objects": dict(data=np.array([object()] * 3, dtype=object), labels=np.array([1, 2, 3])),
+             "images as 3-D": dict(data=data.reshape(3, 3, 1024), labels=np.array([1, 2, 3]))}
+    for name, arrays in wrong.items():
+        np.savez(path, **arrays)
+        with pytest.raises(ValueError) as err:
+            load_dataset("imagenet32", tmp_path, "val")
+        assert str(path) in str(err.value) and "\n" not in str(err.value), name
+    np.savez(path, data=data, labels=np.array([1.0, 2.0, 1000.0]))  # whole numbers stored as floats are fine
+    assert load_dataset("imagenet32", tmp_path, "val").get(np.arange(3))[1].tolist() == [0, 1, 999]
+
+
+def test_folder_damaged_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(buffer, format="PNG")
+    buffer.seek(0)
+    Image.open(buffer).save(tmp_path / "a" / "good.png")
+    path = tmp_path / "a" / "cut.png"
+    for content in (buffer.getvalue()[:40], buffer.getvalue()[:8], b"", b"GIF89a garbage"):
+        path.write_bytes(content)
+        with pytest.raises(ValueError) as err:
+            load_dataset("folder", tmp_path)
+        assert_one_line_naming(err, path, "remove or replace it")
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("mnist", "train-images-idx3-ubyte"), ("fashion-mnist", "t10k-labels-idx1-ubyte"),
+    ("cifar10", "data_batch_1"), ("imagenet32", "val_data.npz"), ("imagenet64", "train_data_batch_1"),
+    ("folder", "sub-folder per class")])
+def test_data_dir_missing_a_file_or_empty_names_the_expected_files(tmp_path, name, expected):
+    a_file = tmp_path / "downloaded.tar"
+    a_file.write_bytes(b"an archive, not yet unpacked")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=f"not found.*{expected}"):
+        load_dataset(name, tmp_path / "missing")
+    with pytest.raises(ValueError, match=f"downloaded.tar is a file.*{expected}"):
+        load_dataset(name, a_file)
+    with pytest.raises((FileNotFoundError, ValueError), match=expected):
+        load_dataset(name, tmp_path / "empty")

@@ -1,6 +1,8 @@
 """toy2d.py, reduced: the class prior shortens the paths and helps at few steps."""
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 import toy2d
 
@@ -28,3 +30,32 @@ def test_reduced_run_orders_transport_cost_and_nfe4_distance():
     assert cls["cost"] < gaussian["cost"] / 3
     assert ot["cost"] < gaussian["cost"]  # minibatch OT shortens paths too, though it ignores the class
     assert cls[4] < gaussian[4]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--steps", "0"], "--steps"), (["--batch-size", "0"], "--batch-size"), (["--classes", "1"], "--classes"),
+    (["--sigma", "0"], "--sigma"), (["--sigma", "nan"], "--sigma"), (["--sigma", "inf"], "--sigma"),
+    (["--png", "out.xyz"], "--png"), (["--png", "{file}/toy.png"], "--png"),
+    (["--png", "{tmp}/folder.png"], "--png")])
+def test_bad_flags_fail_before_training(tmp_path, monkeypatch, argv, flag):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("a file, so nothing can be written under it")
+    (tmp_path / "folder.png").mkdir()  # a folder where the image should go
+    argv = [arg.format(file=a_file, tmp=tmp_path) for arg in argv]
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained before checking the flags")
+    monkeypatch.setattr(toy2d, "run", must_not_train)
+    with pytest.raises(ValueError, match=flag):
+        toy2d.main(argv)
+
+
+def test_one_step_run_writes_default_png_under_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default --png is relative: runs/toy2d.png, folder created
+    toy2d.main(["--steps", "1", "--classes", "3"])
+    with Image.open(tmp_path / "runs" / "toy2d.png") as image:
+        # three panels (one per method) of 360 px, plus a 20 px title band
+        assert image.format == "PNG" and image.size == (3 * 360, 360 + 20)
+    table = capsys.readouterr().out
+    assert all(f"| {method} |" in table for method in toy2d.METHODS)
+    assert "trajectories: runs/toy2d.png" in table
