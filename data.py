@@ -51,6 +51,8 @@ EXPECTED_FILES: dict[str, str] = {  # what --data-dir must hold, per dataset (fo
     "imagenet64": "train_data_batch_1..10.npz and val_data.npz, "
     "from image-net.org 'Downsampled ImageNet 64x64' (npz format)",
     "folder": "one sub-folder per class (sorted names = class ids) of images pillow can read",
+    "embeddings": "train_images.npz (arr_0: uint8 N x H x W x C, optional arr_1 class ids) and train_cond.npy "
+    "(N x E float condition vectors, e.g. CLIP features); test_images.npz / test_cond.npy for the held-out split",
 }
 
 
@@ -237,13 +239,24 @@ class Shapes(Dataset):
     supersample = 4  # anti-aliasing: draw at 4x resolution, average 4x4 blocks
 
     def __init__(self, data_dir: str | None = None, split: str = "train", length: int | None = None,
-                 seed: int = 0, image_size: int = 32):
+                 seed: int = 0, image_size: int = 32, cond: str = "class"):
         self.stream = 0 if _split(self.name, split) == "train" else 1  # test draws other images
         length = (50_000 if self.stream == 0 else 10_000) if length is None else length
         if length < 1 or seed < 0 or image_size < 8:
             raise ValueError("shapes: need length >= 1, seed >= 0 and image_size >= 8")
-        self.seed, self.image_size = seed, image_size
+        if cond not in ("class", "attributes"):
+            raise ValueError(f"shapes: unknown --cond '{cond}'; choose class (the shape's id) or attributes "
+                             f"(colour, size, position, rotation as a {ATTRIBUTE_DIM}-d vector)")
+        self.seed, self.image_size, self.cond = seed, image_size, cond
+        self.cond_dim = ATTRIBUTE_DIM if cond == "attributes" else 0
         self.labels = np.arange(length, dtype=np.int64) % self.num_classes  # balanced classes
+
+    def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and class ids, or (cond="attributes") images and their attribute vectors."""
+        images, labels = super().get(indices)
+        if self.cond == "class":
+            return images, labels
+        return images, torch.from_numpy(attribute_vector(self.attributes(indices)))
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         images = np.empty((len(indices), 3, self.image_size, self.image_size), np.uint8)
@@ -304,6 +317,37 @@ class Shapes(Dataset):
         fills = p["fills"][:, :, None, None] * 255
         backgrounds = p["backgrounds"][:, :, None, None]
         return np.rint(backgrounds + (fills - backgrounds) * alpha).astype(np.uint8)
+
+
+ATTRIBUTE_DIM = 8
+
+
+def attribute_vector(attributes: np.ndarray) -> np.ndarray:
+    """The condition `--cond attributes` gives the network: (n, 8) float32 fill r, g, b, radius,
+    centre x, centre y (all / image size, as attributes() returns them), and the rotation as
+    cos and sin of its angle (continuous where turns wraps from 1 to 0)."""
+    angle = 2 * np.pi * attributes[:, 6:7]
+    return np.concatenate([attributes[:, :6], np.cos(angle), np.sin(angle)], 1).astype(np.float32)
+
+
+def attribute_errors(images: np.ndarray | torch.Tensor, requested: np.ndarray) -> dict[str, float]:
+    """How faithfully images show the attributes asked for (rows of attribute_vector), measured
+    from their pixels by measure_attributes: colour as the mean absolute error in grey levels,
+    position as the mean distance in pixels between the requested centre and the measured
+    centroid (exact for the centrally symmetric shapes, a fraction of the radius off for crescent,
+    half-disk and arrow), size as the rank correlation of the requested radius with the measured
+    size (its scale depends on the shape, which the attributes leave free). Rotation is not
+    measured (see measure_attributes)."""
+    images = np.asarray(images)
+    measured, requested = measure_attributes(images).astype(np.float64), np.asarray(requested, np.float64)
+    size = images.shape[-1]
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(v)).astype(np.float64)
+
+    return {"colour_error": float(np.abs(measured[:, :3] - requested[:, :3]).mean() * 255),
+            "position_error_px": float(np.linalg.norm(measured[:, 4:6] - requested[:, 4:6], axis=1).mean() * size),
+            "size_rank_correlation": float(np.corrcoef(ranks(measured[:, 3]), ranks(requested[:, 3]))[0, 1])}
 
 
 def measure_attributes(images: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -580,6 +624,44 @@ def _load_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(square).transpose(2, 0, 1)
 
 
+# ---------------------------------------------------------------- images with your own condition vectors
+
+class Embeddings(Dataset):
+    """Your images with a condition vector each (e.g. CLIP text or image features computed
+    elsewhere): data_dir/{split}_images.npz (arr_0 uint8 (N, H, W, C), optional arr_1 class ids,
+    the layout sample.py writes) and data_dir/{split}_cond.npy (N, E) float; split = train or test."""
+
+    name = "embeddings"
+
+    def __init__(self, data_dir: str | None = None, split: str = "train"):
+        folder = _data_folder(self.name, data_dir)
+        prefix = _split(self.name, split)
+        images_path, cond_path = folder / f"{prefix}_images.npz", folder / f"{prefix}_cond.npy"
+        for path in (images_path, cond_path):
+            if not path.is_file():
+                raise _missing(self.name, path)
+        with _reading(images_path, "not a readable .npz of images"), np.load(images_path, allow_pickle=False) as file:
+            images = file["arr_0"]
+            labels = file["arr_1"] if "arr_1" in file.files else np.zeros(len(images), np.int64)
+        with _reading(cond_path, "not a readable .npy of condition vectors"):
+            vectors = np.load(cond_path, allow_pickle=False)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2] or \
+                images.shape[3] not in (1, 3):
+            raise ValueError(f"{images_path}: arr_0 should be uint8 (N, S, S, 1 or 3), got {images.dtype} "
+                             f"{images.shape}")
+        if vectors.ndim != 2 or len(vectors) != len(images) or vectors.dtype.kind != "f" or \
+                not np.isfinite(vectors).all():
+            raise ValueError(f"{cond_path}: should hold finite float vectors (N={len(images)}, E), one per image; "
+                             f"got {vectors.dtype} {vectors.shape}")
+        self.num_classes = int(labels.max()) + 1 if len(labels) else 1
+        self.cond_dim, self.vectors = vectors.shape[1], vectors.astype(np.float32)
+        self._set_arrays([np.ascontiguousarray(images.transpose(0, 3, 1, 2))], labels)
+
+    def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        images, _ = super().get(indices)
+        return images, torch.from_numpy(self.vectors[self._checked_indices(indices)])
+
+
 # ---------------------------------------------------------------- entry point
 
 DATASETS: dict[str, type[Dataset]] = {
@@ -590,6 +672,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "imagenet32": ImageNet32,
     "imagenet64": ImageNet64,
     "folder": ImageFolder,
+    "embeddings": Embeddings,
 }
 
 
