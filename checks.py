@@ -17,12 +17,13 @@ Scripts end with `run_main(main)`: ValueError, FileNotFoundError and other OSErr
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NoReturn
 
 import numpy as np
 import torch
@@ -173,6 +174,29 @@ def check_at_least(value: int | float | None, minimum: int | float, flag: str) -
 
 
 # ----------------------------------------------------------------------------- entry point
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one ValueError line (run_main prints it), like any bad input,
+    no abbreviated flags (--sigma must not quietly mean --sigma-min), and defaults in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows every default but None (whose meaning the help text says); descriptions and
+    epilogs keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is argparse.SUPPRESS or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def run_main(main: Callable[[], None]) -> None:
     """Every script's `if __name__ == "__main__"`: expected failures become one line and exit 2."""

@@ -28,7 +28,7 @@ then a readable summary (KID x 1e3).
 
     python eval_fid.py classifier --dataset cifar10                 # runs/clf.pt, only for --features clf
     python eval_fid.py ref --dataset cifar10 [--features clf --clf runs/clf.pt]     # runs/ref.npz
-    python eval_fid.py calc --samples out/samples_euler_nfe8.npz --ref runs/ref.npz
+    python eval_fid.py calc --samples out/samples_euler_nfe8_n100.npz --ref runs/ref.npz
     python eval_fid.py sweep --ckpt a/ckpt.pt b/ckpt.pt --ref runs/ref.npz --nfe 1,2,4,8 --n 10000  # runs/sweep.*
 """
 from __future__ import annotations
@@ -607,26 +607,12 @@ def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -
     print(f"wrote {csv_path}, {md_path}, {png_path}")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, with usage errors as one ValueError line (run_main prints it) like any bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ValueError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every default but None, whose meaning the help text says."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    parser = Parser(prog=prog, description=__doc__.split("\n")[0])
+    parser = checks.Parser(prog=prog, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, batch_size: int = 100) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help, formatter_class=DefaultsFormatter)
+        sub = commands.add_parser(name, help=help, description=help, formatter_class=checks.DefaultsFormatter)
         sub.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
         sub.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
         sub.add_argument("--seed", type=int, default=0, help="random seed")

@@ -298,8 +298,7 @@ def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tenso
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = checks.Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
     parser.add_argument("--nfe", type=int, default=8, help="network evaluations per image (cfg: both halves)")
     parser.add_argument("--solver", default="euler", choices=list(SOLVERS))

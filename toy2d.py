@@ -23,7 +23,6 @@ A PNG shows sample trajectories of each method (pillow).
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -181,7 +180,7 @@ def run(layout: str = "ring", num_classes: int = 4, steps: int = 2000, batch_siz
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = checks.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layout", default="ring", choices=["ring", "interleaved"])
     parser.add_argument("--classes", type=int, default=4, help="number of classes (ring layout)")
     parser.add_argument("--steps", type=int, default=2000)

@@ -54,13 +54,12 @@ import sample
 import unet
 
 
-def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+def build_parser(suppress_defaults: bool = False) -> checks.Parser:
     """The command line. suppress_defaults=True leaves out every option not given, which tells a
     resumed run which options the user changed."""
     files = "\n".join(f"  {name}: {what}" for name, what in data.EXPECTED_FILES.items())
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="--data-dir must hold:\n" + files,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS if suppress_defaults else None, allow_abbrev=False)
+    parser = checks.Parser(description=__doc__.split("\n\n")[0], epilog="--data-dir must hold:\n" + files,
+                           argument_default=argparse.SUPPRESS if suppress_defaults else None)
     arg = parser.add_argument
 
     def default(value):  # argparse ignores `default=` when argument_default is SUPPRESS, so say it here
@@ -122,13 +121,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in recipe.items():  # an option given on the command line wins
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.preset is None:  # small on a GPU; tiny keeps the CPU default near 15 minutes
+    if args.preset is None:  # small on a GPU; tiny keeps the CPU default to minutes
         args.preset = "small" if torch.cuda.is_available() and args.device != "cpu" else "tiny"
     return args
 
 
-# Defaults per dataset. "default" is the built-in demo: shapes, about 17 minutes on 2 CPU
-# cores. imagenet64 follows the ADM / flow-matching ImageNet-64 setup (batch 256 at lr 1e-4,
+# Defaults per dataset. "default" is the built-in demo: shapes, about 6 minutes on 2 idle CPU
+# cores (README). imagenet64 follows the ADM / flow-matching ImageNet-64 setup (batch 256 at lr 1e-4,
 # EMA 0.9999) and is meant for days on one GPU.
 RECIPES: dict[str, dict] = {
     "default": dict(batch_size=32, lr=1e-3, warmup=200, steps=2500, ema=0.999, ckpt_every=500, sample_every=500),
@@ -498,9 +497,11 @@ def train(args: argparse.Namespace) -> list[float]:
         checks.check_out_dir(out, "--out")
         if args.prior_stats:
             checks.check_out_file(args.prior_stats, "--prior-stats", (".npz",))
-        if checkpoint is None and ((out / "ckpt.pt").exists() or (out / "log.jsonl").exists()):
-            raise ValueError(f"--out {out} already holds a run (ckpt.pt / log.jsonl): continue it with --resume, "
+        if checkpoint is None and (out / "ckpt.pt").exists():
+            raise ValueError(f"--out {out} already holds a run (ckpt.pt): continue it with --resume, "
                              f"or choose another --out (or delete that folder)")
+        if checkpoint is None and (out / "log.jsonl").exists():  # a run stopped before its first checkpoint
+            print(f"{out / 'log.jsonl'} of a run without a checkpoint is replaced by this run's")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
@@ -560,7 +561,7 @@ def train(args: argparse.Namespace) -> list[float]:
 
     prefetch = Prefetcher(dataset, num_images, start, args.batch_size, args.seed, rank, world,
                           pin=device.type == "cuda")
-    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    log = open(out / "log.jsonl", "a" if checkpoint is not None else "w") if rank == 0 else None
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
                desc=f"{args.prior} prior, {args.coupling}", dynamic_ncols=True)
     losses: list[float] = []

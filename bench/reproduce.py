@@ -553,7 +553,7 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = checks.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="cpu", help=f"one of: {', '.join(CONFIGS)}")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
     parser.add_argument("--dataset", default=None, help="override the configuration's dataset")

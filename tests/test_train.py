@@ -337,3 +337,14 @@ def test_short_runs_always_exit_zero(tmp_path):
                                 cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr[-1000:]
         assert "done:" in result.stdout
+
+
+def test_a_run_that_diverged_before_its_first_checkpoint_can_start_again(tmp_path, monkeypatch):
+    real_loss = train.flow.flow_loss
+    monkeypatch.setattr(train.flow, "flow_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    with pytest.raises(ValueError, match="before the first checkpoint: start again with a lower --lr"):
+        run(tmp_path, "--steps", "4", "--ckpt-every", "4")
+    assert not (tmp_path / "ckpt.pt").exists()
+    monkeypatch.setattr(train.flow, "flow_loss", real_loss)
+    losses = run(tmp_path, "--steps", "2", "--lr", "2.5e-4")  # the advice, taken: no refusal
+    assert losses == logged_losses(tmp_path) and len(losses) == 2  # the failed run's lines are gone

@@ -1,0 +1,303 @@
+"""The priors beyond the paper, measured as the paper would: k-means centroids and the mapper.
+
+Two parts, one training budget (bench/reproduce.py's `cpu` configuration: tiny preset, 1000
+steps at batch 32, lr 1e-3 after 100 warm-up steps, EMA 0.999, label dropout 0.1, seed 0):
+
+    mnist              CondOT (gaussian), the class prior, kmeans k=4 and k=16 (class-conditional).
+                       Euler NFE 1-32 on class-balanced samples (image j of class c from seed
+                       image_seed(0, c, j), the same for every method): FD-clf, conditional accuracy,
+                       the training coupling's transport cost, path straightness; FD-clf at NFE 8
+                       against training steps (the runs are trained in segments, each end kept);
+                       sample grids at NFE 1 and 8
+    shapes_attributes  the built-in shapes conditioned on 8-d attribute vectors (--cond attributes):
+                       CondOT vs the mapper prior. Euler NFE 1-16 on the first n held-out conditions:
+                       FD-clf (a classifier trained on the shapes' classes), data.attribute_errors
+                       against the requested attributes, transport cost; real held-out images as
+                       the yardstick
+
+    python bench/priors.py --config cpu                         # both parts, 2 CPU cores
+    python bench/priors.py --config cpu --parts mnist
+    python bench/priors.py --config smoke --out /tmp/smoke      # seconds, shapes only (the test)
+
+Everything lands in --out (default runs/priors_cpu): one folder per part (checkpoints, classifier,
+reference, figures/), results.json (every measured point; a re-run skips what is there, so a killed
+run continues) and report.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import checks  # noqa: E402
+import data  # noqa: E402
+import eval_fid  # noqa: E402
+import reproduce  # noqa: E402
+import sample  # noqa: E402
+from reproduce import Evaluator, Results, side_by_side, table, timed  # noqa: E402
+
+INDEPENDENT = ["--coupling", "independent"]
+METHODS = {  # part -> label -> (slug, train.py options)
+    "mnist": {
+        "CondOT": ("condot", ["--prior", "gaussian", *INDEPENDENT]),
+        "class prior": ("class", ["--prior", "class", *INDEPENDENT]),
+        "kmeans k=4": ("kmeans4", ["--prior", "kmeans", "--prior-opt", "k=4", *INDEPENDENT]),
+        "kmeans k=16": ("kmeans16", ["--prior", "kmeans", "--prior-opt", "k=16", *INDEPENDENT]),
+    },
+    "shapes_attributes": {
+        "CondOT": ("condot", ["--cond", "attributes", "--prior", "gaussian", *INDEPENDENT]),
+        "mapper": ("mapper", ["--cond", "attributes", "--prior", "mapper", *INDEPENDENT]),
+    },
+}
+PARTS = tuple(METHODS)
+GRID_NFES = (1, 8)
+ATTRIBUTES = (("colour_error", "colour error (grey levels)", "{:.1f}"),
+              ("position_error_px", "position error (px)", "{:.2f}"),
+              ("size_rank_correlation", "size rank corr.", "{:.3f}"))
+
+_cpu, _smoke = reproduce.CONFIGS["cpu"], reproduce.CONFIGS["smoke"]
+CONFIGS = {  # config -> part -> (reproduce.Config, training images: None = all)
+    "cpu": {
+        "mnist": (dataclasses.replace(_cpu, euler_nfes=(1, 2, 4, 8, 16, 32), checkpoints=4, features="clf",
+                                      grid_per_class=8), None),
+        "shapes_attributes": (dataclasses.replace(_cpu, dataset="shapes", data_dir=None, euler_nfes=(1, 2, 4, 8, 16),
+                                                  checkpoints=1, features="clf", grid_per_class=8), None),
+    },
+    "smoke": {  # both parts on 16 px shapes (the mnist part with class ids), a few hundred training images
+        "mnist": (dataclasses.replace(_smoke, euler_nfes=(1, 2, 8), checkpoints=2, straight_n=4), 300),
+        "shapes_attributes": (dataclasses.replace(_smoke, euler_nfes=(1, 2, 8), checkpoints=1), 300),
+    },
+}
+
+
+def part_args(args: argparse.Namespace, part: str, config: reproduce.Config) -> argparse.Namespace:
+    """What reproduce's train_method and Evaluator read: the part's dataset and folder."""
+    out = args.out / part
+    out.mkdir(parents=True, exist_ok=True)
+    return argparse.Namespace(out=out, dataset=config.dataset, data_dir=config.data_dir, seed=args.seed,
+                              device=args.device, compile=False)
+
+
+def train_all(config, max_images, pargs, methods, results: Results, part: str) -> dict[str, dict[int, Path]]:
+    runs = {}
+    limit = ["--max-images", str(max_images)] if max_images else []
+    for label, (slug, options) in methods.items():
+        begin, trained = time.perf_counter(), (pargs.out / slug / f"ckpt_{config.steps:07d}.pt").is_file()
+        runs[label] = reproduce.train_method(config, pargs, slug, options + limit)
+        if not trained:  # the wall time of the run that trained it (segments, prior fit and data included)
+            results.put(f"time/{part}/train/{slug}", {"seconds": time.perf_counter() - begin})
+    return runs
+
+
+# ----------------------------------------------------------------------------- the parts
+
+def run_mnist(config, max_images, pargs, results: Results) -> Evaluator:
+    methods, figures = METHODS["mnist"], pargs.out / "figures"
+    runs = train_all(config, max_images, pargs, methods, results, "mnist")
+    ev = Evaluator(config, pargs)
+    results.get("mnist/real", ev.real_images)
+    for label, (slug, _) in methods.items():
+        final = runs[label][max(runs[label])]
+        results.get(f"mnist/cost/{slug}", lambda: {"transport_cost": ev.transport_cost(final)})
+        for nfe in config.euler_nfes:
+            grid = figures / f"grid_{slug}_nfe{nfe}.png" if nfe in GRID_NFES else None
+            results.get(f"mnist/{slug}/{nfe}", lambda: ev.point(final, "euler", nfe, grid=grid))
+        results.get(f"mnist/straight/{slug}", lambda: ev.straightness(final))
+        for step, ckpt in runs[label].items():
+            if ckpt != final:
+                results.get(f"mnist/step/{slug}/{step}", lambda: ev.point(ckpt, "euler", 8))
+    return ev
+
+
+def shapes_point(ev: Evaluator, ckpt: Path, nfe: int, grid: Path | None) -> dict:
+    model, prior, run = ev.load(ckpt)
+    cond, seeds, _ = eval_fid.evaluation_conditions(run, ev.config.n, ev.args.seed)
+    images = sample.generate(model, prior, cond, seeds, nfe, "euler", 1.0, ev.config.sample_batch, ev.device,
+                             progress=True)
+    if grid is not None:
+        save_rows(images, grid)
+    return {"nfe": nfe, **eval_fid.score(ev.extractor, images, None, ev.ref, 256, ev.args.seed),
+            **data.attribute_errors(images.numpy(), cond.numpy())}
+
+
+def save_rows(images: torch.Tensor, path: Path, per_row: int = 8, rows: int = 5) -> None:
+    """The first rows x per_row images, in order (conditions are vectors: no class rows)."""
+    shown = images[:per_row * rows]
+    sample.save_grid(shown, torch.arange(len(shown)) // per_row, path)
+
+
+def run_shapes(config, max_images, pargs, results: Results) -> Evaluator:
+    methods, figures = METHODS["shapes_attributes"], pargs.out / "figures"
+    runs = train_all(config, max_images, pargs, methods, results, "shapes_attributes")
+    ev = Evaluator(config, pargs)
+
+    def real() -> dict:  # the held-out images whose attributes every method is asked for
+        options = {"cond": "attributes", **reproduce.dataset_options(config, pargs)}
+        images, cond = data.load_dataset("shapes", None, "test", **options).get(np.arange(config.n))
+        save_rows(images, figures / "grid_real.png")
+        return {**eval_fid.score(ev.extractor, images, None, ev.ref, 256, pargs.seed),
+                **data.attribute_errors(images.numpy(), cond.numpy())}
+
+    results.get("shapes_attributes/real", real)
+    for label, (slug, _) in methods.items():
+        final = runs[label][max(runs[label])]
+        results.get(f"shapes_attributes/cost/{slug}", lambda: {"transport_cost": ev.transport_cost(final)})
+        for nfe in config.euler_nfes:
+            grid = figures / f"grid_{slug}_nfe{nfe}.png" if nfe in GRID_NFES else None
+            results.get(f"shapes_attributes/{slug}/{nfe}", lambda: shapes_point(ev, final, nfe, grid))
+    return ev
+
+
+# ----------------------------------------------------------------------------- the report
+
+def fmt(point: dict | None, field: str = "value", form: str = "{:.2f}", scale: float = 1.0) -> str:
+    return "" if point is None or point.get(field) is None else form.format(scale * point[field])
+
+
+def grids(part: str, methods: dict, figures: Path) -> list[str]:
+    lines = [f"Samples at Euler NFE {GRID_NFES[0]} (left) and {GRID_NFES[1]} (right), the same seeds for every "
+             "method:", ""]
+    for label, (slug, _) in methods.items():
+        left, right = (figures / f"grid_{slug}_nfe{n}.png" for n in GRID_NFES)
+        if left.is_file() and right.is_file():
+            side_by_side(left, right, figures / f"grids_{slug}.png",
+                         (f"{label}, NFE {GRID_NFES[0]}", f"{label}, NFE {GRID_NFES[1]}"))
+            lines += [f"![{label}]({part}/figures/grids_{slug}.png)", ""]
+    return lines
+
+
+def report_mnist(config, pargs, points: dict) -> list[str]:
+    methods, figures, nfes = METHODS["mnist"], pargs.out / "figures", config.euler_nfes
+    get = {label: {n: points.get(f"mnist/{slug}/{n}") for n in nfes} for label, (slug, _) in methods.items()}
+    base = get["CondOT"]
+    lines = ["## mnist: class-conditional priors", "", "FD-clf against Euler NFE (lower is better):", ""]
+    lines += table(["method", *[f"NFE {n}" for n in nfes]],
+                   [[label, *[fmt(curve[n]) for n in nfes]] for label, curve in get.items()])
+    lines += ["", "Long form, one row per method and NFE (ratio: FD-clf / CondOT's at that NFE):", ""]
+    lines += table(["method", "NFE", "FD-clf", "ratio to CondOT", "accuracy", "KID-clf"],
+                   [[label, str(n), fmt(curve[n]),
+                     f"{curve[n]['value'] / base[n]['value']:.2f}" if curve[n] and base[n] else "",
+                     fmt(curve[n], "accuracy", "{:.1f}%", 100), fmt(curve[n], "kid", "{:.3g}")]
+                    for label, curve in get.items() for n in nfes])
+    real = points.get("mnist/real")
+    if real:
+        lines += ["", f"Yardstick: {real['n']} real test images score FD-clf {real['value']:.2f}, accuracy "
+                  f"{100 * real['accuracy']:.1f}%."]
+    lines += ["", "Per method: transport cost E‖x1 − x0‖² of the training coupling (summed over pixels); from a "
+              f"{config.straight_nfe}-NFE midpoint solve of {config.straight_n} samples, per dimension: endpoint gap "
+              "E‖x(1) − (x0 + v(x0, 0))‖²/D, straightness E∫‖(x(1) − x0) − v(x(t), t)‖² dt/D, chord E‖x(1) − x0‖²/D.",
+              ""]
+    rows = []
+    for label, (slug, _) in methods.items():
+        cost, s = points.get(f"mnist/cost/{slug}"), points.get(f"mnist/straight/{slug}")
+        rows.append([label, fmt(cost, "transport_cost", "{:.1f}"),
+                     *[fmt(s, f, "{:.4f}") for f in ("endpoint_gap", "straightness", "chord")]])
+    lines += table(["method", "transport cost", "endpoint gap", "straightness", "chord"], rows)
+    steps = sorted({int(k.split("/")[-1]) for k in points if k.startswith("mnist/step/")} | {config.steps})
+    conv = {label: {s: points.get(f"mnist/step/{slug}/{s}") if s != config.steps else get[label].get(8)
+                    for s in steps} for label, (slug, _) in methods.items()}
+    lines += ["", "FD-clf at Euler NFE 8 against training steps (one run per method, checkpoints kept):", ""]
+    lines += table(["method", *[f"step {s}" for s in steps]],
+                   [[label, *[fmt(curve[s]) for s in steps]] for label, curve in conv.items()])
+    eval_fid.plot_curves({label: [(n, p["value"]) for n, p in curve.items() if p] for label, curve in get.items()},
+                         figures / "fd-clf_vs_nfe.png", "FD-clf", "MNIST, Euler", log_y=True)
+    eval_fid.plot_curves({label: [(n, 100 - 100 * p["accuracy"]) for n, p in curve.items() if p]
+                          for label, curve in get.items()}, figures / "error_vs_nfe.png",
+                         "classification error % (100 - accuracy)", "MNIST, Euler", log_y=True)
+    eval_fid.plot_curves({label: [(s, p["value"]) for s, p in curve.items() if p] for label, curve in conv.items()},
+                         figures / "fd-clf_vs_step.png", "FD-clf at Euler NFE 8", "MNIST",
+                         "training step (log scale)", log_y=True)
+    lines += ["", *[f"![{name}](mnist/figures/{name}.png)" for name in ("fd-clf_vs_nfe", "error_vs_nfe",
+                                                                        "fd-clf_vs_step")], ""]
+    return lines + grids("mnist", methods, figures)
+
+
+def report_shapes(config, pargs, points: dict) -> list[str]:
+    methods, figures, nfes = METHODS["shapes_attributes"], pargs.out / "figures", config.euler_nfes
+    get = {label: {n: points.get(f"shapes_attributes/{slug}/{n}") for n in nfes}
+           for label, (slug, _) in methods.items()}
+    lines = ["## shapes_attributes: 8-d attribute conditions", "",
+             f"The first {config.n} held-out conditions; FD-clf from a classifier of the shapes' classes; attribute "
+             "errors measured from the pixels (data.attribute_errors) against the requested attributes.", ""]
+    real = points.get("shapes_attributes/real")
+    rows = [[label, str(n), fmt(curve[n]), *[fmt(curve[n], key, form) for key, _, form in ATTRIBUTES],
+             fmt(points.get(f"shapes_attributes/cost/{slug}"), "transport_cost", "{:.1f}")]
+            for (label, curve), (slug, _) in zip(get.items(), methods.values()) for n in nfes]
+    if real:
+        rows.append(["real held-out images", "", fmt(real), *[fmt(real, key, form) for key, _, form in ATTRIBUTES],
+                     ""])
+    lines += table(["method", "NFE", "FD-clf", *[name for _, name, _ in ATTRIBUTES], "transport cost"], rows)
+    for key, name in (("value", "FD-clf"), ("colour_error", "colour error"), ("position_error_px", "position error")):
+        curves = {label: [(n, p[key]) for n, p in curve.items() if p] for label, curve in get.items()}
+        if real:  # the yardstick as a flat line
+            curves["real images"] = [(n, real[key]) for n in nfes]
+        slug = key.split("_")[0] if key != "value" else "fd-clf"
+        eval_fid.plot_curves(curves, figures / f"{slug}_vs_nfe.png", name, "shapes, attributes, Euler", log_y=True)
+        lines += ["", f"![{name}](shapes_attributes/figures/{slug}_vs_nfe.png)"]
+    lines += ["", "Real held-out images (the requested attributes):", "",
+              "![real](shapes_attributes/figures/grid_real.png)", ""]
+    return lines + grids("shapes_attributes", methods, figures)
+
+
+def write_report(args: argparse.Namespace, results: Results, done: dict) -> Path:
+    points = results.points
+    times = ", ".join(f"{k.removeprefix('time/')} {v['seconds'] / 60:.1f} min" for k, v in points.items()
+                      if k.startswith("time/"))
+    cpu = f"CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    lines = [f"# Priors beyond the paper: `python bench/priors.py --config {args.config}`", "",
+             f"{time.strftime('%Y-%m-%d')}, {cpu}, torch {torch.__version__}, seed {args.seed}. Wall time: {times}.", ""]
+    for part, (config, pargs) in done.items():
+        lines += {"mnist": report_mnist, "shapes_attributes": report_shapes}[part](config, pargs, points)
+    report = args.out / "report.md"
+    eval_fid.write_text(report, "\n".join(lines) + "\n")
+    return report
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="cpu", help=f"one of: {', '.join(CONFIGS)}")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="default: runs/priors_CONFIG")
+    args = parser.parse_args(argv)
+    if args.config not in CONFIGS:
+        raise ValueError(f"unknown --config '{args.config}'; choose one of: {', '.join(CONFIGS)}")
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ValueError(f"unknown --parts {', '.join(unknown) or '(none)'}; choose from: {', '.join(PARTS)}")
+    args.out = Path(args.out or ROOT / "runs" / f"priors_{args.config}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = Results(args.out / "results.json")
+    done = {}
+    for part in PARTS:  # every part measured so far in this folder goes into the report
+        config, max_images = CONFIGS[args.config][part]
+        if part not in parts and not any(k.startswith(f"{part}/") for k in results.points):
+            continue
+        setup = json.loads(json.dumps({**dataclasses.asdict(config), "max_images": max_images, "seed": args.seed}))
+        if results.get(f"config/{part}", lambda: setup) != setup:
+            raise ValueError(f"{args.out} holds {part} results of another configuration: use another --out")
+        pargs = part_args(args, part, config)
+        if part in parts:
+            work = {"mnist": run_mnist, "shapes_attributes": run_shapes}[part]
+            timed(results, part, lambda: work(config, max_images, pargs, results))
+        done[part] = (config, pargs)
+    report = write_report(args, results, done)
+    print(f"wrote {report}")
+    return report
+
+
+if __name__ == "__main__":
+    checks.run_main(main)
