@@ -613,3 +613,46 @@ def test_data_dir_missing_a_file_or_empty_names_the_expected_files(tmp_path, nam
         load_dataset(name, a_file)
     with pytest.raises((FileNotFoundError, ValueError), match=expected):
         load_dataset(name, tmp_path / "empty")
+
+
+def test_shapes_attribute_condition_is_what_was_drawn():
+    import data
+    plain, attributed = data.load_dataset("shapes", None, "train"), data.load_dataset("shapes", None, "train",
+                                                                                     cond="attributes")
+    indices = np.array([3, 17, 256, 4000])
+    images, labels = plain.get(indices)
+    same_images, vectors = attributed.get(indices)
+    assert torch.equal(images, same_images) and labels.dtype == torch.int64 and attributed.cond_dim == 8
+    raw = plain.attributes(indices)  # r, g, b, radius, x, y (/ size), turns
+    assert vectors.shape == (4, 8) and vectors.dtype == torch.float32
+    np.testing.assert_allclose(vectors[:, :6].numpy(), raw[:, :6])
+    angle = 2 * np.pi * raw[:, 6]
+    np.testing.assert_allclose(vectors[:, 6:].numpy(), np.column_stack([np.cos(angle), np.sin(angle)]), atol=1e-6)
+    # real images show what they were asked for: the yardstick of attribute_errors
+    images, vectors = attributed.get(np.arange(300))
+    errors = data.attribute_errors(images.numpy(), vectors.numpy())
+    assert errors["colour_error"] < 0.5 and errors["position_error_px"] < 1.0 and errors["size_rank_correlation"] > 0.6
+    # and a wrong condition is far off: the same images against shuffled conditions
+    shuffled = data.attribute_errors(images.numpy(), vectors.numpy()[::-1].copy())
+    assert shuffled["colour_error"] > 20 and shuffled["position_error_px"] > 4
+    with pytest.raises(ValueError, match="unknown --cond 'colour'"):
+        data.load_dataset("shapes", None, "train", cond="colour")
+
+
+def test_embeddings_dataset_reads_images_and_vectors(tmp_path):
+    import data
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    vectors = rng.normal(size=(6, 5)).astype(np.float32)
+    np.savez(tmp_path / "train_images.npz", arr_0=images, arr_1=np.array([0, 1, 2, 0, 1, 2]))
+    np.save(tmp_path / "train_cond.npy", vectors)
+    dataset = data.load_dataset("embeddings", str(tmp_path), "train")
+    assert (len(dataset), dataset.cond_dim, dataset.num_classes, dataset.image_size) == (6, 5, 3, 8)
+    got_images, got_vectors = dataset.get(np.array([4, 1]))
+    assert torch.equal(got_images, torch.from_numpy(images[[4, 1]].transpose(0, 3, 1, 2)))
+    assert torch.equal(got_vectors, torch.from_numpy(vectors[[4, 1]]))
+    np.save(tmp_path / "train_cond.npy", vectors[:5])  # one vector short
+    with pytest.raises(ValueError, match="train_cond.npy: should hold finite float vectors"):
+        data.load_dataset("embeddings", str(tmp_path), "train")
+    with pytest.raises(FileNotFoundError, match="test_images.npz"):
+        data.load_dataset("embeddings", str(tmp_path), "test")

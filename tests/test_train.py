@@ -348,3 +348,31 @@ def test_a_run_that_diverged_before_its_first_checkpoint_can_start_again(tmp_pat
     monkeypatch.setattr(train.flow, "flow_loss", real_loss)
     losses = run(tmp_path, "--steps", "2", "--lr", "2.5e-4")  # the advice, taken: no refusal
     assert losses == logged_losses(tmp_path) and len(losses) == 2  # the failed run's lines are gone
+
+
+def test_vector_conditions_train_and_sample_from_the_held_out_split_or_a_file(tmp_path):
+    import numpy as np
+    run(tmp_path, "--cond", "attributes", "--prior", "mapper", "--prior-opt", "epochs=1", "--steps", "2")
+    config = torch.load(tmp_path / "ckpt.pt", weights_only=False)["config"]
+    assert config["cond_dim"] == 8 and config["prior_options"] == {"epochs": 1}
+    sample.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--nfe", "2", "--n", "2", "--conditions", "3",
+                 "--out-npz", str(tmp_path / "held_out.npz")])
+    with np.load(tmp_path / "held_out.npz") as f:
+        held_out_images, held_out_cond = f["arr_0"], f["cond"]
+        assert held_out_images.shape == (6, 32, 32, 3) and f["arr_1"].tolist() == [0, 0, 1, 1, 2, 2]
+    np.save(tmp_path / "wanted.npy", held_out_cond[::2][:2])  # the first two held-out conditions, by file
+    sample.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--nfe", "2", "--n", "2", "--cond-file",
+                 str(tmp_path / "wanted.npy"), "--out-npz", str(tmp_path / "from_file.npz")])
+    with np.load(tmp_path / "from_file.npz") as f:  # the same condition, row and seed: the same image
+        assert np.array_equal(f["arr_0"], held_out_images[:4])
+    with pytest.raises(ValueError, match="--classes is for class-conditional checkpoints"):
+        sample.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--classes", "1"])
+    with pytest.raises(ValueError, match="needs condition vectors"):
+        run(tmp_path / "wrong", "--prior", "mapper", "--steps", "1")  # shapes' class ids
+
+
+def test_kmeans_prior_trains_with_its_own_options(tmp_path):
+    losses = run(tmp_path, "--prior", "kmeans", "--prior-opt", "k=2", "--prior-opt", "passes=1",
+                 "--coupling", "class_ot", "--steps", "2")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)["prior"]["state"]
+    assert len(losses) == 2 and int(state["k"]) == 2 and state["weights"].shape == (10, 2)
