@@ -1,7 +1,9 @@
 """Sample a trained flow: integrate dx/dt = v(x, t, c) from the condition's prior to data.
 
-A sample of class c starts at x(0) ~ p0(. | c) (the class's own Gaussian for the "class" prior,
-N(0, I) for the "gaussian" one) and is carried to x(1) by the learned velocity field. We use
+A sample with condition c (a class id, or a vector such as an embedding) starts at
+x(0) ~ p0(. | c) (the class's own Gaussian for the "class" prior, N(P(c), sigma^2 I) for the
+"mapper", N(0, I) for the "gaussian" one) and is carried to x(1) by the learned velocity
+field. We use
 fixed-step explicit Runge-Kutta on the uniform grid t_k = k h, h = 1 / steps:
 
     euler     x += h k1                                  k1 = v(x, t)
@@ -10,7 +12,7 @@ fixed-step explicit Runge-Kutta on the uniform grid t_k = k h, h = 1 / steps:
     rk4       x += h/6 (k1 + 2 k2 + 2 k3 + k4)           (the classical one)
 
 NFE (network function evaluations) is the budget: steps = NFE / evaluations-per-step.
-Classifier-free guidance mixes the conditional and unconditional (null label = K) fields,
+Classifier-free guidance mixes the conditional and unconditional (null = True) fields,
 
     v = v_uncond + w (v_cond - v_uncond),
 
@@ -18,10 +20,12 @@ and costs two evaluations per velocity (both run in ONE batched network call), s
 w != 1 the NFE budget must be a multiple of 2 x evaluations-per-step.
 
     python sample.py --nfe 8 --solver euler    # reads out/ckpt.pt, writes a PNG grid and an .npz
+    python sample.py --cond-file e.npy         # a vector-conditioned checkpoint: one row per vector
 
-The .npz follows the guided-diffusion evaluation suite: arr_0 uint8 (N, H, W, C), arr_1 int64 labels.
-Image j of class c is drawn with the seed image_seed(--seed, c, j), so it does not change with
-the batch size, the device count or which other classes are sampled in the same run.
+The .npz follows the guided-diffusion evaluation suite: arr_0 uint8 (N, H, W, C), arr_1 int64 labels
+(for vectors: the condition's row, and `cond` holds the vectors). Image j of class c (or of
+condition row c) is drawn with the seed image_seed(--seed, c, j), so it does not change with
+the batch size, the device count or which other conditions are sampled in the same run.
 """
 from __future__ import annotations
 
