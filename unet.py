@@ -120,7 +120,10 @@ class SelfAttention(nn.Module):
         n, c, height, width = x.shape
         # Split into q, k, v first, then into heads (ADM's "new attention order").
         qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, height * width)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (N, heads, H*W, head_channels)
+        # each (N, heads, H*W, head_channels), made contiguous: with a strided last dimension
+        # CUDA's SDPA falls back to its math kernel (fp32 GEMMs and a softmax over the full
+        # H*W x H*W matrix); contiguous inputs get the flash / memory-efficient kernels
+        q, k, v = (part.contiguous() for part in qkv.transpose(-1, -2).unbind(1))
         out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(n, c, height, width))
 

@@ -254,7 +254,8 @@ def write_report(args: argparse.Namespace, results: Results, done: dict) -> Path
                       if k.startswith("time/"))
     cpu = f"CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     lines = [f"# Priors beyond the paper: `python bench/priors.py --config {args.config}`", "",
-             f"{time.strftime('%Y-%m-%d')}, {cpu}, torch {torch.__version__}, seed {args.seed}. Wall time: {times}.", ""]
+             f"{time.strftime('%Y-%m-%d')}, {cpu}, torch {torch.__version__}, seed {args.seed}. "
+             f"Wall time: {times}.", ""]
     for part, (config, pargs) in done.items():
         lines += {"mnist": report_mnist, "shapes_attributes": report_shapes}[part](config, pargs, points)
     report = args.out / "report.md"
