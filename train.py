@@ -78,6 +78,8 @@ def build_parser(suppress_defaults: bool = False) -> checks.Parser:
     arg("--prior-stats", default=default(None),
         help="prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
     arg("--coupling", default=default("independent"), help=f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
+    arg("--couple-global", action="store_true", default=default(False),
+        help="under torchrun: solve ot / class_ot over the whole global batch (gathered), not each process's slice")
     arg("--sigma-min", type=float, default=default(0.0), help="width of the probability path at t=1")
     arg("--max-images", type=int, default=default(None), help="use only the first N training images (quick runs)")
     arg("--preset", default=default(None), help=f"network size: {', '.join(unet.PRESETS)} (default: see RECIPES)")
@@ -138,13 +140,14 @@ RECIPES: dict[str, dict] = {
 
 # What defines a run: a resumed run must keep these (a different value is refused), since they
 # decide what is learnt: the data, the prior, the network, the pairing, the batches and the seed.
-RUN_KEYS = ("dataset", "resize_to", "cond", "max_images", "prior", "prior_options", "coupling", "sigma_min",
+RUN_KEYS = ("dataset", "resize_to", "cond", "max_images", "prior", "prior_options", "coupling", "couple_global",
+            "sigma_min",
             "preset", "batch_size", "label_dropout", "null_source", "seed")
 # What a resumed run may change: how it is optimised (after a divergence: a lower --lr), how long,
 # how often it logs, saves and samples, and where it runs. Not given again: the checkpoint's value.
 RESUMABLE = ("data_dir", "lr", "warmup", "weight_decay", "grad_clip", "ema", "steps", "grad_accum", "log_every",
              "ckpt_every", "sample_every", "sample_nfe", "precision", "compile", "device")
-ADDED_KEYS = {"null_source": "global", "grad_accum": 1}  # keys added later: what checkpoints before them did
+ADDED_KEYS = {"null_source": "global", "grad_accum": 1, "couple_global": False}  # keys added later: what checkpoints before them did
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
 
 
@@ -425,6 +428,8 @@ class Run:
     ema: torch.nn.Module
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # prior noise, t and label dropout
+    rank: int = 0
+    world: int = 1
 
 
 def build_run(args: argparse.Namespace, dataset, prior, device: torch.device, rank: int = 0, world: int = 1) -> Run:
@@ -440,7 +445,7 @@ def build_run(args: argparse.Namespace, dataset, prior, device: torch.device, ra
     network = torch.compile(network) if args.compile else network
     precision = ("bf16" if device.type == "cuda" else "fp32") if args.precision == "auto" else args.precision
     generator = torch.Generator(device).manual_seed(args.seed * 1000 + rank)
-    return Run(args, device, precision, prior, model, network, ema, optimizer, generator)
+    return Run(args, device, precision, prior, model, network, ema, optimizer, generator, rank, world)
 
 
 def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -458,7 +463,11 @@ def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) ->
     # --null-source global: a null row's x0 comes from the dataset-wide component; class: from its own
     # condition's, so the null field is the flow from the whole mixture, the source CFG starts from
     x0 = run.prior.sample(cond, generator, null if args.null_source == "global" else None, x1)
-    x0 = flow.couple(x0, x1, run.prior.groups(cond, null), args.coupling)
+    groups = run.prior.groups(cond, null)
+    if args.couple_global and run.world > 1 and args.coupling != "independent":
+        x0 = couple_global(x0, x1, groups, args.coupling, run.rank, run.world)
+    else:
+        x0 = flow.couple(x0, x1, groups, args.coupling)
     t = flow.sample_t(len(cond), device, generator)
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(step, args)
@@ -480,6 +489,19 @@ def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) ->
     run.optimizer.step()
     update_ema(run.ema, run.model, step, args.ema)
     return total, grad_norm
+
+
+def couple_global(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor, method: str, rank: int,
+                  world: int) -> torch.Tensor:
+    """--couple-global: every process gathers the whole batch, solves the same assignment (the
+    solver is deterministic) and keeps its own rows: OT over batch pairs, not batch / world."""
+    def gather(part: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(part) for _ in range(world)]
+        dist.all_gather(parts, part.contiguous())
+        return torch.cat(parts)
+
+    paired = flow.couple(gather(x0), gather(x1), gather(groups), method)
+    return paired.tensor_split(world)[rank]
 
 
 def train(args: argparse.Namespace) -> list[float]:

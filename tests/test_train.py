@@ -132,11 +132,13 @@ def test_two_processes_with_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # --standalone: a local rendezvous on a free port
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "train.py", *QUICK, "--steps", "2", "--out", str(tmp_path)],
+                             "train.py", *QUICK, "--steps", "2", "--out", str(tmp_path), "--coupling", "ot",
+                             "--couple-global", "--grad-accum", "2"],
                             cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert ckpt["config"]["world_size"] == 2 and ckpt["step"] == 2 and len(ckpt["rng"]) == 2
+    assert ckpt["config"]["couple_global"] and ckpt["config"]["grad_accum"] == 2
     assert len(logged_losses(tmp_path)) == 2
 
 
@@ -376,3 +378,29 @@ def test_kmeans_prior_trains_with_its_own_options(tmp_path):
                  "--coupling", "class_ot", "--steps", "2")
     state = torch.load(tmp_path / "ckpt.pt", weights_only=False)["prior"]["state"]
     assert len(losses) == 2 and int(state["k"]) == 2 and state["weights"].shape == (10, 2)
+
+
+def test_global_coupling_pairs_over_the_whole_batch(monkeypatch):
+    """Two processes simulated in one: all_gather hands back (rank 0's rows, rank 1's rows)."""
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(2, 6, 5, generator=g), torch.randn(2, 6, 5, generator=g)  # [rank] -> rows
+    groups = torch.zeros(2, 6, dtype=torch.int64)
+    kept = []
+    for rank in (0, 1):
+        tensors = iter([x0, x1, groups])
+
+        def all_gather(parts, part):
+            whole = next(tensors)
+            assert torch.equal(part, whole[rank])  # each process sends its own rows
+            parts[0].copy_(whole[0])
+            parts[1].copy_(whole[1])
+        monkeypatch.setattr(train.dist, "all_gather", all_gather)
+        kept.append(train.couple_global(x0[rank], x1[rank], groups[rank], "ot", rank, 2))
+    paired = torch.cat(kept)
+    # a permutation of all 12 sources, each used once
+    assert sorted(map(tuple, paired.tolist())) == sorted(map(tuple, x0.flatten(0, 1).tolist()))
+    cost = lambda a, b: float((a - b).pow(2).sum())  # noqa: E731
+    per_process = sum(cost(train.flow.couple(x0[r], x1[r], groups[r], "ot"), x1[r]) for r in (0, 1))
+    # OT over the whole batch can only be cheaper than OT within each half (a larger set of permutations)
+    assert cost(paired, x1.flatten(0, 1)) <= per_process + 1e-5
+    assert cost(paired, x1.flatten(0, 1)) < per_process - 1e-3  # and here it is strictly cheaper
