@@ -186,13 +186,18 @@ def write_idx(folder, prefix, n):
     (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
 
 
+def tiny_mnist(tmp_path, n):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    write_idx(folder, "train", n)
+    write_idx(folder, "t10k", 10)
+    return folder
+
+
 def test_resume_a_dataset_without_a_size_option(tmp_path):
     # the checkpoint's image_size is the dataset's (32, padded); resuming must not pass it back
     # to a loader that takes no size option
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    write_idx(folder, "train", 40)
-    write_idx(folder, "t10k", 10)
+    folder = tiny_mnist(tmp_path, 40)
     run(tmp_path / "run", "--dataset", "mnist", "--data-dir", str(folder), "--steps", "1")
     losses = run(tmp_path / "run", "--dataset", "mnist", "--data-dir", str(folder), "--steps", "2", "--resume")
     assert len(losses) == 1
@@ -313,10 +318,7 @@ def test_an_exploding_loss_stops_before_the_checkpoint_and_a_lower_lr_resumes(tm
 
 
 def test_resume_on_other_images_is_refused(tmp_path):
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    write_idx(folder, "train", 40)
-    write_idx(folder, "t10k", 10)
+    folder = tiny_mnist(tmp_path, 40)
     run(tmp_path / "run", "--dataset", "mnist", "--data-dir", str(folder), "--steps", "1")
     images = folder / "train-images-idx3-ubyte"
     raw = bytearray(images.read_bytes())
@@ -328,10 +330,7 @@ def test_resume_on_other_images_is_refused(tmp_path):
 
 def test_short_runs_always_exit_zero(tmp_path):
     # the prefetch thread used to be inside the data path at interpreter exit: abort, exit 134
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    write_idx(folder, "train", 64)
-    write_idx(folder, "t10k", 10)
+    folder = tiny_mnist(tmp_path, 64)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for attempt in range(4):
         result = subprocess.run([sys.executable, "train.py", *QUICK, "--dataset", "mnist", "--data-dir", str(folder),
