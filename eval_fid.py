@@ -386,6 +386,9 @@ def summary(result: dict) -> str:
         parts.append(f"{kid_name} x1e3 {1e3 * result['kid']:.3f} +- {1e3 * result['kid_std']:.3f}")
     if result["accuracy"] is not None:
         parts.append(f"accuracy {100 * result['accuracy']:.1f}%")
+    if "colour_error" in result:
+        parts.append(f"attribute errors: colour {result['colour_error']:.1f} levels, position "
+                     f"{result['position_error_px']:.2f} px, size rank correlation {result['size_rank_correlation']:.2f}")
     return ", ".join(parts) + f" ({result['n']} samples)"
 
 
@@ -556,6 +559,8 @@ def run_sweep(args: argparse.Namespace) -> None:
             images = sample.generate(model, prior, cond, seeds, nfe, args.solver, args.cfg,
                                      args.sample_batch_size, args.device, progress=True)
             result = score(extractor, images, classes, ref, args.batch_size, args.seed)
+            if config["dataset"] == "shapes" and config.get("cond") == "attributes":  # faithfulness, from pixels
+                result.update(data.attribute_errors(images.numpy(), cond.numpy()))
             row = {"label": label, "ckpt": str(ckpt), "prior": config["prior"], "coupling": config["coupling"],
                    "solver": args.solver, "nfe": nfe, "cfg": args.cfg, **result, "transport_cost": cost}
             rows.append(row)
@@ -588,7 +593,7 @@ def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -
     """paths = OUT.csv (every field), OUT.md (the readable table), OUT.png (metric against NFE)."""
     csv_path, md_path, png_path = paths
     table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
     write_text(csv_path, table.getvalue())

@@ -590,3 +590,35 @@ def test_plot_places_points_on_linear_or_log_axes(tmp_path, log_y):
         assert abs(upper - lower) < 3
     else:
         assert lower > 5 * upper
+
+
+def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workdir):
+    """Conditions: the held-out split's first n attribute vectors, image i from image_seed(0, i, 0);
+    faithfulness measured from the pixels (data.attribute_errors)."""
+    import data
+    import prior as prior_module
+    import unet
+
+    torch.manual_seed(0)
+    dataset = data.load_dataset("shapes", image_size=16, cond="attributes")
+    model = unet.build_unet("tiny", 16, 3, dataset.num_classes, dataset.cond_dim)
+    prior = prior_module.build_prior("mapper", epochs=1, hidden=16).fit([dataset.get(np.arange(200))], 0)
+    config = {"dataset": "shapes", "data_dir": None, "dataset_options": {"image_size": 16, "cond": "attributes"},
+              "cond": "attributes", "preset": "tiny", "image_size": 16, "channels": 3, "num_classes": 10,
+              "cond_dim": 8, "prior": "mapper", "prior_options": {}, "coupling": "independent", "seed": 0,
+              "batch_size": 32}
+    path = workdir / "attributes.pt"
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "optimizer": {}, "step": 0, "rng": None,
+                "config": config, "prior": {"name": "mapper", "state": prior.state_dict()}}, path)
+    out = workdir / "sweep_attributes"
+    eval_fid.main(["sweep", "--ckpt", str(path), "--ref", str(workdir / "ref.npz"), "--nfe", "1", "--n", "20",
+                   "--out", str(out), "--device", "cpu"])
+    row = next(csv.DictReader(out.with_suffix(".csv").read_text().splitlines()))
+    assert row["accuracy"] == ""  # no class was asked for
+    held_out = data.load_dataset("shapes", None, "test", image_size=16, cond="attributes")
+    _, cond = held_out.get(np.arange(20))
+    loaded, loaded_prior, _ = sample.load_checkpoint(path, "cpu")
+    images = sample.generate(loaded, loaded_prior, cond, [sample.image_seed(0, i, 0) for i in range(20)], 1)
+    expected = data.attribute_errors(images.numpy(), cond.numpy())
+    for key, value in expected.items():
+        assert float(row[key]) == pytest.approx(value, rel=1e-9)
