@@ -38,7 +38,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,124 +54,162 @@ import sample
 import unet
 
 
-def build_parser(suppress_defaults: bool = False) -> checks.Parser:
-    """The command line. suppress_defaults=True leaves out every option not given, which tells a
-    resumed run which options the user changed."""
-    files = "\n".join(f"  {name}: {what}" for name, what in data.EXPECTED_FILES.items())
-    parser = checks.Parser(description=__doc__.split("\n\n")[0], epilog="--data-dir must hold:\n" + files,
-                           argument_default=argparse.SUPPRESS if suppress_defaults else None)
-    arg = parser.add_argument
+@dataclass
+class Config:
+    """One run, as one plain object: printed at the start, saved whole in every checkpoint and
+    restored on --resume. Defaults: the CPU demo (shapes, about 6 minutes on 2 idle cores);
+    RECIPES changes some per dataset; the command line changes any (`--batch-size` = batch_size)."""
 
-    def default(value):  # argparse ignores `default=` when argument_default is SUPPRESS, so say it here
-        return argparse.SUPPRESS if suppress_defaults else value
+    # What is learnt (RUN_KEYS): the data, the prior, the network, the pairing, the batches, the
+    # seed. A resume keeps them; a different value on its command line is refused.
+    dataset: str = "shapes"
+    resize_to: int | None = None  # --image-size (shapes, folder); None: the dataset's own size
+    cond: str | None = None  # which condition the dataset gives (shapes: class or attributes)
+    max_images: int | None = None  # only the first N training images; None: all
+    prior: str = "class"
+    prior_options: dict = field(default_factory=dict)  # --prior-opt key=value, typed by the prior
+    coupling: str = "independent"
+    couple_global: bool = False
+    sigma_min: float = 0.0
+    preset: str | None = None  # None: tiny on a CPU, small on a GPU (decided once, then saved)
+    batch_size: int = 32  # the global batch, split over processes
+    label_dropout: float = 0.1
+    null_source: str = "global"
+    seed: int = 0
+    # How it runs (RESUMABLE): a resume may change these; not given again, they keep their values.
+    data_dir: str | None = None
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    steps: int = 2500
+    grad_accum: int = 1
+    log_every: int = 50
+    ckpt_every: int = 500
+    sample_every: int = 500  # 0: never
+    sample_nfe: int = 16
+    precision: str = "auto"
+    compile: bool = False
+    device: str | None = None  # None: cuda if available
+    # Where, and whether to continue (not saved).
+    out: str = "out"
+    prior_stats: str | None = None  # None: OUT/prior_stats.npz
+    resume: str | None = None  # "auto": OUT/ckpt.pt
+    given: tuple[str, ...] = ()  # the fields set on the command line: a resume keeps the others' saved values
 
-    arg("--dataset", default=default("shapes"), help=f"one of: {', '.join(data.DATASETS)}")
-    arg("--data-dir", default=default(None), help="folder with the dataset's files (see below)")
-    arg("--image-size", dest="resize_to", type=int, default=default(None),
-        help="for --dataset folder/shapes: image size")
-    arg("--prior", default=default("class"), help=f"source distribution, one of: {', '.join(priors.PRIORS)}")
-    arg("--prior-opt", dest="prior_opt", action="append", default=default([]), metavar="KEY=VALUE",
-        help="an option of the prior's constructor, repeatable: --prior-opt sigma=0.5 --prior-opt cov=diag "
-             "(a wrong key lists the prior's options)")
-    arg("--cond", default=default(None),
-        help="which condition the dataset gives (shapes: class or attributes; default: the dataset's own)")
-    arg("--prior-stats", default=default(None),
-        help="prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
-    arg("--coupling", default=default("independent"), help=f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
-    arg("--couple-global", action="store_true", default=default(False),
-        help="under torchrun: solve ot / class_ot over the whole global batch (gathered), not each process's slice")
-    arg("--sigma-min", type=float, default=default(0.0), help="width of the probability path at t=1")
-    arg("--max-images", type=int, default=default(None), help="use only the first N training images (quick runs)")
-    arg("--preset", default=default(None), help=f"network size: {', '.join(unet.PRESETS)} (default: see RECIPES)")
-    arg("--batch-size", type=int, default=default(None), help="global batch, split over processes (default 32)")
-    arg("--grad-accum", type=int, default=default(1),
-        help="split each process's batch into N micro-batches (one optimizer step; same update, less memory)")
-    arg("--lr", type=float, default=default(None), help="peak learning rate (default 1e-3)")
-    arg("--warmup", type=int, default=default(None), help="steps of linear learning-rate warm-up (default 200)")
-    arg("--weight-decay", type=float, default=default(0.0))
-    arg("--grad-clip", type=float, default=default(1.0))
-    arg("--steps", type=int, default=default(None), help="total optimizer steps (default 2500)")
-    arg("--ema", type=float, default=default(None),
-        help="EMA decay, warmed up as min(decay, (1+s)/(10+s)) (default 0.999)")
-    arg("--label-dropout", type=float, default=default(0.1), help="share of rows trained as unconditional (null), for guidance")
-    arg("--null-source", default=default("global"), choices=["global", "class"],
-        help="x0 of a dropped label: the dataset-wide component (global) or its own class's (class)")
-    arg("--precision", default=default("auto"), choices=["auto", "bf16", "fp32"],
-        help="auto: bf16 on CUDA, fp32 on CPU")
-    arg("--compile", action="store_true", default=default(False), help="torch.compile the network")
-    arg("--device", default=default(None), help="cuda, cuda:N, cpu (default: cuda if available)")
-    arg("--seed", type=int, default=default(0))
-    arg("--out", default=default("out"), help="output folder: ckpt.pt, log.jsonl, samples/")
-    arg("--log-every", type=int, default=default(50))
-    arg("--ckpt-every", type=int, default=default(None), help="steps between checkpoints (default 500)")
-    arg("--sample-every", type=int, default=default(None),
-        help="steps between EMA sample grids, 0: never (default 500)")
-    arg("--sample-nfe", type=int, default=default(16))
-    arg("--resume", nargs="?", const="auto", default=default(None),
-        help="continue from OUT/ckpt.pt (or the given path); see RESUMABLE for what may change")
-    return parser
+    def saved(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key not in ("resume", "given")}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    given = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))  # options on the command line
-    args.given = sorted(given | ({"prior_options"} if "prior_opt" in given else set()))
-    if args.prior not in priors.PRIORS:
-        raise ValueError(f"unknown prior '{args.prior}'; choose one of: {', '.join(priors.PRIORS)}")
-    args.prior_options = priors.parse_prior_options(args.prior, args.prior_opt)
-    recipe = RECIPES.get(args.dataset, RECIPES["default"])
-    for key, value in recipe.items():  # an option given on the command line wins
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.preset is None:  # small on a GPU; tiny keeps the CPU default to minutes
-        args.preset = "small" if torch.cuda.is_available() and args.device != "cpu" else "tiny"
-    return args
-
-
-# Defaults per dataset. "default" is the built-in demo: shapes, about 6 minutes on 2 idle CPU
-# cores (README). imagenet64 follows the ADM / flow-matching ImageNet-64 setup (batch 256 at lr 1e-4,
-# EMA 0.9999) and is meant for days on one GPU.
+# Per dataset, what differs from Config's defaults. imagenet64 follows the ADM / flow-matching
+# ImageNet-64 setup (batch 256 at lr 1e-4, EMA 0.9999) and is meant for days on one GPU.
 RECIPES: dict[str, dict] = {
-    "default": dict(batch_size=32, lr=1e-3, warmup=200, steps=2500, ema=0.999, ckpt_every=500, sample_every=500),
     "imagenet64": dict(preset="imagenet64", batch_size=256, lr=1e-4, warmup=5000, steps=1_000_000, ema=0.9999,
                        ckpt_every=5000, sample_every=10_000),
 }
-
-
-# What defines a run: a resumed run must keep these (a different value is refused), since they
-# decide what is learnt: the data, the prior, the network, the pairing, the batches and the seed.
+# What defines a run and what a resume may change: the two groups of Config's fields.
 RUN_KEYS = ("dataset", "resize_to", "cond", "max_images", "prior", "prior_options", "coupling", "couple_global",
-            "sigma_min",
-            "preset", "batch_size", "label_dropout", "null_source", "seed")
-# What a resumed run may change: how it is optimised (after a divergence: a lower --lr), how long,
-# how often it logs, saves and samples, and where it runs. Not given again: the checkpoint's value.
+            "sigma_min", "preset", "batch_size", "label_dropout", "null_source", "seed")
 RESUMABLE = ("data_dir", "lr", "warmup", "weight_decay", "grad_clip", "ema", "steps", "grad_accum", "log_every",
              "ckpt_every", "sample_every", "sample_nfe", "precision", "compile", "device")
-ADDED_KEYS = {"null_source": "global", "grad_accum": 1, "couple_global": False}  # keys added later: what checkpoints before them did
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
 
 
-def check_args(args: argparse.Namespace) -> None:
+def build_parser() -> checks.Parser:
+    """The command line: one flag per Config field (defaults shown are Config's, before RECIPES)."""
+    files = "\n".join(f"  {name}: {what}" for name, what in data.EXPECTED_FILES.items())
+    parser = checks.Parser(description=__doc__.split("\n\n")[0], epilog="--data-dir must hold:\n" + files,
+                           argument_default=argparse.SUPPRESS)  # only what is given: see parse_args
+    arg, default = parser.add_argument, Config()
+
+    def flag(name: str, help: str, **kwargs) -> None:
+        field_name = kwargs.pop("dest", name.lstrip("-").replace("-", "_"))
+        shown = getattr(default, field_name)
+        arg(name, dest=field_name, help=help + ("" if shown is None else f" (default: {shown})"), **kwargs)
+
+    flag("--dataset", f"one of: {', '.join(data.DATASETS)}")
+    flag("--data-dir", "folder with the dataset's files (see below)")
+    flag("--image-size", "for --dataset folder/shapes: image size", dest="resize_to", type=int, metavar="N")
+    flag("--cond", "which condition the dataset gives (shapes: class or attributes; default: the dataset's own)")
+    flag("--max-images", "use only the first N training images (quick runs)", type=int)
+    flag("--prior", f"source distribution, one of: {', '.join(priors.PRIORS)}")
+    arg("--prior-opt", dest="prior_opt", action="append", metavar="KEY=VALUE",
+        help="an option of the prior's constructor, repeatable: --prior-opt sigma=0.5 --prior-opt cov=diag "
+             "(a wrong key lists the prior's options)")
+    flag("--prior-stats", "prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
+    flag("--coupling", f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
+    flag("--couple-global", "under torchrun: solve ot / class_ot over the whole gathered batch", action="store_true")
+    flag("--sigma-min", "width of the probability path at t=1", type=float)
+    flag("--preset", f"network size: {', '.join(unet.PRESETS)} (default: tiny on a CPU, small on a GPU)")
+    flag("--batch-size", "global batch, split over processes", type=int)
+    flag("--grad-accum", "split each process's batch into N micro-batches (one optimizer step)", type=int)
+    flag("--lr", "peak learning rate", type=float)
+    flag("--warmup", "steps of linear learning-rate warm-up", type=int)
+    flag("--weight-decay", "AdamW weight decay", type=float)
+    flag("--grad-clip", "gradient norm clipping", type=float)
+    flag("--steps", "total optimizer steps", type=int)
+    flag("--ema", "EMA decay, warmed up as min(decay, (1+s)/(10+s))", type=float)
+    flag("--label-dropout", "share of rows trained as unconditional (null), for guidance", type=float)
+    flag("--null-source", "x0 of a null row: the dataset-wide component (global) or its own condition's (class)",
+         choices=["global", "class"])
+    flag("--precision", "auto: bf16 on CUDA, fp32 on CPU", choices=["auto", "bf16", "fp32"])
+    flag("--compile", "torch.compile the network", action="store_true")
+    flag("--device", "cuda, cuda:N, cpu (default: cuda if available)")
+    flag("--seed", "seed of everything random", type=int)
+    flag("--out", "output folder: ckpt.pt, log.jsonl, samples/")
+    flag("--log-every", "steps between log lines", type=int)
+    flag("--ckpt-every", "steps between checkpoints", type=int)
+    flag("--sample-every", "steps between EMA sample grids, 0: never", type=int)
+    flag("--sample-nfe", "Euler steps of those grids", type=int)
+    arg("--resume", nargs="?", const="auto",
+        help="continue from OUT/ckpt.pt (or the given path); RESUMABLE says what may change")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    """Config from a command line: Config's defaults, then the dataset's RECIPES, then the flags."""
+    given = vars(build_parser().parse_args(argv))
+    options = given.pop("prior_opt", None)
+    prior = given.get("prior", Config.prior)
+    if prior not in priors.PRIORS:
+        raise ValueError(f"unknown prior '{prior}'; choose one of: {', '.join(priors.PRIORS)}")
+    if options is not None:
+        given["prior_options"] = priors.parse_prior_options(prior, options)
+    recipe = RECIPES.get(given.get("dataset", Config.dataset), {})
+    fields = {key: value for key, value in given.items() if key != "resume"}
+    return with_preset(Config(**{**recipe, **given, "given": tuple(sorted(fields))}))
+
+
+def with_preset(config: Config) -> Config:
+    """preset None: small where the run will use a GPU, tiny on a CPU (the demo stays minutes)."""
+    if config.preset is not None:
+        return config
+    on_gpu = torch.cuda.is_available() and (config.device is None or str(config.device).startswith("cuda"))
+    return replace(config, preset="small" if on_gpu else "tiny")
+
+
+def check_config(config: Config) -> None:
     """Every option's range, named by its flag."""
     for name, table in (("dataset", data.DATASETS), ("prior", priors.PRIORS), ("coupling", flow.COUPLINGS),
                         ("preset", unet.PRESETS)):
-        if getattr(args, name) not in table:
-            raise ValueError(f"unknown {name} '{getattr(args, name)}'; choose one of: {', '.join(table)}")
+        if getattr(config, name) not in table:
+            raise ValueError(f"unknown {name} '{getattr(config, name)}'; choose one of: {', '.join(table)}")
     for name, minimum in (("batch_size", 1), ("grad_accum", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1),
                           ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
                           ("resize_to", 8), ("seed", 0)):
-        checks.check_at_least(getattr(args, name), minimum, "--" + name.replace("_", "-"))
-    priors.build_prior(args.prior, **args.prior_options)  # a bad value fails now, not after loading the data
+        checks.check_at_least(getattr(config, name), minimum, "--" + name.replace("_", "-"))
+    priors.build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
     for name in ("lr", "grad_clip"):
-        value = getattr(args, name)
+        value = getattr(config, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     for name, low, high in (("label_dropout", 0, 1), ("ema", 0, 1), ("sigma_min", 0, 1)):
-        value = getattr(args, name)
+        value = getattr(config, name)
         if not low <= value < high:  # also false for NaN
             raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}), got {value}")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        raise ValueError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -215,12 +253,12 @@ class Prefetcher:
                  pin: bool):
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.stop = threading.Event()
-        self.args = dataset, num_images, batch_size, seed, rank, world, pin
+        self.reading = dataset, num_images, batch_size, seed, rank, world, pin
         self.thread = threading.Thread(target=self._work, args=(start,), daemon=True)
         self.thread.start()
 
     def _work(self, step: int) -> None:
-        dataset, num_images, batch_size, seed, rank, world, pin = self.args
+        dataset, num_images, batch_size, seed, rank, world, pin = self.reading
         while not self.stop.is_set():
             try:
                 indices = batch_indices(step, num_images, batch_size, seed)[rank::world]
@@ -287,36 +325,36 @@ def cache_key(name: str, options: dict, fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def make_prior(args: argparse.Namespace, dataset, num_images: int, fingerprint: str, device: torch.device,
+def make_prior(config: Config, dataset, num_images: int, fingerprint: str, device: torch.device,
                rank: int, world: int):
     """Fit the prior (one streaming pass) and cache it in OUT/prior_stats.npz under a key of the
     prior, its options and the data; a file with another key is refitted (or, when given by
     --prior-stats, refused)."""
-    options = args.prior_options
-    key = cache_key(args.prior, options, fingerprint)
-    path = Path(args.prior_stats or Path(args.out) / "prior_stats.npz")
+    options = config.prior_options
+    key = cache_key(config.prior, options, fingerprint)
+    path = Path(config.prior_stats or Path(config.out) / "prior_stats.npz")
     hint = "delete it, or pass --prior-stats with another path"
     if rank == 0:
         stored = None
         if path.exists():
             stored = priors.load_npz(str(path))
             if str(stored.get("cache_key", "")) != key:
-                if args.prior_stats:
+                if config.prior_stats:
                     raise ValueError(f"--prior-stats {path} holds {stored.get('name')} prior statistics of other data "
                                      f"or options (key {stored.get('cache_key', 'none')}, this run needs {key}); {hint}")
                 print(f"{path} was fitted on other data or prior options: fitting again")
                 stored = None
         if stored is None:
-            fitted = priors.build_prior(args.prior, **options)
-            print(f"fitting the {args.prior} prior on {num_images} images ({options or 'default options'})")
-            fitted.fit(Passes(dataset, num_images, device), dataset.num_classes, dataset=args.dataset)
+            fitted = priors.build_prior(config.prior, **options)
+            print(f"fitting the {config.prior} prior on {num_images} images ({options or 'default options'})")
+            fitted.fit(Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
             checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
     if world > 1:
         dist.barrier()  # the other processes wait for rank 0's file
     fitted = priors.prior_from_state(priors.load_npz(str(path)))
     expected = (dataset.channels, dataset.image_size, dataset.image_size)
     if tuple(fitted.shape) != expected:
-        raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)}, but {args.dataset} has "
+        raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)}, but {config.dataset} has "
                          f"{expected}; {hint}")
     return fitted
 
@@ -343,29 +381,26 @@ def set_rng_state(state: dict, generator: torch.Generator, device: torch.device)
 CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step", "rng", "config", "prior")
 
 
-def load_resume(args: argparse.Namespace) -> dict | None:
-    """The checkpoint to continue, with args merged: RUN_KEYS come from the checkpoint (a
-    different value on the command line is refused), RESUMABLE ones from the command line when
-    given there, else from the checkpoint."""
-    if args.resume is None:
-        return None
-    path = Path(args.out) / "ckpt.pt" if args.resume == "auto" else Path(args.resume)
+def load_resume(config: Config) -> tuple[Config, dict | None]:
+    """(the config to run, the checkpoint to continue or None). On --resume, RUN_KEYS come from the
+    checkpoint (a different value on the command line is refused) and RESUMABLE ones from the
+    command line where given there, else from the checkpoint."""
+    if config.resume is None:
+        return config, None
+    path = Path(config.out) / "ckpt.pt" if config.resume == "auto" else Path(config.resume)
     checkpoint = checks.load_torch(path, "checkpoint", "start without --resume, or give a checkpoint's path",
                                    weights_only=False, keys=CHECKPOINT_KEYS)
-    config = {**ADDED_KEYS, **checkpoint["config"]}
-    given = set(getattr(args, "given", ()))
-    changed = [key for key in RUN_KEYS if key in given and getattr(args, key) != config.get(key)]
+    saved = checkpoint["config"]
+    changed = [key for key in RUN_KEYS if key in config.given and getattr(config, key) != saved.get(key)]
     if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {config.get(k)})" for k in changed)
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)} (checkpoint: {saved.get(k)})"
+                          for k in changed)
         raise ValueError(f"--resume {path}: {flags}: a resumed run keeps its data, prior, network and batches; "
                          f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change. "
                          f"Start a new run with another --out instead")
-    for key in RUN_KEYS:
-        setattr(args, key, config[key])
-    for key in RESUMABLE:
-        if key not in given and key in config:
-            setattr(args, key, config[key])
-    return checkpoint
+    # a key a checkpoint lacks (saved before the option existed) keeps Config's default: what it did then
+    kept = {key: saved[key] for key in RUN_KEYS + RESUMABLE if key in saved and key not in config.given}
+    return replace(config, **kept), checkpoint
 
 
 def trim_log(path: Path, last_step: int) -> None:
@@ -385,8 +420,8 @@ def trim_log(path: Path, last_step: int) -> None:
 
 # ----------------------------------------------------------------------------- training
 
-def learning_rate(step: int, args: argparse.Namespace) -> float:
-    return args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
+def learning_rate(step: int, config: Config) -> float:
+    return config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
 
 
 @torch.no_grad()
@@ -408,10 +443,10 @@ def grid_conditions(dataset, seed: int, per_row: int = 8, rows: int = 10) -> tup
     return conditions[row], row, seeds
 
 
-def sample_grid(ema: torch.nn.Module, prior, dataset, args, step: int, device: torch.device) -> None:
-    cond, row, seeds = grid_conditions(dataset, args.seed)
-    images = sample.generate(ema, prior, cond, seeds, args.sample_nfe, "euler", device=device)
-    folder = Path(args.out) / "samples"
+def sample_grid(ema: torch.nn.Module, prior, dataset, config, step: int, device: torch.device) -> None:
+    cond, row, seeds = grid_conditions(dataset, config.seed)
+    images = sample.generate(ema, prior, cond, seeds, config.sample_nfe, "euler", device=device)
+    folder = Path(config.out) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     sample.save_grid(images, row, folder / f"step_{step:07d}.png")
 
@@ -419,7 +454,7 @@ def sample_grid(ema: torch.nn.Module, prior, dataset, args, step: int, device: t
 @dataclass
 class Run:
     """Everything one training step touches."""
-    args: argparse.Namespace
+    config: Config
     device: torch.device
     precision: str
     prior: object
@@ -432,20 +467,20 @@ class Run:
     world: int = 1
 
 
-def build_run(args: argparse.Namespace, dataset, prior, device: torch.device, rank: int = 0, world: int = 1) -> Run:
-    torch.manual_seed(args.seed + rank)  # weights (DDP broadcasts rank 0's) and dropout
-    model = unet.build_unet(args.preset, dataset.image_size, dataset.channels, dataset.num_classes,
+def build_run(config: Config, dataset, prior, device: torch.device, rank: int = 0, world: int = 1) -> Run:
+    torch.manual_seed(config.seed + rank)  # weights (DDP broadcasts rank 0's) and dropout
+    model = unet.build_unet(config.preset, dataset.image_size, dataset.channels, dataset.num_classes,
                             dataset.cond_dim).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
     network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    network = torch.compile(network) if args.compile else network
-    precision = ("bf16" if device.type == "cuda" else "fp32") if args.precision == "auto" else args.precision
-    generator = torch.Generator(device).manual_seed(args.seed * 1000 + rank)
-    return Run(args, device, precision, prior, model, network, ema, optimizer, generator, rank, world)
+    network = torch.compile(network) if config.compile else network
+    precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
+    generator = torch.Generator(device).manual_seed(config.seed * 1000 + rank)
+    return Run(config, device, precision, prior, model, network, ema, optimizer, generator, rank, world)
 
 
 def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -454,25 +489,25 @@ def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) ->
     With --grad-accum N the batch's random draws (null rows, x0, coupling, t) are made for
     the whole batch first, then the network runs on N slices whose losses, weighted by their
     share of the batch, add up to the whole batch's mean: the same gradient, 1/N of the activations."""
-    args, device, generator = run.args, run.device, run.generator
+    config, device, generator = run.config, run.device, run.generator
     x1 = data.to_model(images.to(device, non_blocking=True))
     if device.type == "cuda":
         x1 = x1.contiguous(memory_format=torch.channels_last)
     cond = cond.to(device, non_blocking=True)
-    null = torch.rand(len(cond), device=device, generator=generator) < args.label_dropout
+    null = torch.rand(len(cond), device=device, generator=generator) < config.label_dropout
     # --null-source global: a null row's x0 comes from the dataset-wide component; class: from its own
     # condition's, so the null field is the flow from the whole mixture, the source CFG starts from
-    x0 = run.prior.sample(cond, generator, null if args.null_source == "global" else None, x1)
+    x0 = run.prior.sample(cond, generator, null if config.null_source == "global" else None, x1)
     groups = run.prior.groups(cond, null)
-    if args.couple_global and run.world > 1 and args.coupling != "independent":
-        x0 = couple_global(x0, x1, groups, args.coupling, run.rank, run.world)
+    if config.couple_global and run.world > 1 and config.coupling != "independent":
+        x0 = couple_global(x0, x1, groups, config.coupling, run.rank, run.world)
     else:
-        x0 = flow.couple(x0, x1, groups, args.coupling)
+        x0 = flow.couple(x0, x1, groups, config.coupling)
     t = flow.sample_t(len(cond), device, generator)
     for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(step, args)
+        group["lr"] = learning_rate(step, config)
     run.optimizer.zero_grad(set_to_none=True)
-    slices = torch.arange(len(cond), device=device).tensor_split(args.grad_accum)
+    slices = torch.arange(len(cond), device=device).tensor_split(config.grad_accum)
     total = torch.zeros((), device=device)
     for index, part in enumerate(slices):
         if len(part) == 0:
@@ -481,13 +516,13 @@ def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) ->
         last = index == len(slices) - 1
         sync = run.network.no_sync() if hasattr(run.network, "no_sync") and not last else contextlib.nullcontext()
         with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
-            loss = flow.flow_loss(run.network, x0[part], x1[part], cond[part], null[part], t[part], args.sigma_min)
+            loss = flow.flow_loss(run.network, x0[part], x1[part], cond[part], null[part], t[part], config.sigma_min)
             loss = loss * (len(part) / len(cond))
             loss.backward()
         total = total + loss.detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
     run.optimizer.step()
-    update_ema(run.ema, run.model, step, args.ema)
+    update_ema(run.ema, run.model, step, config.ema)
     return total, grad_norm
 
 
@@ -504,21 +539,22 @@ def couple_global(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor, meth
     return paired.tensor_split(world)[rank]
 
 
-def train(args: argparse.Namespace) -> list[float]:
-    check_args(args)
-    checkpoint = load_resume(args)
-    check_args(args)  # again: a resumed run's options came from its checkpoint
-    rank, world, device = setup_distributed(args.device)
-    if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world})")
-    if args.batch_size // world < args.grad_accum:
-        raise ValueError(f"--grad-accum {args.grad_accum} is more than the {args.batch_size // world} images each "
+def train(config: Config) -> list[float]:
+    """Train the run `config` describes (or continue it: config.resume); returns the logged losses."""
+    config, checkpoint = load_resume(config)
+    config = with_preset(config)
+    check_config(config)
+    rank, world, device = setup_distributed(config.device)
+    if config.batch_size % world:
+        raise ValueError(f"--batch-size {config.batch_size} must be divisible by the number of processes ({world})")
+    if config.batch_size // world < config.grad_accum:
+        raise ValueError(f"--grad-accum {config.grad_accum} is more than the {config.batch_size // world} images each "
                          f"process gets per step; use at most that")
-    out = Path(args.out)
+    out = Path(config.out)
     if rank == 0:  # every path we write, checked before any work
         checks.check_out_dir(out, "--out")
-        if args.prior_stats:
-            checks.check_out_file(args.prior_stats, "--prior-stats", (".npz",))
+        if config.prior_stats:
+            checks.check_out_file(config.prior_stats, "--prior-stats", (".npz",))
         if checkpoint is None and (out / "ckpt.pt").exists():
             raise ValueError(f"--out {out} already holds a run (ckpt.pt): continue it with --resume, "
                              f"or choose another --out (or delete that folder)")
@@ -527,22 +563,22 @@ def train(args: argparse.Namespace) -> list[float]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    options = dataset_options(args)
-    dataset = data.load_dataset(args.dataset, args.data_dir, "train", **options)
-    num_images = min(len(dataset), args.max_images or len(dataset))
+    options = dataset_options(config)
+    dataset = data.load_dataset(config.dataset, config.data_dir, "train", **options)
+    num_images = min(len(dataset), config.max_images or len(dataset))
     fingerprint = data_fingerprint(dataset, num_images)
     if checkpoint is None:
-        prior = make_prior(args, dataset, num_images, fingerprint, device, rank, world)
+        prior = make_prior(config, dataset, num_images, fingerprint, device, rank, world)
     else:  # the checkpoint's own prior, after checking that the data is the same
         saved = checkpoint["config"].get("data_fingerprint")
         if saved is not None and saved != fingerprint:
-            raise ValueError(f"--resume: the images under --data-dir {args.data_dir} are not the ones this run was "
+            raise ValueError(f"--resume: the images under --data-dir {config.data_dir} are not the ones this run was "
                              f"trained on (data fingerprint {fingerprint}, checkpoint {saved}); point --data-dir at "
                              f"the original data")
         prior = priors.prior_from_state(checkpoint["prior"]["state"])
-    run = build_run(args, dataset, prior, device, rank, world)
+    run = build_run(config, dataset, prior, device, rank, world)
     model, ema, optimizer, generator = run.model, run.ema, run.optimizer, run.generator
-    config = {**{k: v for k, v in vars(args).items() if k not in ("given", "prior_opt")}, "dataset_options": options,
+    saved_config = {**config.saved(), "dataset_options": options,
               "image_size": dataset.image_size, "channels": dataset.channels, "num_classes": dataset.num_classes,
               "cond_dim": dataset.cond_dim,
               "world_size": world, "data_fingerprint": fingerprint}
@@ -552,11 +588,11 @@ def train(args: argparse.Namespace) -> list[float]:
             model.load_state_dict(checkpoint["model"])
             ema.load_state_dict(checkpoint["ema"])
         except RuntimeError as err:
-            raise ValueError(f"--resume: the checkpoint does not match preset '{args.preset}': "
+            raise ValueError(f"--resume: the checkpoint does not match preset '{config.preset}': "
                              f"{str(err).splitlines()[0]}") from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         for group in optimizer.param_groups:  # the optimizer state keeps the old values; the flags win
-            group["weight_decay"] = args.weight_decay
+            group["weight_decay"] = config.weight_decay
         start, best_loss = checkpoint["step"], checkpoint.get("best_loss", math.inf)
         states = checkpoint["rng"]
         set_rng_state(states[rank] if len(states) == world else states[0], generator, device)
@@ -564,11 +600,11 @@ def train(args: argparse.Namespace) -> list[float]:
             trim_log(out / "log.jsonl", start)
     if rank == 0:
         what = f"{dataset.cond_dim}-d condition vectors" if dataset.cond_dim else f"{dataset.num_classes} classes"
-        print(f"{args.dataset}: {num_images} images, {what}, {dataset.image_size}px | "
-              f"prior {args.prior}, coupling {args.coupling} | preset {args.preset} "
+        print(f"{config.dataset}: {num_images} images, {what}, {dataset.image_size}px | "
+              f"prior {config.prior}, coupling {config.coupling} | preset {config.preset} "
               f"({unet.count_parameters(model):,} parameters) | {device} x{world}, {run.precision} | "
-              f"steps {start}..{args.steps} at batch {args.batch_size}"
-              + (f" in {args.grad_accum} micro-batches" if args.grad_accum > 1 else "") + f" | writing to {out}/")
+              f"steps {start}..{config.steps} at batch {config.batch_size}"
+              + (f" in {config.grad_accum} micro-batches" if config.grad_accum > 1 else "") + f" | writing to {out}/")
 
     def save(step: int) -> None:
         states = [rng_state(generator, device)]
@@ -578,14 +614,14 @@ def train(args: argparse.Namespace) -> list[float]:
         if rank == 0:
             save_checkpoint(out / "ckpt.pt", {
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "rng": states, "config": config, "class_names": dataset.class_names,
-                "best_loss": best_loss, "prior": {"name": args.prior, "state": prior.state_dict()}})
+                "step": step, "rng": states, "config": saved_config, "class_names": dataset.class_names,
+                "best_loss": best_loss, "prior": {"name": config.prior, "state": prior.state_dict()}})
 
-    prefetch = Prefetcher(dataset, num_images, start, args.batch_size, args.seed, rank, world,
+    prefetch = Prefetcher(dataset, num_images, start, config.batch_size, config.seed, rank, world,
                           pin=device.type == "cuda")
     log = open(out / "log.jsonl", "a" if checkpoint is not None else "w") if rank == 0 else None
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
-               desc=f"{args.prior} prior, {args.coupling}", dynamic_ncols=True)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=rank != 0,
+               desc=f"{config.prior} prior, {config.coupling}", dynamic_ncols=True)
     losses: list[float] = []
     saved_step = start if checkpoint is not None else None
     try:
@@ -596,27 +632,27 @@ def train(args: argparse.Namespace) -> list[float]:
             loss, grad_norm = train_step(run, images, cond, step)
             loss_sum, grad_sum, timed_steps = loss_sum + loss, grad_sum + grad_norm, timed_steps + 1
             done = step + 1
-            if done % args.log_every == 0 or done % args.ckpt_every == 0 or done == args.steps:
+            if done % config.log_every == 0 or done % config.ckpt_every == 0 or done == config.steps:
                 if world > 1:
                     dist.all_reduce(loss_sum)
                     loss_sum /= world
                 mean_loss, mean_grad = (loss_sum / timed_steps).item(), (grad_sum / timed_steps).item()  # the sync
-                check_progress(mean_loss, mean_grad, best_loss, done, out, saved_step, args)  # before any save
+                check_progress(mean_loss, mean_grad, best_loss, done, out, saved_step, config)  # before any save
                 best_loss = min(best_loss, mean_loss)
-                rate = timed_steps * args.batch_size / (time.perf_counter() - timer)
+                rate = timed_steps * config.batch_size / (time.perf_counter() - timer)
                 losses.append(mean_loss)
                 if log:
-                    log.write(json.dumps({"step": done, "loss": mean_loss, "lr": learning_rate(step, args),
+                    log.write(json.dumps({"step": done, "loss": mean_loss, "lr": learning_rate(step, config),
                                           "grad_norm": mean_grad, "img_per_s": rate}) + "\n")
                     log.flush()
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
                 loss_sum = grad_sum = torch.zeros((), device=device)
                 timer, timed_steps = time.perf_counter(), 0
-            if done % args.ckpt_every == 0 or done == args.steps:
+            if done % config.ckpt_every == 0 or done == config.steps:
                 save(done)
                 saved_step = done
-            if rank == 0 and args.sample_every and (done % args.sample_every == 0 or done == args.steps):
-                sample_grid(ema, prior, dataset, args, done, device)
+            if rank == 0 and config.sample_every and (done % config.sample_every == 0 or done == config.steps):
+                sample_grid(ema, prior, dataset, config, done, device)
     finally:
         bar.close()
         prefetch.close()
@@ -625,27 +661,27 @@ def train(args: argparse.Namespace) -> list[float]:
     if world > 1:
         dist.destroy_process_group()
     if rank == 0:
-        grids = sorted((out / "samples").glob("step_*.png")) if args.sample_every else []
-        print(f"done: {out / 'ckpt.pt'} (step {args.steps}), {out / 'log.jsonl'}"
+        grids = sorted((out / "samples").glob("step_*.png")) if config.sample_every else []
+        print(f"done: {out / 'ckpt.pt'} (step {config.steps}), {out / 'log.jsonl'}"
               + (f", sample grids in {out / 'samples'}/ (latest {grids[-1].name})" if grids else ""))
     return losses
 
 
-def dataset_options(args: argparse.Namespace) -> dict:
+def dataset_options(config: Config) -> dict:
     """The keyword options of data.load_dataset that the flags set (--image-size, --cond)."""
-    accepted = inspect.signature(data.DATASETS[args.dataset]).parameters
+    accepted = inspect.signature(data.DATASETS[config.dataset]).parameters
     options = {}
-    for flag, key, value in (("--image-size", "image_size", args.resize_to), ("--cond", "cond", args.cond)):
+    for flag, key, value in (("--image-size", "image_size", config.resize_to), ("--cond", "cond", config.cond)):
         if value is not None:
             if key not in accepted:
                 takers = [n for n, kind in data.DATASETS.items() if key in inspect.signature(kind).parameters]
-                raise ValueError(f"{flag} applies to {', '.join(takers)} only, not {args.dataset}")
+                raise ValueError(f"{flag} applies to {', '.join(takers)} only, not {config.dataset}")
             options[key] = value
     return options
 
 
 def check_progress(mean_loss: float, mean_grad: float, best_loss: float, step: int, out: Path,
-                   saved_step: int | None, args: argparse.Namespace) -> None:
+                   saved_step: int | None, config: Config) -> None:
     """Stop before a checkpoint is written once the loss is non-finite or explodes (DIVERGENCE x
     the lowest logged loss), or the gradient is non-finite (the weights are already damaged)."""
     if math.isfinite(mean_loss) and math.isfinite(mean_grad) and mean_loss <= DIVERGENCE * best_loss:
@@ -654,10 +690,10 @@ def check_progress(mean_loss: float, mean_grad: float, best_loss: float, step: i
             else f"the loss became {mean_loss:.4g}")
     if saved_step is None:
         raise ValueError(f"{what} at step {step}, before the first checkpoint: start again with a lower --lr "
-                         f"(now {args.lr:g}, e.g. --lr {args.lr / 4:g}) or a longer --warmup")
+                         f"(now {config.lr:g}, e.g. --lr {config.lr / 4:g}) or a longer --warmup")
     raise ValueError(f"{what} at step {step} (lowest so far {best_loss:.4g}); the last good checkpoint "
                      f"{out / 'ckpt.pt'} (step {saved_step}) is untouched: continue it with a lower learning rate, "
-                     f"e.g. --resume --lr {args.lr / 4:g} (or a longer --warmup)")
+                     f"e.g. --resume --lr {config.lr / 4:g} (or a longer --warmup)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -231,17 +231,20 @@ def test_null_source_picks_the_component_of_dropped_labels(null_source, monkeypa
     assert torch.allclose(x0_level[dropped], expected, atol=1e-4)
 
 
-def test_checkpoint_from_before_null_source_resumes_as_global(tmp_path):
-    run(tmp_path, "--steps", "1")
+def test_resume_takes_the_run_from_its_checkpoint_and_the_given_flags_from_the_command_line(tmp_path):
+    run(tmp_path, "--steps", "1", "--prior-opt", "sigma=0.5", "--coupling", "class_ot", "--lr", "5e-4")
+    config, checkpoint = train.load_resume(train.parse_args(["--out", str(tmp_path), "--resume", "--steps", "3",
+                                                             "--device", "cpu"]))
+    assert checkpoint["step"] == 1 and config.steps == 3  # given now
+    assert (config.prior_options, config.coupling, config.lr) == ({"sigma": 0.5}, "class_ot", 5e-4)  # kept
+    assert (config.preset, config.max_images, config.batch_size) == ("tiny", 64, 8)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
-    del ckpt["config"]["null_source"]  # as written before the option existed
+    del ckpt["config"]["null_source"]  # as written before the option existed: Config's default, its behaviour
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    args = train.parse_args([*QUICK, "--out", str(tmp_path), "--resume"])
-    train.load_resume(args)
-    assert args.null_source == "global"  # the checkpoint's behaviour, not the command line's default
-    args = train.parse_args([*QUICK, "--out", str(tmp_path), "--resume", "--null-source", "class"])
-    with pytest.raises(ValueError, match="--null-source class"):
-        train.load_resume(args)  # a run-defining option that differs from the checkpoint is refused
+    config, _ = train.load_resume(train.parse_args([*QUICK, "--out", str(tmp_path), "--resume"]))
+    assert config.null_source == "global"
+    with pytest.raises(ValueError, match="--null-source class"):  # a run-defining option that differs: refused
+        train.load_resume(train.parse_args([*QUICK, "--out", str(tmp_path), "--resume", "--null-source", "class"]))
 
 
 def test_grad_accumulation_gives_the_update_of_one_batch():
