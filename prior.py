@@ -85,7 +85,7 @@ class Prior:
         raise NotImplementedError
 
     def save(self, path: str) -> None:
-        save_npz(path, self.state_dict())
+        checks.save_npz(path, self.state_dict())  # temporary file + rename: a killed fit leaves no half file
 
     @classmethod
     def load(cls, path: str) -> Prior:
@@ -564,10 +564,6 @@ def check_cond(cond: torch.Tensor, num_classes: int, vectors: bool | None = None
     else:
         raise ValueError(f"a condition is int64 class ids (N,) or float vectors (N, E), got {cond.dtype} "
                          f"of shape {tuple(cond.shape)}")
-
-
-def save_npz(path: str, state: dict) -> None:
-    checks.save_npz(path, state)  # temporary file + rename: a killed fit leaves no half-written file
 
 
 def load_npz(path: str) -> dict:

@@ -43,7 +43,8 @@ import data
 import prior as prior_module
 import unet
 
-Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# what the solver integrates: dx/dt = field(x, t), one batch's conditions already bound (guided_field)
+Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 SOLVERS: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}  # evaluations per step
 
@@ -65,45 +66,45 @@ def num_steps(nfe: int, solver: str, evals_per_velocity: int = 1) -> int:
 
 
 # One step of each solver; t is the (N,) float32 time at the start of the step.
-def euler_step(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
-    return x + h * velocity(x, t)
+def euler_step(field: Field, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+    return x + h * field(x, t)
 
 
-def midpoint_step(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
-    k1 = velocity(x, t)
-    return x + h * velocity(x + 0.5 * h * k1, t + 0.5 * h)
+def midpoint_step(field: Field, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+    k1 = field(x, t)
+    return x + h * field(x + 0.5 * h * k1, t + 0.5 * h)
 
 
-def heun_step(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
-    k1 = velocity(x, t)
-    k2 = velocity(x + h * k1, t + h)  # also on the last step: the budget stays exactly 2 per step
+def heun_step(field: Field, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+    k1 = field(x, t)
+    k2 = field(x + h * k1, t + h)  # also on the last step: the budget stays exactly 2 per step
     return x + 0.5 * h * (k1 + k2)
 
 
-def rk4_step(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
-    k1 = velocity(x, t)
-    k2 = velocity(x + 0.5 * h * k1, t + 0.5 * h)
-    k3 = velocity(x + 0.5 * h * k2, t + 0.5 * h)
-    k4 = velocity(x + h * k3, t + h)
+def rk4_step(field: Field, x: torch.Tensor, t: torch.Tensor, h: float) -> torch.Tensor:
+    k1 = field(x, t)
+    k2 = field(x + 0.5 * h * k1, t + 0.5 * h)
+    k3 = field(x + 0.5 * h * k2, t + 0.5 * h)
+    k4 = field(x + h * k3, t + h)
     return x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
 STEP_FUNCTIONS = {"euler": euler_step, "midpoint": midpoint_step, "heun": heun_step, "rk4": rk4_step}
 
 
-def integrate(velocity: Velocity, x0: torch.Tensor, nfe: int, solver: str = "euler") -> torch.Tensor:
-    """Carry x0 (at t=0) to t=1 with exactly `nfe` calls of velocity(x, t), t float32 (N,)."""
+def integrate(field: Field, x0: torch.Tensor, nfe: int, solver: str = "euler") -> torch.Tensor:
+    """Carry x0 (at t=0) to t=1 with exactly `nfe` calls of field(x, t), t float32 (N,)."""
     steps = num_steps(nfe, solver)
     step, h, x = STEP_FUNCTIONS[solver], 1.0 / steps, x0
     for k in range(steps):
         # k / steps from Python floats: the grid is exact and building it needs no host sync
         t = torch.full((x0.shape[0],), k / steps, dtype=torch.float32, device=x0.device)
-        x = step(velocity, x, t, h)
+        x = step(field, x, t, h)
     return x
 
 
-def guided_velocity(model: torch.nn.Module, cond: torch.Tensor, cfg: float,
-                    null: torch.Tensor | None = None) -> Velocity:
+def guided_field(model: torch.nn.Module, cond: torch.Tensor, cfg: float,
+                 null: torch.Tensor | None = None) -> Field:
     """The field the solver sees for one batch: v(x, t, c), or its guided mix when cfg != 1,
     v_uncond + cfg (v_cond - v_uncond), both halves in one batched call."""
     on_cuda = cond.device.type == "cuda"
@@ -172,7 +173,7 @@ def generate(model: torch.nn.Module, prior, cond: torch.Tensor, seeds: list[int]
         x0 = prior_noise(prior, batch_cond, seeds[start:start + batch_size], batch_null)
         if device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        x1 = integrate(guided_velocity(model, batch_cond, cfg, batch_null), x0, calls, solver)
+        x1 = integrate(guided_field(model, batch_cond, cfg, batch_null), x0, calls, solver)
         images.append(data.to_uint8(x1).cpu())  # one sync per batch, none inside the solver
     if not images:
         return torch.zeros((0, *prior.shape), dtype=torch.uint8)
@@ -242,7 +243,7 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad:
         Path(path).suffix.lower()]))
 
 
-def save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | Path, cond: torch.Tensor | None = None) -> None:
+def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, cond: torch.Tensor | None = None) -> None:
     """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,) class ids (for
     vector conditions: the condition's row), plus `cond` (N, E) float32 when given; atomic."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
                       device, progress=True)
     row_ids = torch.tensor(ids)[rows]
     save_grid(images, row_ids, out_png)
-    save_npz(images, row_ids, out_npz, conditions[rows] if config.get("cond_dim", 0) else None)
+    save_samples(out_npz, images, row_ids, conditions[rows] if config.get("cond_dim", 0) else None)
     print(f"wrote {out_png} (grid of up to 20 rows x 16) and {out_npz} ({len(ids)} "
           f"{'conditions' if config.get('cond_dim', 0) else 'classes'} x {args.n} = {len(images)} images)")
 

@@ -79,7 +79,7 @@ class VelocityMLP(nn.Module):
         return self.net(torch.cat([x, t_embedding, self.class_embedding(labels)], 1))
 
 
-def make_prior(name: str, centres: np.ndarray, sigma: float, generator: torch.Generator):
+def fit_prior(name: str, centres: np.ndarray, sigma: float, generator: torch.Generator):
     if name == "gaussian":
         return GaussianPrior((2,), len(centres))
     # The class means come from the data, as on images: one streaming pass over a sample.
@@ -91,7 +91,7 @@ def train(method: str, centres: np.ndarray, steps: int, batch_size: int, sigma: 
     prior_name, coupling = METHODS[method]
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    prior = make_prior(prior_name, centres, sigma, generator)
+    prior = fit_prior(prior_name, centres, sigma, generator)
     model = VelocityMLP(len(centres))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, foreach=True)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)

@@ -1,15 +1,30 @@
-"""Training throughput per preset, and the share of a step spent outside the network.
+"""Training throughput per preset, the share of a step spent outside the network, and the
+share spent drawing x0 for each prior.
 
     python bench/bench_train.py [--presets tiny,small] [--batch-size 64] [--steps 10] [--compile]
+                                [--priors gaussian,class,kmeans,mapper] [--x0-rounds 5] [--x0-repeats 20]
 
 For each preset: images/s of train.train_step (data to device, prior sample, coupling,
 forward, backward, clipping, AdamW, EMA), and of the network's forward + backward alone on
 the same batch; the difference is the overhead outside the network (target: under 10%).
 On CUDA it runs in bf16 autocast with channels_last (and torch.compile with --compile).
+
+Then, for each preset and each prior of --priors (--priors none: skip), the time of drawing x0
+as train_step draws it, prior.sample(cond, generator, null, x1) with the batch's x1 (for kmeans
+this includes the nearest-centroid coupling, for the mapper its network), against the whole
+train_step on the same batch: gaussian, class and kmeans (k=--kmeans-k) on shapes' class ids, the
+mapper on shapes' attribute vectors (`--cond attributes`, with the network that takes vectors).
+The two are timed in alternating rounds (--x0-rounds; each round --x0-repeats draws, then --steps
+steps) so that a change in the machine's load hits both; the table gives the medians over rounds
+and the 1-minute load average before and after (target: drawing x0 under 5% of a step). The
+priors are fitted on the first --fit-images images only (kmeans 1 Lloyd pass, the mapper 1
+epoch): the cost of a draw does not depend on how well they fit, only on their sizes.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import train  # noqa: E402
+from prior import ClassPrior, GaussianPrior, KMeansPrior, MapperPrior  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -27,9 +43,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, steps: int, device: torch.device) -> float:
-    """Seconds per call after two warm-up calls (compilation, allocator)."""
-    for _ in range(2):
+def timed(fn, steps: int, device: torch.device, warmup: int = 2) -> float:
+    """Seconds per call after `warmup` warm-up calls (compilation, allocator)."""
+    for _ in range(warmup):
         fn()
     synchronize(device)
     begin = time.perf_counter()
@@ -65,6 +81,49 @@ def bench_preset(preset: str, dataset_name: str, batch_size: int, steps: int, co
             "network_img_per_s": batch_size / network, "outside_share": 1 - network / step, "precision": run.precision}
 
 
+def fitted_prior(name: str, dataset, fit_images: int, kmeans_k: int):
+    """The prior with its default options (k: --kmeans-k), fitted on the first fit_images images
+    (kmeans: one Lloyd pass, mapper: one epoch; a draw costs the same however well they fit)."""
+    prior = {"gaussian": GaussianPrior, "class": ClassPrior, "kmeans": lambda: KMeansPrior(k=kmeans_k, passes=1),
+             "mapper": lambda: MapperPrior(epochs=1)}[name]()
+    batches = train.Passes(dataset, min(fit_images, len(dataset)), torch.device("cpu"))
+    return prior.fit(batches, dataset.num_classes, dataset=dataset.name)
+
+
+def bench_x0(preset: str, prior_name: str, batch_size: int, steps: int, rounds: int, repeats: int,
+             fit_images: int, kmeans_k: int, device: torch.device) -> dict:
+    """Seconds per prior.sample (as train_step calls it) and per train_step, medians over rounds
+    that alternate the two, and the median of the rounds' ratios."""
+    cond_kind = "attributes" if prior_name == "mapper" else "class"
+    dataset = data.load_dataset("shapes", cond=cond_kind)
+    prior = fitted_prior(prior_name, dataset, fit_images, kmeans_k)
+    args = train.parse_args(["--preset", preset, "--batch-size", str(batch_size), "--prior", prior_name,
+                             "--cond", cond_kind])
+    run = train.build_run(args, dataset, prior, device)
+    images, cond = dataset.get(np.arange(batch_size) % len(dataset))
+    x1, cond_device = data.to_model(images.to(device)), cond.to(device)
+    null = torch.rand(len(cond), device=device, generator=run.generator) < args.label_dropout
+
+    def draw() -> torch.Tensor:  # what train_step does for x0 (--null-source global)
+        return run.prior.sample(cond_device, run.generator, null, x1)
+
+    def step() -> None:
+        train.train_step(run, images, cond, 0)
+
+    load_before = os.getloadavg()[0]
+    for _ in range(2):  # warm-up: the priors' device tables, the allocator
+        draw(), step()
+    per_draw, per_step = [], []
+    for _ in range(rounds):
+        per_draw.append(timed(draw, repeats, device, warmup=0))
+        per_step.append(timed(step, steps, device, warmup=0))
+    shares = [d / s for d, s in zip(per_draw, per_step)]
+    return {"prior": prior_name if prior_name != "kmeans" else f"kmeans k={kmeans_k}", "cond": cond_kind,
+            "params": train.unet.count_parameters(run.model), "draw_ms": 1000 * statistics.median(per_draw),
+            "step_ms": 1000 * statistics.median(per_step), "share": statistics.median(shares),
+            "share_max": max(shares), "load_before": load_before, "load_after": os.getloadavg()[0]}
+
+
 class SyntheticImageNet64:
     """Random 64x64 images with 1000 labels, in memory: the shape of the real job, no files."""
     name, num_classes, channels, image_size, class_names = "imagenet64", 1000, 3, 64, None
@@ -88,18 +147,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--coupling", default="independent")
+    parser.add_argument("--priors", default="gaussian,class,kmeans,mapper",
+                        help="priors whose x0 draw is timed against a step (none: skip)")
+    parser.add_argument("--kmeans-k", type=int, default=16)
+    parser.add_argument("--x0-rounds", type=int, default=5, help="alternating rounds of draws and steps")
+    parser.add_argument("--x0-repeats", type=int, default=20, help="prior.sample calls per round")
+    parser.add_argument("--fit-images", type=int, default=2000, help="images the priors are fitted on here")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the x0 table")
     args = parser.parse_args()
+    priors = [] if args.priors in ("", "none") else args.priors.split(",")
+    unknown = sorted(set(priors) - {"gaussian", "class", "kmeans", "mapper"})
+    if unknown:
+        parser.error(f"--priors: unknown {', '.join(unknown)}; choose among gaussian, class, kmeans, mapper")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; coupling {args.coupling}; "
-          f"compile {args.compile}")
-    print("| preset | params | precision | train img/s | network fwd+bwd img/s | outside the network |")
-    print("|---|---|---|---|---|---|")
-    for preset in args.presets.split(","):
-        dataset_name = "imagenet64" if preset == "imagenet64" else "shapes"
-        r = bench_preset(preset, dataset_name, args.batch_size, args.steps, args.compile, device, args.coupling)
-        print(f"| {r['preset']} | {r['params']:,} | {r['precision']} | {r['img_per_s']:.1f} | "
-              f"{r['network_img_per_s']:.1f} | {100 * r['outside_share']:.1f}% |", flush=True)
+          f"compile {args.compile}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if not args.skip_throughput:
+        print("| preset | params | precision | train img/s | network fwd+bwd img/s | outside the network |")
+        print("|---|---|---|---|---|---|")
+        for preset in args.presets.split(","):
+            dataset_name = "imagenet64" if preset == "imagenet64" else "shapes"
+            r = bench_preset(preset, dataset_name, args.batch_size, args.steps, args.compile, device, args.coupling)
+            print(f"| {r['preset']} | {r['params']:,} | {r['precision']} | {r['img_per_s']:.1f} | "
+                  f"{r['network_img_per_s']:.1f} | {100 * r['outside_share']:.1f}% |", flush=True)
+    if priors:
+        print(f"\ndrawing x0 (prior.sample with x1, as train_step) vs train_step, shapes, batch {args.batch_size}, "
+              f"medians of {args.x0_rounds} rounds of {args.x0_repeats} draws and {args.steps} steps:")
+        print("| preset | prior | cond | params | x0 draw ms | train_step ms | x0 share (max over rounds) | load |")
+        print("|---|---|---|---|---|---|---|---|")
+        for preset in args.presets.split(","):
+            if preset == "imagenet64":
+                print(f"| {preset} | (skipped: the x0 table runs on shapes) | | | | | | |")
+                continue
+            for prior_name in priors:
+                r = bench_x0(preset, prior_name, args.batch_size, args.steps, args.x0_rounds, args.x0_repeats,
+                             args.fit_images, args.kmeans_k, device)
+                print(f"| {preset} | {r['prior']} | {r['cond']} | {r['params']:,} | {r['draw_ms']:.2f} | "
+                      f"{r['step_ms']:.0f} | {100 * r['share']:.2f}% ({100 * r['share_max']:.2f}%) | "
+                      f"{r['load_before']:.2f} -> {r['load_after']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

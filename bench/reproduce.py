@@ -274,12 +274,12 @@ class Evaluator:
         labels, seeds = self.balanced(run["num_classes"], self.config.straight_n)
         labels = labels.to(self.device)
         x0 = sample.prior_noise(prior, labels, seeds)
-        field = sample.guided_velocity(model, labels, 1.0)
+        field = sample.guided_field(model, labels, 1.0)
         return {**path_straightness(field, x0, self.config.straight_nfe), "n": len(labels)}
 
 
 @torch.no_grad()
-def path_straightness(velocity: sample.Velocity, x0: torch.Tensor, nfe: int) -> dict:
+def path_straightness(velocity: sample.Field, x0: torch.Tensor, nfe: int) -> dict:
     """How far a flow is from straight, per dimension, along a midpoint solve with `nfe` evaluations:
 
         endpoint_gap  E||x(1) - (x0 + v(x0, 0))||^2 / D     the one-step (straight-line) error

@@ -141,7 +141,7 @@ def test_save_grid_and_npz(tmp_path, channels):
     images = torch.randint(0, 256, (5, channels, 32, 32), dtype=torch.uint8)
     labels = torch.tensor([0, 0, 0, 2, 2])
     sample.save_grid(images, labels, tmp_path / "grid.png")
-    sample.save_npz(images, labels, tmp_path / "samples")
+    sample.save_samples(tmp_path / "samples", images, labels)
     with Image.open(tmp_path / "grid.png") as grid:  # 2 rows x 3 columns of 64 px tiles, 2 px padding
         assert grid.size == (3 * 66 + 2, 2 * 66 + 2) and grid.mode == ("L" if channels == 1 else "RGB")
         pixels = np.asarray(grid).reshape(2 * 66 + 2, 3 * 66 + 2, channels)
