@@ -580,9 +580,8 @@ def evaluation_conditions(config: dict, n: int, seed: int) -> tuple[torch.Tensor
             raise ValueError(f"the held-out split has {len(held_out)} conditions, fewer than --n {n}")
         _, cond = held_out.get(np.arange(n))
         return cond, [sample.image_seed(seed, i, 0) for i in range(n)], None
-    classes = np.arange(n) % config["num_classes"]
-    seeds = [sample.image_seed(seed, int(c), i // config["num_classes"]) for i, c in enumerate(classes)]
-    return torch.from_numpy(classes), seeds, classes
+    classes, seeds = sample.balanced_classes(config["num_classes"], n, seed)
+    return classes, seeds, classes.numpy()
 
 
 def write_text(path: Path, text: str) -> None:

@@ -259,6 +259,22 @@ def image_seed(run_seed: int, class_id: int, index: int) -> int:
     return (run_seed * 1_000_003 + class_id) * 1_000_033 + index
 
 
+def per_condition(conditions: torch.Tensor, ids: list[int], n: int, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """n images of each condition, condition by condition: (cond, id of each image's condition,
+    seeds), image j of condition id c seeded image_seed(seed, c, j). Grids and sample.py use this."""
+    rows = torch.arange(len(ids)).repeat_interleave(n)
+    row_ids = torch.tensor(ids, dtype=torch.long)[rows]
+    return conditions[rows], row_ids, [image_seed(seed, int(c), j % n) for j, c in enumerate(row_ids)]
+
+
+def balanced_classes(num_classes: int, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+    """n class ids cycling 0..K-1 (class-balanced, for metrics) and their seeds: image i is image
+    i // K of class i % K, seeded image_seed(seed, class, i // K) as in per_condition."""
+    classes = torch.arange(n) % num_classes
+    return classes, [image_seed(seed, int(c), i // num_classes) for i, c in enumerate(classes)]
+
+
 def parse_classes(text: str | None, num_classes: int) -> list[int]:
     if text is None:
         return list(range(num_classes))
@@ -333,13 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     out_png = checks.check_out_file(args.out_png or Path(args.ckpt).parent / f"{stem}.png", "--out-png",
                                     checks.IMAGE_SUFFIXES)
     out_npz = checks.check_out_file(args.out_npz or Path(args.ckpt).parent / f"{stem}.npz", "--out-npz", (".npz",))
-    rows = torch.arange(len(ids)).repeat_interleave(args.n)
-    seeds = [image_seed(args.seed, c, j) for c in ids for j in range(args.n)]
-    images = generate(model, prior, conditions[rows], seeds, args.nfe, args.solver, args.cfg, args.batch_size,
-                      device, progress=True)
-    row_ids = torch.tensor(ids)[rows]
+    cond, row_ids, seeds = per_condition(conditions, ids, args.n, args.seed)
+    images = generate(model, prior, cond, seeds, args.nfe, args.solver, args.cfg, args.batch_size, device,
+                      progress=True)
     save_grid(images, row_ids, out_png)
-    save_samples(out_npz, images, row_ids, conditions[rows] if config.get("cond_dim", 0) else None)
+    save_samples(out_npz, images, row_ids, cond if config.get("cond_dim", 0) else None)
     print(f"wrote {out_png} (grid of up to 20 rows x 16) and {out_npz} ({len(ids)} "
           f"{'conditions' if config.get('cond_dim', 0) else 'classes'} x {args.n} = {len(images)} images)")
 

@@ -438,9 +438,7 @@ def grid_conditions(dataset, seed: int, per_row: int = 8, rows: int = 10) -> tup
         _, conditions = dataset.get(np.arange(min(rows, len(dataset))))
     else:
         conditions = torch.arange(min(dataset.num_classes, rows))
-    row = torch.arange(len(conditions)).repeat_interleave(per_row)
-    seeds = [sample.image_seed(seed, int(r), i % per_row) for i, r in enumerate(row)]
-    return conditions[row], row, seeds
+    return sample.per_condition(conditions, list(range(len(conditions))), per_row, seed)
 
 
 def sample_grid(ema: torch.nn.Module, prior, dataset, config, step: int, device: torch.device) -> None:

@@ -240,10 +240,7 @@ class Evaluator:
         return checks.resolve_device(self.args.device)
 
     def balanced(self, num_classes: int, n: int, seed: int | None = None) -> tuple[torch.Tensor, list[int]]:
-        seed = self.args.seed if seed is None else seed
-        classes = np.arange(n) % num_classes
-        seeds = [sample.image_seed(seed, int(c), i // num_classes) for i, c in enumerate(classes)]
-        return torch.from_numpy(classes), seeds
+        return sample.balanced_classes(num_classes, n, self.args.seed if seed is None else seed)
 
     def real_images(self) -> dict:
         """The first n test images against the (training) reference: the metric's floor at this n."""
