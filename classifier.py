@@ -6,12 +6,12 @@ pool3) give a Frechet distance reported as "FD-clf", never as FID, and its predi
 conditional accuracy, the share of samples classified as the class they were generated for
 (the offline stand-in for the paper's CLIP score). Inputs are images in [0, 1].
 
-    python eval_fid.py classifier --dataset shapes          # writes runs/clf.pt
-    python classifier.py --dataset shapes                   # the same (options: --help)
+    python classifier.py --dataset shapes          # writes runs/clf.pt (options: --help)
 """
 from __future__ import annotations
 
-import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import checks
+import data
 
 
 class Classifier(nn.Module):
@@ -88,11 +89,47 @@ def accuracy(net: Classifier, dataset, device: torch.device, limit: int = 10_000
     return correct / total
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python classifier.py ARGS` runs `python eval_fid.py classifier ARGS`: one set of options."""
-    import eval_fid  # here, not at the top: eval_fid imports this module
+def fit_and_save(path: str | Path, train_set, test_set, steps: int = 1000, batch_size: int = 128, lr: float = 2e-3,
+                 width: int = 32, seed: int = 0, device: torch.device | str = "cpu",
+                 eval_images: int = 10_000) -> tuple[float, float]:
+    """train_classifier, then its file (weights, sizes, accuracies; atomic): (train, test) accuracy."""
+    net, train_acc, test_acc = train_classifier(train_set, test_set, steps, batch_size, lr, width, seed, device,
+                                                eval_images)
+    checks.save_torch(path, {"model": {k: v.cpu() for k, v in net.state_dict().items()},
+                             "channels": train_set.channels, "image_size": train_set.image_size,
+                             "num_classes": train_set.num_classes, "width": width, "dataset": train_set.name,
+                             "steps": steps, "seed": seed, "train_accuracy": train_acc, "test_accuracy": test_acc})
+    return train_acc, test_acc
 
-    eval_fid.main(["classifier", *(sys.argv[1:] if argv is None else argv)], prog="eval_fid.py")
+
+def main(argv: list[str] | None = None) -> None:
+    parser = checks.Parser(description=__doc__.split("\n\n")[0])
+    arg = parser.add_argument
+    arg("--dataset", required=True, help="dataset name, as in train.py")
+    arg("--data-dir", default=None, help="folder of the dataset's files, as in train.py")
+    arg("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
+    arg("--out", default="runs/clf.pt", help="classifier file to write")
+    arg("--steps", type=int, default=1000, help="training steps")
+    arg("--batch-size", type=int, default=128, help="images per step")
+    arg("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    arg("--width", type=int, default=32, help="base channels; features are 8 x width")
+    arg("--eval-images", type=int, default=10_000, help="images for the accuracies")
+    arg("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    arg("--seed", type=int, default=0, help="random seed")
+    args = parser.parse_args(argv)
+    for flag in ("steps", "batch_size", "width", "eval_images", "image_size"):
+        checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    args.device = checks.resolve_device(args.device)
+    out = checks.check_out_file(args.out, "--out")  # before the training, not after it
+    options = {"image_size": args.image_size} if args.image_size else {}
+    train_set, test_set = (data.load_dataset(args.dataset, args.data_dir, split, **options) for split in ("train", "test"))
+    start = time.perf_counter()
+    train_acc, test_acc = fit_and_save(out, train_set, test_set, args.steps, args.batch_size, args.lr, args.width,
+                                       args.seed, args.device, args.eval_images)
+    print(f"classifier on {args.dataset}: train accuracy {100 * train_acc:.2f}%, test accuracy "
+          f"{100 * test_acc:.2f}% ({args.steps} steps, {time.perf_counter() - start:.0f} s); wrote {out}")
 
 
 if __name__ == "__main__":

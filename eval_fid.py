@@ -1,4 +1,4 @@
-"""Image metrics at a given NFE: FID, KID, conditional accuracy, and the prior's transport cost.
+"""The metric, self-contained: FID (or offline FD-clf), KID and conditional accuracy of a sample set.
 
 Features f(x): the 2048-d pool3 output of pytorch-fid's FID InceptionV3 (inception.py). Offline,
 `--features clf` uses the penultimate layer of a small classifier trained on the dataset itself;
@@ -19,43 +19,36 @@ random subsets of m samples from each set (100 subsets of 1000 by default):
 
     MMD^2_u = sum_{i!=j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1)) - 2 sum_{i,j} k(x_i, y_j) / m^2
 
-Transport cost: E ||x1 - x0||^2 under the checkpoint's prior and training coupling.
-
 Reference files are .npz with pytorch-fid's keys mu and sigma (its stats files work here, ours
 there), plus up to 10k features for KID, the feature network's name and id, n and the image
 shape (a calc with other features or sizes is refused). Printed: a JSON line (KID as is),
 then a readable summary (KID x 1e3).
 
-    python eval_fid.py classifier --dataset cifar10                 # runs/clf.pt, only for --features clf
     python eval_fid.py ref --dataset cifar10 [--features clf --clf runs/clf.pt]     # runs/ref.npz
     python eval_fid.py calc --samples out/samples_euler_nfe8_n100.npz --ref runs/ref.npz
-    python eval_fid.py sweep --ckpt a/ckpt.pt b/ckpt.pt --ref runs/ref.npz --nfe 1,2,4,8 --n 10000  # runs/sweep.*
+
+(`python classifier.py` trains the offline classifier; `python bench/sweep.py` measures
+checkpoints at several NFEs with these functions.)
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
-import math
-import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, NoReturn
+from typing import Callable, Iterable
 
 import numpy as np
 import scipy.linalg
 import torch
 import torch.nn as nn
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
 import checks
 import data
-import flow
-import sample
-from classifier import Classifier, train_classifier
+from classifier import Classifier
 from inception import INCEPTION_FILE, InceptionV3  # noqa: F401 (re-exported: from eval_fid import InceptionV3)
 
 INCEPTION_ID = "pt_inception-2015-12-05"  # the feature id in reference files (pytorch-fid's have none)
@@ -64,7 +57,7 @@ IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".t
 SQRTM_TOLERANCE = 1e-5  # ||root^2 - S1 S2|| / ||S1 S2|| above this: the root is not trusted
 SAMPLES_HINT = "make one with python sample.py (arr_0: uint8 images N x H x W x C, arr_1: N labels)"
 REF_HINT = "make one with python eval_fid.py ref"
-CLF_HINT = "train one with python eval_fid.py classifier --dataset NAME --out runs/clf.pt"
+CLF_HINT = "train one with python classifier.py --dataset NAME --out runs/clf.pt"
 CLF_KEYS = ("model", "channels", "image_size", "num_classes", "width")
 
 
@@ -257,25 +250,6 @@ def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, su
     return float(np.mean(values)), float(np.std(values))
 
 
-@torch.no_grad()
-def transport_cost(prior, config: dict, batches: int = 4, seed: int = 0) -> float:
-    """Mean ||x1 - x0||^2 of the checkpoint's training coupling (its prior, coupling and batch size),
-    over a few training batches; labels are never dropped here, so this is the conditional cost."""
-    # the options the run loaded its dataset with (e.g. --image-size for shapes and folder)
-    options = config.get("dataset_options", {})
-    dataset = data.load_dataset(config["dataset"], config.get("data_dir"), "train", **options)
-    generator = torch.Generator().manual_seed(seed)
-    costs = []
-    for images, cond in dataset.batches(int(config.get("batch_size", 256)), shuffle=True, seed=seed):
-        x1 = data.to_model(images)
-        x0 = prior.sample(cond, generator, x1=x1)  # x1: the training coupling of data-dependent priors
-        x0 = flow.couple(x0, x1, prior.groups(cond), config.get("coupling", "independent"))
-        costs.append(float(flow.transport_cost(x0, x1)))
-        if len(costs) == batches:
-            break
-    return float(np.mean(costs))
-
-
 # ---------------------------------------------------------------- files
 
 def load_images(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -392,94 +366,18 @@ def summary(result: dict) -> str:
     return ", ".join(parts) + f" ({result['n']} samples)"
 
 
-# ---------------------------------------------------------------- the plot
-
-def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, y_label: str,
-                title: str = "", x_label: str = "NFE (log scale)", log_y: bool = False) -> None:
-    """Metric against NFE (or any positive x), log-x (and log-y if asked), one line per checkpoint,
-    drawn with pillow."""
-    width, height, left, right, top, bottom = 720, 460, 80, 20, 40, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-
-    def shown(y: float) -> bool:
-        return math.isfinite(y) and (y > 0 or not log_y)
-
-    def to_axis(y: float) -> float:  # y as plotted: log10 on a log axis
-        return math.log10(y) if log_y else y
-
-    series = {label: sorted((x, y) for x, y in curve if shown(y)) for label, curve in series.items()}
-    points = [(x, to_axis(y)) for curve in series.values() for x, y in curve]
-    xs = sorted({x for x, _ in points}) or [1.0]
-    ys = [y for _, y in points] or [0.0]
-    x_lo, x_hi = math.log(xs[0]), math.log(xs[-1])
-    if x_hi - x_lo < 1e-9:
-        x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
-    pad = 0.05 * (max(ys) - min(ys)) or 1.0
-    legend_share = (16 * len(series) + 10) / (height - top - bottom)  # headroom so the legend hides no point
-    y_lo, y_hi = min(ys) - pad, max(ys) + pad + legend_share * (max(ys) - min(ys) + 2 * pad)
-
-    def px(x: float, y: float) -> tuple[float, float]:  # y already on the axis scale
-        return (left + (math.log(x) - x_lo) / (x_hi - x_lo) * (width - left - right),
-                height - bottom - (y - y_lo) / (y_hi - y_lo) * (height - top - bottom))
-
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for x in xs:  # x ticks at the measured NFEs
-        u, _ = px(x, y_lo)
-        draw.line([u, height - bottom, u, height - bottom + 5], fill="black")
-        draw.text((u, height - bottom + 8), f"{x:g}", fill="black", font=font, anchor="ma")
-    if log_y:  # y ticks at 1, 2 and 5 times powers of ten
-        ticks = [m * 10.0 ** k for k in range(math.floor(y_lo) - 1, math.ceil(y_hi) + 1) for m in (1, 2, 5)]
-        ticks = [y for y in ticks if y_lo <= math.log10(y) <= y_hi]
-    else:  # y ticks at round numbers: 1, 2 or 5 times a power of ten, 4 to 8 of them
-        raw = (y_hi - y_lo) / 8
-        power = 10 ** math.floor(math.log10(raw))
-        step = min(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-        ticks = [k * step for k in range(math.ceil(y_lo / step), math.floor(y_hi / step) + 1)]
-    for y in ticks:
-        _, v = px(xs[0], to_axis(y))
-        draw.line([left - 5, v, left, v], fill="black")
-        draw.text((left - 8, v), f"{y:g}", fill="black", font=font, anchor="rm")
-    draw.text(((left + width - right) / 2, height - 20), x_label, fill="black", font=font, anchor="mm")
-    draw.text((left, top - 8), y_label + (" (log scale)" if log_y else ""), fill="black", font=font, anchor="ls")
-    draw.text((width - right, top - 8), title, fill="black", font=font, anchor="rs")
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-    for index, (label, curve) in enumerate(series.items()):
-        color = colors[index % len(colors)]
-        if len(curve) > 1:
-            draw.line([px(x, to_axis(y)) for x, y in curve], fill=color, width=2)
-        for x, y in curve:
-            u, v = px(x, to_axis(y))
-            draw.ellipse([u - 3, v - 3, u + 3, v + 3], fill=color)
-        legend_y = top + 10 + 16 * index  # legend in the top-right corner
-        draw.line([width - right - 150, legend_y, width - right - 130, legend_y], fill=color, width=3)
-        draw.text((width - right - 125, legend_y), label, fill="black", font=font, anchor="lm")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # atomic: a run killed mid-write keeps the old plot; a file object needs the format named
-    image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    checks.atomic_write(path, lambda file: image.save(file, format=image_format))
-
-
 # ---------------------------------------------------------------- commands
 
-def load_split(args: argparse.Namespace, split: str):
-    options = {"image_size": args.image_size} if args.image_size else {}
-    return data.load_dataset(args.dataset, args.data_dir, split, **options)
-
-
-def run_classifier(args: argparse.Namespace) -> None:
-    out = checks.check_out_file(args.out, "--out")  # before the training, not after it
-    train_set, test_set = load_split(args, "train"), load_split(args, "test")
-    start = time.perf_counter()
-    net, train_acc, test_acc = train_classifier(train_set, test_set, args.steps, args.batch_size, args.lr,
-                                                args.width, args.seed, args.device, args.eval_images)
-    saved = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "channels": train_set.channels,
-             "image_size": train_set.image_size, "num_classes": train_set.num_classes, "width": args.width,
-             "dataset": args.dataset, "steps": args.steps, "seed": args.seed,
-             "train_accuracy": train_acc, "test_accuracy": test_acc}
-    checks.save_torch(out, saved)
-    print(f"classifier on {args.dataset}: train accuracy {100 * train_acc:.2f}%, test accuracy "
-          f"{100 * test_acc:.2f}% ({args.steps} steps, {time.perf_counter() - start:.0f} s); wrote {out}")
+def write_reference(path: str | Path, extractor: Extractor, batches: Iterable[torch.Tensor], total: int,
+                    shape: tuple[int, int, int], source: str, seed: int = 0) -> int:
+    """Reference statistics of `total` images into `path` (mu, sigma and a seeded subset of up to
+    KID_KEEP features for KID); returns how many features were kept."""
+    check_enough(total, extractor.dim, "use more images (--max-images, or a larger --images set)")
+    keep = np.zeros(total, bool)
+    keep[np.random.default_rng(seed).choice(total, min(KID_KEEP, total), replace=False)] = True
+    mu, sigma, features, _ = measure(extractor, batches, total, keep, desc="reference")
+    save_ref(path, extractor, mu, sigma, features, total, shape, source)
+    return len(features)
 
 
 def run_ref(args: argparse.Namespace) -> None:
@@ -494,18 +392,13 @@ def run_ref(args: argparse.Namespace) -> None:
         total, shape, source = len(images), tuple(images.shape[1:]), str(args.images)
         batches: Iterable[torch.Tensor] = images.split(args.batch_size)
     else:
-        dataset = load_split(args, "train")
+        options = {"image_size": args.image_size} if args.image_size else {}
+        dataset = data.load_dataset(args.dataset, args.data_dir, "train", **options)
         total = min(len(dataset), args.max_images or len(dataset))
         shape, source = (dataset.channels, dataset.image_size, dataset.image_size), f"{args.dataset}:train"
         batches = (images for images, _ in dataset.batches(args.batch_size))
-    check_enough(total, extractor.dim, "use more images (--max-images, or a larger --images set)")
-    # a seeded random subset of the reference features is kept for KID
-    keep = np.zeros(total, bool)
-    keep[np.random.default_rng(args.seed).choice(total, min(KID_KEEP, total), replace=False)] = True
-    mu, sigma, features, _ = measure(extractor, batches, total, keep, desc="reference")
-    save_ref(out, extractor, mu, sigma, features, total, shape, source)
-    print(f"wrote {out}: {extractor.name} statistics of {total} images from {source} "
-          f"({len(features)} features kept for KID)")
+    kept = write_reference(out, extractor, batches, total, shape, source, args.seed)
+    print(f"wrote {out}: {extractor.name} statistics of {total} images from {source} ({kept} features kept for KID)")
 
 
 def run_calc(args: argparse.Namespace) -> None:
@@ -518,97 +411,6 @@ def run_calc(args: argparse.Namespace) -> None:
         extractor, images, labels, ref, args.batch_size, args.seed)
     print(json.dumps(result))
     print(summary(result))
-
-
-def sweep_paths(out: str | Path) -> list[Path]:
-    """OUT.csv, OUT.md and OUT.png, each checked writable now, before any sampling."""
-    if Path(out).is_dir():
-        raise ValueError(f"--out {out} is a folder; give a name prefix such as {Path(out) / 'sweep'}")
-    return [checks.check_out_file(Path(out).with_suffix(suffix), "--out") for suffix in (".csv", ".md", ".png")]
-
-
-def run_sweep(args: argparse.Namespace) -> None:
-    try:
-        nfes = [int(part) for part in args.nfe.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--nfe must be comma-separated integers like 1,2,4,8, got {args.nfe!r}") from None
-    if not nfes:
-        raise ValueError(f"--nfe needs at least one integer, got {args.nfe!r}")
-    checks.check_at_least(min(nfes), 1, "--nfe")
-    checks.check_finite(args.cfg, "--cfg")
-    labels_given = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    if labels_given is not None and len(labels_given) != len(args.ckpt):
-        raise ValueError(f"--labels has {len(labels_given)} names for {len(args.ckpt)} checkpoints")
-    for nfe in nfes:  # a bad budget fails now, not after the first checkpoint's samples
-        sample.num_steps(nfe, args.solver, 1 if args.cfg == 1.0 else 2)
-    missing = [ckpt for ckpt in args.ckpt if not Path(ckpt).is_file()]
-    if missing:
-        raise FileNotFoundError(f"--ckpt: no checkpoint at {', '.join(missing)}; train one with python train.py")
-    paths = sweep_paths(args.out)
-    ref = load_ref(args.ref)
-    check_enough(args.n, len(ref["mu"]), "raise --n (samples per point)")
-    extractor = extractor_for_ref(ref, args)
-    rows = []
-    for index, ckpt in enumerate(args.ckpt):
-        model, prior, config = sample.load_checkpoint(ckpt, args.device)
-        check_shape((config["channels"], config["image_size"], config["image_size"]), ref)
-        label = labels_given[index] if labels_given else f"{config['prior']}+{config['coupling']}"
-        cost = transport_cost(prior, config, seed=args.seed)
-        cond, seeds, classes = evaluation_conditions(config, args.n, args.seed)
-        for nfe in nfes:
-            images = sample.generate(model, prior, cond, seeds, nfe, args.solver, args.cfg,
-                                     args.sample_batch_size, args.device, progress=True)
-            result = score(extractor, images, classes, ref, args.batch_size, args.seed)
-            if config["dataset"] == "shapes" and config.get("cond") == "attributes":  # faithfulness, from pixels
-                result.update(data.attribute_errors(images.numpy(), cond.numpy()))
-            row = {"label": label, "ckpt": str(ckpt), "prior": config["prior"], "coupling": config["coupling"],
-                   "solver": args.solver, "nfe": nfe, "cfg": args.cfg, **result, "transport_cost": cost}
-            rows.append(row)
-            print(json.dumps(row))
-            print(f"{label} NFE {nfe}: {summary(result)}, transport cost {cost:.2f}")
-    write_sweep(rows, paths, extractor.metric, args.solver)
-
-
-def evaluation_conditions(config: dict, n: int, seed: int) -> tuple[torch.Tensor, list[int], np.ndarray | None]:
-    """(cond, seeds, class ids or None) for n samples: class-balanced ids (image j of class c has
-    seed image_seed(seed, c, j)), or the first n condition vectors of the held-out split (one
-    image each, seed image_seed(seed, i, 0))."""
-    if config.get("cond_dim", 0):
-        held_out = data.load_dataset(config["dataset"], config.get("data_dir"), "test",
-                                     **config.get("dataset_options", {}))
-        if len(held_out) < n:
-            raise ValueError(f"the held-out split has {len(held_out)} conditions, fewer than --n {n}")
-        _, cond = held_out.get(np.arange(n))
-        return cond, [sample.image_seed(seed, i, 0) for i in range(n)], None
-    classes, seeds = sample.balanced_classes(config["num_classes"], n, seed)
-    return classes, seeds, classes.numpy()
-
-
-def write_text(path: Path, text: str) -> None:
-    checks.atomic_write(path, lambda file: file.write(text.encode()))
-
-
-def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -> None:
-    """paths = OUT.csv (every field), OUT.md (the readable table), OUT.png (metric against NFE)."""
-    csv_path, md_path, png_path = paths
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(csv_path, table.getvalue())
-    kid_name = "KID" if metric == "FID" else "KID-clf"
-    lines = [f"| checkpoint | NFE | {metric} | {kid_name} x1e3 | accuracy | transport cost |", "|---" * 6 + "|"]
-    for row in rows:
-        kid_text = "" if row["kid"] is None else f"{1e3 * row['kid']:.2f} +- {1e3 * row['kid_std']:.2f}"
-        acc_text = "" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
-        lines.append(f"| {row['label']} | {row['nfe']} | {row['value']:.2f} | {kid_text} | {acc_text} | "
-                     f"{row['transport_cost']:.2f} |")
-    write_text(md_path, "\n".join(lines) + "\n")
-    series: dict[str, list[tuple[float, float]]] = {}
-    for row in rows:
-        series.setdefault(row["label"], []).append((row["nfe"], row["value"]))
-    plot_curves(series, png_path, metric, f"{solver} solver")
-    print(f"wrote {csv_path}, {md_path}, {png_path}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -634,14 +436,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         sub.add_argument("--data-dir", default=None, help="folder of the dataset's files, as in train.py")
         sub.add_argument("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
 
-    sub = command("classifier", "train the offline feature classifier", batch_size=128)
-    dataset(sub, required=True)
-    sub.add_argument("--out", default="runs/clf.pt", help="classifier file to write")
-    sub.add_argument("--steps", type=int, default=1000, help="training steps")
-    sub.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
-    sub.add_argument("--width", type=int, default=32, help="base channels; features are 8 x width")
-    sub.add_argument("--eval-images", type=int, default=10_000, help="images for the accuracies")
-
     sub = command("ref", "reference statistics of a dataset or image set")
     features(sub, "inception")
     dataset(sub, required=False)
@@ -654,18 +448,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     sub.add_argument("--samples", required=True, help="sample.py's .npz or a folder of images")
     sub.add_argument("--ref", required=True, help="statistics file written by ref")
 
-    sub = command("sweep", "generate and measure checkpoints at several NFEs")
-    features(sub, None)
-    sub.add_argument("--ckpt", nargs="+", required=True, help="checkpoints written by train.py")
-    sub.add_argument("--ref", required=True, help="statistics file written by ref")
-    sub.add_argument("--nfe", default="1,2,4,8,15,32", help="comma-separated network evaluations per image")
-    sub.add_argument("--solver", default="euler", help="ODE solver, as in sample.py")
-    sub.add_argument("--cfg", type=float, default=1.0, help="guidance weight; 1 = no guidance")
-    sub.add_argument("--n", type=int, default=10_000, help="samples per point, class-balanced")
-    sub.add_argument("--sample-batch-size", type=int, default=256, help="images per sampling batch")
-    sub.add_argument("--labels", default=None, help="comma-separated legend names, one per --ckpt")
-    sub.add_argument("--out", default="runs/sweep", help="writes OUT.csv, OUT.md and OUT.png")
-
     args = parser.parse_args(argv)
     for flag in ("batch_size", "steps", "width", "eval_images", "max_images", "image_size", "n",
                  "sample_batch_size"):
@@ -674,7 +456,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if hasattr(args, "lr") and not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     args.device = checks.resolve_device(args.device)
-    {"classifier": run_classifier, "ref": run_ref, "calc": run_calc, "sweep": run_sweep}[args.command](args)
+    {"ref": run_ref, "calc": run_calc}[args.command](args)
 
 
 if __name__ == "__main__":

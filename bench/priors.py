@@ -43,6 +43,7 @@ import data  # noqa: E402
 import eval_fid  # noqa: E402
 import reproduce  # noqa: E402
 import sample  # noqa: E402
+import sweep  # noqa: E402
 from reproduce import Evaluator, Results, side_by_side, table, timed  # noqa: E402
 
 INDEPENDENT = ["--coupling", "independent"]
@@ -120,7 +121,7 @@ def run_mnist(config, max_images, pargs, results: Results) -> Evaluator:
 
 def shapes_point(ev: Evaluator, ckpt: Path, nfe: int, grid: Path | None) -> dict:
     model, prior, run = ev.load(ckpt)
-    cond, seeds, _ = eval_fid.evaluation_conditions(run, ev.config.n, ev.args.seed)
+    cond, seeds, _ = sweep.evaluation_conditions(run, ev.config.n, ev.args.seed)
     images = sample.generate(model, prior, cond, seeds, nfe, "euler", 1.0, ev.config.sample_batch, ev.device,
                              progress=True)
     if grid is not None:
@@ -208,12 +209,12 @@ def report_mnist(config, pargs, points: dict) -> list[str]:
     lines += ["", "FD-clf at Euler NFE 8 against training steps (one run per method, checkpoints kept):", ""]
     lines += table(["method", *[f"step {s}" for s in steps]],
                    [[label, *[fmt(curve[s]) for s in steps]] for label, curve in conv.items()])
-    eval_fid.plot_curves({label: [(n, p["value"]) for n, p in curve.items() if p] for label, curve in get.items()},
+    sweep.plot_curves({label: [(n, p["value"]) for n, p in curve.items() if p] for label, curve in get.items()},
                          figures / "fd-clf_vs_nfe.png", "FD-clf", "MNIST, Euler", log_y=True)
-    eval_fid.plot_curves({label: [(n, 100 - 100 * p["accuracy"]) for n, p in curve.items() if p]
+    sweep.plot_curves({label: [(n, 100 - 100 * p["accuracy"]) for n, p in curve.items() if p]
                           for label, curve in get.items()}, figures / "error_vs_nfe.png",
                          "classification error % (100 - accuracy)", "MNIST, Euler", log_y=True)
-    eval_fid.plot_curves({label: [(s, p["value"]) for s, p in curve.items() if p] for label, curve in conv.items()},
+    sweep.plot_curves({label: [(s, p["value"]) for s, p in curve.items() if p] for label, curve in conv.items()},
                          figures / "fd-clf_vs_step.png", "FD-clf at Euler NFE 8", "MNIST",
                          "training step (log scale)", log_y=True)
     lines += ["", *[f"![{name}](mnist/figures/{name}.png)" for name in ("fd-clf_vs_nfe", "error_vs_nfe",
@@ -241,7 +242,7 @@ def report_shapes(config, pargs, points: dict) -> list[str]:
         if real:  # the yardstick as a flat line
             curves["real images"] = [(n, real[key]) for n in nfes]
         slug = key.split("_")[0] if key != "value" else "fd-clf"
-        eval_fid.plot_curves(curves, figures / f"{slug}_vs_nfe.png", name, "shapes, attributes, Euler", log_y=True)
+        sweep.plot_curves(curves, figures / f"{slug}_vs_nfe.png", name, "shapes, attributes, Euler", log_y=True)
         lines += ["", f"![{name}](shapes_attributes/figures/{slug}_vs_nfe.png)"]
     lines += ["", "Real held-out images (the requested attributes):", "",
               "![real](shapes_attributes/figures/grid_real.png)", ""]
@@ -259,7 +260,7 @@ def write_report(args: argparse.Namespace, results: Results, done: dict) -> Path
     for part, (config, pargs) in done.items():
         lines += {"mnist": report_mnist, "shapes_attributes": report_shapes}[part](config, pargs, points)
     report = args.out / "report.md"
-    eval_fid.write_text(report, "\n".join(lines) + "\n")
+    sweep.write_text(report, "\n".join(lines) + "\n")
     return report
 
 

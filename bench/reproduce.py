@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import replace
 import json
 import os
 import platform
@@ -52,27 +53,29 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import checks  # noqa: E402
+import classifier  # noqa: E402
 import data  # noqa: E402
 import eval_fid  # noqa: E402
 import inception  # noqa: E402
 import sample  # noqa: E402
+import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
 import toy2d  # noqa: E402
 import train  # noqa: E402
 
-# label -> train.py options; the slug names the run's folder
+# label -> (slug: the run's folder, train.Config fields of the method)
 METHODS = {
-    "CondOT": ("condot", ["--prior", "gaussian", "--coupling", "independent"]),
-    "BatchOT": ("batchot", ["--prior", "gaussian", "--coupling", "ot"]),
-    "class prior": ("class", ["--prior", "class", "--coupling", "independent"]),
-    "class prior + OT": ("class_ot", ["--prior", "class", "--coupling", "class_ot"]),
+    "CondOT": ("condot", dict(prior="gaussian", coupling="independent")),
+    "BatchOT": ("batchot", dict(prior="gaussian", coupling="ot")),
+    "class prior": ("class", dict(prior="class", coupling="independent")),
+    "class prior + OT": ("class_ot", dict(prior="class", coupling="class_ot")),
 }
 COV_VARIANTS = {  # the class prior with sigma 1 (iso) is "class prior" above
-    "class, sigma 0.25": ("class_sigma0.25", ["--prior", "class", "--prior-opt", "sigma=0.25"]),
-    "class, sigma 0.5": ("class_sigma0.5", ["--prior", "class", "--prior-opt", "sigma=0.5"]),
-    "class, diag std": ("class_diag", ["--prior", "class", "--prior-opt", "cov=diag"]),
+    "class, sigma 0.25": ("class_sigma0.25", dict(prior="class", prior_options={"sigma": 0.25})),
+    "class, sigma 0.5": ("class_sigma0.5", dict(prior="class", prior_options={"sigma": 0.5})),
+    "class, diag std": ("class_diag", dict(prior="class", prior_options={"cov": "diag"})),
 }
 CFG_VARIANTS = {  # dropped labels start from their own class's component, not the dataset-wide one
-    "class prior, null from class": ("class_nullclass", ["--prior", "class", "--null-source", "class"]),
+    "class prior, null from class": ("class_nullclass", dict(prior="class", null_source="class")),
 }
 PARTS = ("comparison", "straightness", "cfg", "cov", "overlap")
 
@@ -161,27 +164,16 @@ def dataset_options(config: Config, args: argparse.Namespace) -> dict:
     return {"image_size": config.image_size} if config.image_size and args.dataset in ("shapes", "folder") else {}
 
 
-def common_argv(config: Config, args: argparse.Namespace) -> list[str]:
-    """The options train.py and eval_fid.py share: dataset, its folder and size, seed, device."""
-    argv = ["--dataset", args.dataset, "--seed", str(args.seed)]
-    if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
-    if dataset_options(config, args):
-        argv += ["--image-size", str(config.image_size)]
-    if args.device:
-        argv += ["--device", args.device]
-    return argv
+def train_config(config: Config, args: argparse.Namespace, run_dir: Path, steps: int, method: dict) -> train.Config:
+    """The train.Config of one method, trained up to `steps` (the budget is the same for all)."""
+    return train.Config(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, device=args.device,
+                        resize_to=dataset_options(config, args).get("image_size"), preset=config.preset,
+                        steps=steps, batch_size=config.batch_size, lr=config.lr, warmup=config.warmup,
+                        ema=config.ema, label_dropout=0.1, ckpt_every=steps, sample_every=0, out=str(run_dir),
+                        compile=args.compile, **method)
 
 
-def train_argv(config: Config, args: argparse.Namespace, run_dir: Path, steps: int, options: list[str]) -> list[str]:
-    """train.py's command line for one method, trained up to `steps`."""
-    return [*common_argv(config, args), "--preset", config.preset, "--steps", str(steps),
-            "--batch-size", str(config.batch_size), "--lr", str(config.lr), "--warmup", str(config.warmup),
-            "--ema", str(config.ema), "--label-dropout", "0.1", "--ckpt-every", str(steps), "--sample-every", "0",
-            "--out", str(run_dir), *(["--compile"] if args.compile else []), *options]
-
-
-def train_method(config: Config, args: argparse.Namespace, slug: str, options: list[str]) -> dict[int, Path]:
+def train_method(config: Config, args: argparse.Namespace, slug: str, method: dict) -> dict[int, Path]:
     """Train one method in segments ending at the measured steps; returns {step: checkpoint}.
     The learning rate is constant after warm-up and a resumed run repeats the uninterrupted one
     exactly (train.py), so the segments are one run; each segment end is kept as ckpt_STEP.pt."""
@@ -191,11 +183,13 @@ def train_method(config: Config, args: argparse.Namespace, slug: str, options: l
     for step in milestones:
         keep = run_dir / f"ckpt_{step:07d}.pt"
         if not keep.is_file():
-            resume = ["--resume"] if (run_dir / "ckpt.pt").is_file() else []
+            resume = "auto" if (run_dir / "ckpt.pt").is_file() else None
             if resume and torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)["step"] > step:
                 raise ValueError(f"{run_dir / 'ckpt.pt'} is past step {step}: it was trained for other "
                                  "--steps; use another --out")
-            train.train(train.parse_args(train_argv(config, args, run_dir, step, options) + resume))
+            run = train_config(config, args, run_dir, step, method)
+            # a resume may change only the steps and the checkpoint cadence: say so, as the command line would
+            train.train(replace(run, resume=resume, given=("steps", "ckpt_every")))
             shutil.copyfile(run_dir / "ckpt.pt", keep.with_suffix(".tmp"))
             os.replace(keep.with_suffix(".tmp"), keep)
         saved[step] = keep
@@ -216,15 +210,19 @@ class Evaluator:
                 features = "inception"
             except FileNotFoundError:
                 features = "clf"
-        common = common_argv(config, args)
+        train_set = data.load_dataset(args.dataset, args.data_dir, "train", **dataset_options(config, args))
         clf = args.out / "clf.pt"
         if features == "clf" and not clf.is_file():
-            eval_fid.main(["classifier", *common, "--steps", str(config.clf_steps), "--width", str(config.clf_width),
-                           "--eval-images", str(min(10_000, config.ref_images)), "--out", str(clf)])
+            test_set = data.load_dataset(args.dataset, args.data_dir, "test", **dataset_options(config, args))
+            classifier.fit_and_save(clf, train_set, test_set, config.clf_steps, 128, 2e-3, config.clf_width,
+                                    args.seed, self.device, min(10_000, config.ref_images))
         ref = args.out / f"ref_{features}.npz"
         if not ref.is_file():
-            extra = ["--features", "clf", "--clf", str(clf)] if features == "clf" else ["--features", "inception"]
-            eval_fid.main(["ref", *common, *extra, "--max-images", str(config.ref_images), "--out", str(ref)])
+            extractor = eval_fid.build_extractor(features, str(clf) if features == "clf" else None, device=args.device)
+            total = min(len(train_set), config.ref_images)
+            shape = (train_set.channels, train_set.image_size, train_set.image_size)
+            eval_fid.write_reference(ref, extractor, (images for images, _ in train_set.batches(100)), total, shape,
+                                     f"{args.dataset}:train", args.seed)
         self.ref = eval_fid.load_ref(ref)
         self.extractor = eval_fid.build_extractor(features, str(clf) if features == "clf" else None,
                                                   device=args.device)
@@ -264,7 +262,7 @@ class Evaluator:
 
     def transport_cost(self, ckpt: Path) -> float:
         _, prior, run = self.load(ckpt)
-        return eval_fid.transport_cost(prior, run, seed=self.args.seed)
+        return sweep.run_transport_cost(prior, run, self.args.seed)
 
     def straightness(self, ckpt: Path) -> dict:
         model, prior, run = self.load(ckpt)
@@ -468,7 +466,7 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
                                    if k.startswith(f"cmp/{slug}/{solver}/")] for label, (slug, _) in METHODS.items()}
                   for solver in ("euler", "midpoint")}
         for solver, curves in series.items():
-            eval_fid.plot_curves(curves, figures / f"{metric.lower()}_vs_nfe_{solver}.png", metric, f"{solver} solver",
+            sweep.plot_curves(curves, figures / f"{metric.lower()}_vs_nfe_{solver}.png", metric, f"{solver} solver",
                                  log_y=True)
             lines.append(f"![{metric} against NFE, {solver}](figures/{metric.lower()}_vs_nfe_{solver}.png)")
         milestones = sorted({int(k.split("/")[-1]) for k in points if k.startswith("conv/")} | {config.steps})
@@ -480,7 +478,7 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
         lines += table(["method", *[f"step {s}" for s in milestones]],
                        [[label, *["" if p is None else f"{p['value']:.2f}" for _, p in curve]]
                         for label, curve in convergence.items()])
-        eval_fid.plot_curves({label: [(s, p["value"]) for s, p in curve if p is not None]
+        sweep.plot_curves({label: [(s, p["value"]) for s, p in curve if p is not None]
                               for label, curve in convergence.items()},
                              figures / f"{metric.lower()}_vs_step.png", f"{metric} at Euler NFE 8", "",
                              "training step (log scale)", log_y=True)

@@ -17,8 +17,12 @@ import scipy.linalg
 import torch
 from PIL import Image
 
+import classifier
 import eval_fid
 import sample
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import sweep  # noqa: E402 (bench/sweep.py)
 from eval_fid import frechet_distance, kid
 from classifier import Classifier
 from inception import InceptionV3, inception_preprocess
@@ -383,8 +387,9 @@ def test_too_few_samples_say_how_to_get_more():
     (["calc", "--samples", "s.npz"], "--ref"),  # argparse's own errors are one ValueError line too
 ])
 def test_flags_out_of_range_name_the_flag(argv, flag):
+    script = {"classifier": classifier.main, "sweep": sweep.main}.get(argv[0])
     with pytest.raises(ValueError, match=flag):
-        eval_fid.main(argv)
+        script(argv[1:]) if script else eval_fid.main(argv)
 
 
 def test_out_paths_are_checked_before_any_work(tmp_path):
@@ -398,27 +403,27 @@ def test_out_paths_are_checked_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--out .*must end in .npz"):
         eval_fid.main(["ref", *common, "--out", str(tmp_path / "ref.txt")])
     with pytest.raises(ValueError, match="--out .*file is a file, not a folder"):  # before training
-        eval_fid.main(["classifier", "--dataset", "shapes", "--out", str(tmp_path / "file" / "clf.pt")])
+        classifier.main(["--dataset", "shapes", "--out", str(tmp_path / "file" / "clf.pt")])
     ckpt = tmp_path / "c.pt"
     ckpt.write_bytes(b"")
-    sweep = ["sweep", "--ckpt", str(ckpt), "--ref", str(tmp_path / "missing.npz")]
+    argv = ["--ckpt", str(ckpt), "--ref", str(tmp_path / "missing.npz")]
     with pytest.raises(ValueError, match="--out .* is a folder; give a name prefix"):
-        eval_fid.main([*sweep, "--out", str(tmp_path)])
+        sweep.main([*argv, "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--out .*file is a file, not a folder"):
-        eval_fid.main([*sweep, "--out", str(tmp_path / "file" / "sweep")])
+        sweep.main([*argv, "--out", str(tmp_path / "file" / "sweep")])
 
 
 def test_help_shows_defaults(capsys, monkeypatch):
     with pytest.raises(SystemExit) as caught:
-        eval_fid.main(["sweep", "--help"])
+        sweep.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert caught.value.code == 0 and "(default: 10000)" in text and "(default: runs/sweep)" in text
-    # python classifier.py --help is eval_fid.py classifier's help
+    # python classifier.py --help: its own options
     monkeypatch.setattr(sys, "argv", ["classifier.py", "--help"])
     with pytest.raises(SystemExit) as caught:
         runpy.run_path(str(REPO / "classifier.py"), run_name="__main__")
     text = " ".join(capsys.readouterr().out.split())
-    assert caught.value.code == 0 and "usage: eval_fid.py classifier" in text and "(default: runs/clf.pt)" in text
+    assert caught.value.code == 0 and "usage: classifier.py" in text and "(default: runs/clf.pt)" in text
 
 
 # ---------------------------------------------------------------- end to end (classifier features)
@@ -449,7 +454,7 @@ def workdir(tmp_path_factory) -> Path:
     """A tiny classifier (16-d features) and reference statistics of 300 shapes images at 16x16."""
     folder = tmp_path_factory.mktemp("eval")
     clf, shapes = str(folder / "clf.pt"), ["--dataset", "shapes", "--image-size", "16"]
-    eval_fid.main(["classifier", *shapes, "--out", clf, "--steps", "10", "--batch-size", "32", "--width", "2",
+    classifier.main([*shapes, "--out", clf, "--steps", "10", "--batch-size", "32", "--width", "2",
                    "--eval-images", "100", "--device", "cpu"])
     eval_fid.main(["ref", *shapes, "--features", "clf", "--clf", clf, "--max-images", "300",
                    "--out", str(folder / "ref.npz"), "--device", "cpu"])
@@ -550,7 +555,7 @@ def test_sweep_writes_table_csv_and_plot(workdir, capsys):
     ckpts = [write_checkpoint(workdir / "gauss.pt", "gaussian", "independent"),
              write_checkpoint(workdir / "class.pt", "class", "ot")]
     out = workdir / "sweep"
-    eval_fid.main(["sweep", "--ckpt", *map(str, ckpts), "--ref", str(workdir / "ref.npz"), "--nfe", "1,2",
+    sweep.main(["--ckpt", *map(str, ckpts), "--ref", str(workdir / "ref.npz"), "--nfe", "1,2",
                    "--n", "20", "--out", str(out), "--device", "cpu"])
     rows = list(csv.DictReader(out.with_suffix(".csv").read_text().splitlines()))
     assert [(r["label"], r["nfe"]) for r in rows] == [("gaussian+independent", "1"), ("gaussian+independent", "2"),
@@ -577,7 +582,7 @@ def test_plot_places_points_on_linear_or_log_axes(tmp_path, log_y):
     # y = 1, 10, 100 at x = 1, 2, 4: on a log-y axis the three dots are equally spaced vertically,
     # on a linear one the second is 10 times closer to the first than the third is to the second
     path = tmp_path / "plot.png"
-    eval_fid.plot_curves({"a": [(1, 1.0), (2, 10.0), (4, 100.0)]}, path, "FD", log_y=log_y)
+    sweep.plot_curves({"a": [(1, 1.0), (2, 10.0), (4, 100.0)]}, path, "FD", log_y=log_y)
     pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
     blue = np.abs(pixels - [0x1F, 0x77, 0xB4]).sum(-1) == 0
     blue[:80] = False  # the legend swatch sits in the top rows
@@ -611,7 +616,7 @@ def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workd
     torch.save({"model": model.state_dict(), "ema": model.state_dict(), "optimizer": {}, "step": 0, "rng": None,
                 "config": config, "prior": {"name": "mapper", "state": prior.state_dict()}}, path)
     out = workdir / "sweep_attributes"
-    eval_fid.main(["sweep", "--ckpt", str(path), "--ref", str(workdir / "ref.npz"), "--nfe", "1", "--n", "20",
+    sweep.main(["--ckpt", str(path), "--ref", str(workdir / "ref.npz"), "--nfe", "1", "--n", "20",
                    "--out", str(out), "--device", "cpu"])
     row = next(csv.DictReader(out.with_suffix(".csv").read_text().splitlines()))
     assert row["accuracy"] == ""  # no class was asked for

@@ -97,8 +97,7 @@ def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, mon
     # trained in two segments (2 + 2 steps, resumed) == trained in one go
     args = argparse.Namespace(dataset="shapes", data_dir=None, seed=0, device=None, compile=False)
     one_go = tmp_path / "one_go"
-    train.train(train.parse_args(reproduce.train_argv(config, args, one_go, config.steps,
-                                                      reproduce.METHODS["CondOT"][1])))
+    train.train(reproduce.train_config(config, args, one_go, config.steps, reproduce.METHODS["CondOT"][1]))
     segmented = torch.load(out / "condot" / f"ckpt_{config.steps:07d}.pt", weights_only=False)
     whole = torch.load(one_go / "ckpt.pt", weights_only=False)
     for key, value in whole["ema"].items():
