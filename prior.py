@@ -276,11 +276,11 @@ class KMeansPrior(Prior):
         """k-means++ seeds per class from the first init_images images of each class (one read)."""
         kept: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
         seen = np.zeros(num_classes, dtype=np.int64)
-        for images, labels in batches:
-            x, labels = model_space(images).flatten(1), labels.to(images.device)
+        for images, labels in batches:  # kept as read (uint8): 1/8 of float64 model space
+            x, labels = images.flatten(1), labels.to(images.device)
             for c in torch.unique(labels).tolist():
                 if seen[c] < self.init_images:
-                    rows = x[labels == c][:self.init_images - seen[c]]
+                    rows = x[labels == c][:self.init_images - seen[c]].clone()
                     kept[c].append(rows)
                     seen[c] += len(rows)
             if seen.min() >= self.init_images:
@@ -289,7 +289,7 @@ class KMeansPrior(Prior):
             raise ValueError(f"class {int(np.argmin(seen))} has no images; the kmeans prior needs every class")
         generator = np.random.default_rng(self.seed)
         seeds = []
-        for points in (torch.cat(rows) for rows in kept):
+        for points in (model_space(torch.cat(rows)) for rows in kept):
             chosen = [int(generator.integers(len(points)))]
             distance = (points - points[chosen[0]]).square().sum(1)
             for _ in range(1, self.k):  # the next seed with probability proportional to D(x)^2
@@ -353,15 +353,27 @@ class KMeansPrior(Prior):
 
 
 def nearest(x: torch.Tensor, cond: torch.Tensor, centroids: torch.Tensor, valid: torch.Tensor,
-            chunk: int = 256) -> torch.Tensor:
+            chunk: int = 256, dense_limit: int = 1024) -> torch.Tensor:
     """argmin_j ||x_i - centroids[cond_i, j]||^2 over the valid centroids of row i's own class,
-    as ||c||^2 - 2 c.x (the ||x||^2 term is the same for every j), in chunks to bound memory."""
+    as ||c||^2 - 2 c.x (the ||x||^2 term is the same for every j), in chunks to bound memory.
+
+    With at most dense_limit centroids in all, the dot products with every centroid are one
+    matrix product and row i keeps its class's k columns: K times the arithmetic of the
+    per-row gather below, but no (chunk, k, D) copy of the centroids, which is what costs."""
     centroids = centroids.to(x.dtype)
+    num_classes, k, size = centroids.shape
     squared = centroids.square().sum(-1)  # (K, k)
+    dense = num_classes * k <= dense_limit
+    flat = centroids.reshape(num_classes * k, size)
     out = []
     for start in range(0, len(x), chunk):
-        ids = cond[start:start + chunk]
-        distance = squared[ids] - 2 * torch.einsum("bkd,bd->bk", centroids[ids], x[start:start + chunk])
+        ids, rows = cond[start:start + chunk], x[start:start + chunk]
+        if dense:
+            dots = (rows @ flat.T).view(len(rows), num_classes, k)
+            dots = dots.gather(1, ids.view(-1, 1, 1).expand(-1, 1, k)).squeeze(1)
+        else:
+            dots = torch.einsum("bkd,bd->bk", centroids[ids], rows)
+        distance = squared[ids] - 2 * dots
         out.append(distance.masked_fill(~valid[ids], math.inf).argmin(1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
 

@@ -26,11 +26,16 @@ fit-mapper  MapperPrior() (default options) on shapes with cond="attributes", --
             (50k: what `python train.py --cond attributes --prior mapper` fits), fed train.Passes:
             wall and CPU time, the time of each pass (the training epochs, then the statistics
             pass), peak anonymous memory, and the mapper's MSE on 2,000 held-out shapes.
+
+--threads N sets torch's threads (default: one per core, as train.py runs). On a CPU shared with
+other busy processes, N=1 can be much faster than 2: every parallel operation waits for its
+slowest thread, and a thread the scheduler has parked costs milliseconds per operation.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -83,19 +88,28 @@ def load1() -> float:
 
 def measured(fit) -> dict:
     """Run fit() with a thread sampling anonymous memory every 20 ms: wall and CPU seconds,
-    anonymous memory before (the loaded dataset, torch) and at its peak, load before and after."""
+    anonymous memory before (the loaded dataset, torch) and at its peak, load before and after;
+    "samples" keeps (time, MB) for the peaks of each read of the data (TimedPasses.summary)."""
     baseline = anonymous_mb()
-    peak = [baseline]
+    samples = [(time.perf_counter(), baseline)]
     stop = threading.Event()
-    sampler = threading.Thread(target=lambda: [peak.append(anonymous_mb()) for _ in iter(lambda: stop.wait(0.02), True)])
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            samples.append((time.perf_counter(), anonymous_mb()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
     load_before = load1()
     sampler.start()
     cpu, begin = cpu_seconds(), time.perf_counter()
-    fit()
-    seconds, cpu = time.perf_counter() - begin, cpu_seconds() - cpu
-    stop.set()
-    sampler.join()
-    return {"seconds": seconds, "cpu_seconds": cpu, "baseline_anon_mb": baseline, "peak_anon_mb": max(peak),
+    try:
+        fit()
+    finally:  # a failing fit must not leave the sampler running
+        seconds, cpu = time.perf_counter() - begin, cpu_seconds() - cpu
+        stop.set()
+        sampler.join()
+    return {"seconds": seconds, "cpu_seconds": cpu, "baseline_anon_mb": baseline,
+            "peak_anon_mb": max(mb for _, mb in samples), "samples": samples,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "load_before": load_before, "load_after": load1(), "threads": torch.get_num_threads()}
 
@@ -120,13 +134,15 @@ class TimedPasses:
         finally:
             entry["end"] = time.perf_counter()
 
-    def summary(self, begin: float) -> list[dict]:
+    def summary(self, begin: float, samples: list[tuple[float, float]]) -> list[dict]:
         """Per read: seconds from the previous read's end (work between reads: seeding, the
-        fit's own set-up) and seconds inside the read (batches plus the fit's work on them)."""
+        fit's own set-up), seconds inside the read (batches plus the fit's work on them), and the
+        peak anonymous memory sampled from the previous read's end to this one's."""
         out, previous = [], begin
         for entry in self.log:
+            inside = [mb for when, mb in samples if previous <= when <= entry["end"]]
             out.append({"batches": entry["batches"], "before": entry["start"] - previous,
-                        "inside": entry["end"] - entry["start"]})
+                        "inside": entry["end"] - entry["start"], "peak_mb": max(inside, default=math.nan)})
             previous = entry["end"]
         return out
 
@@ -136,6 +152,7 @@ def fit_class_child(folder: str, limit: int, batch_size: int) -> dict:
     starts = range(0, limit, batch_size)
     batches = (dataset.get(np.arange(i, min(i + batch_size, limit))) for i in starts)
     r = measured(lambda: ClassPrior().fit(batches, dataset.num_classes))
+    r.pop("samples")
     return {**r, "images": limit, "img_per_s": limit / r["seconds"],
             "mb_per_s": limit * 3 * 64 * 64 / r["seconds"] / 1e6}
 
@@ -151,7 +168,7 @@ def fit_kmeans_child(mnist_dir: str, k: int) -> dict:
     class_counts = np.bincount(dataset.labels[:num_images], minlength=dataset.num_classes)
     counts = (prior.weights * class_counts[:, None]).reshape(-1)
     within = (prior.stds[:-1].reshape(len(counts), -1) ** 2).sum(1)
-    return {**r, "k": k, "images": num_images, "passes": prior.passes, "reads": batches.summary(begin),
+    return {**r, "k": k, "images": num_images, "passes": prior.passes, "reads": batches.summary(begin, r.pop("samples")),
             "objective": float((counts * within).sum() / counts.sum()),
             "empty_clusters": int((prior.weights == 0).sum())}
 
@@ -167,13 +184,14 @@ def fit_mapper_child(num_images: int) -> dict:
         predicted = prior.net(prior._input(cond, None)).view_as(images)
     mse = float((predicted.double() - model_space(images)).square().mean())
     return {**r, "images": num_images, "epochs": prior.epochs, "batch_size": prior.batch_size,
-            "reads": batches.summary(begin), "test_mse": mse}
+            "reads": batches.summary(begin, r.pop("samples")), "test_mse": mse}
 
 
 def child(args: argparse.Namespace, kind: str, value: str) -> dict:
     """Run one fit in a fresh interpreter; its last stdout line is the JSON result."""
     command = [sys.executable, __file__, "--child", f"{kind}:{value}", "--dir", args.dir,
                "--batch-size", str(args.batch_size), "--mnist-dir", str(args.mnist_dir)]
+    command += ["--threads", str(args.threads)] if args.threads is not None else []
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{kind} fit failed:\n{out.stderr[-3000:]}")
@@ -191,13 +209,17 @@ def time_ot(batch: int, repeats: int = 3) -> float:
 
 
 def describe_reads(reads: list[dict], names: list[str]) -> str:
-    return "; ".join(f"{name} {r['before']:.1f}+{r['inside']:.1f} s ({r['batches']} batches)"
+    return "; ".join(f"{name} {r['before']:.1f}+{r['inside']:.1f} s ({r['batches']} batches, peak {r['peak_mb']:.0f} MB)"
                      for name, r in zip(names, reads))
 
 
-def time_and_load(r: dict) -> str:
-    return (f"{r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU ({r['threads']} threads; load "
+def cpu_and_load(r: dict) -> str:
+    return (f"{r['cpu_seconds']:.1f} s CPU (torch threads {r['threads']}, load "
             f"{r['load_before']:.2f} -> {r['load_after']:.2f})")
+
+
+def time_and_load(r: dict) -> str:
+    return f"{r['seconds']:.1f} s wall, {cpu_and_load(r)}"
 
 
 def main() -> None:
@@ -210,8 +232,12 @@ def main() -> None:
                         help="fit-kmeans: folder with MNIST's train-images/labels-idx files (default %(default)s)")
     parser.add_argument("--kmeans-k", default="16,4", help="fit-kmeans: the values of k, comma-separated")
     parser.add_argument("--mapper-images", type=int, default=50_000, help="fit-mapper: shapes images")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for every measurement (default: torch's, one per core)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.child is not None:
         kind, _, value = args.child.partition(":")
         result = {"class": lambda: fit_class_child(args.dir, int(value), args.batch_size),
@@ -231,7 +257,7 @@ def main() -> None:
             r = child(args, "class", str(limit))
             print(f"fit ClassPrior on {r['images']} 64x64 images: {r['seconds']:.1f} s, {r['img_per_s']:.0f} img/s, "
                   f"{r['mb_per_s']:.0f} MB/s, peak anonymous memory {r['peak_anon_mb']:.0f} MB "
-                  f"(RSS with the mapped file pages {r['peak_rss_mb']:.0f} MB); {time_and_load(r)}", flush=True)
+                  f"(RSS with the mapped file pages {r['peak_rss_mb']:.0f} MB); {cpu_and_load(r)}", flush=True)
     if "ot" in parts:
         for batch in (128, 256, 512):
             print(f"couple(ot) at batch {batch} of 3x64x64: {1000 * time_ot(batch):.0f} ms "
@@ -249,14 +275,14 @@ def main() -> None:
                       f"{r['peak_anon_mb']:.0f} MB ({r['peak_anon_mb'] - r['baseline_anon_mb']:+.0f} MB over the "
                       f"loaded dataset, peak RSS {r['peak_rss_mb']:.0f} MB); objective {r['objective']:.2f}, "
                       f"{r['empty_clusters']} empty clusters", flush=True)
-                print(f"    reads (time before + inside each): {describe_reads(r['reads'], names)}", flush=True)
+                print(f"    reads (time before + inside each, peak anonymous memory): {describe_reads(r['reads'], names)}", flush=True)
     if "fit-mapper" in parts:
         r = child(args, "mapper", str(args.mapper_images))
         names = [f"epoch {i + 1}" for i in range(r["epochs"])] + ["statistics"]
         print(f"fit MapperPrior() on shapes attributes, {r['images']} images ({r['epochs']} epochs at batch "
               f"{r['batch_size']}): {time_and_load(r)}; peak anonymous memory {r['peak_anon_mb']:.0f} MB "
               f"({r['peak_anon_mb'] - r['baseline_anon_mb']:+.0f} MB); held-out MSE {r['test_mse']:.4f}", flush=True)
-        print(f"    reads (time before + inside each; the first read is the shape probe): "
+        print(f"    reads (time before + inside each, peak anonymous memory; the first read is the shape probe): "
               f"{describe_reads(r['reads'], ['probe'] + names)}", flush=True)
 
 

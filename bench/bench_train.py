@@ -17,7 +17,8 @@ mapper on shapes' attribute vectors (`--cond attributes`, with the network that 
 The two are timed call by call in alternating rounds (--x0-rounds; each round --x0-repeats draws,
 then --steps steps) so that a change in the machine's load hits both; the table gives the medians
 of the single calls, the share (median draw / median step, and the 90th percentile of the draws
-over the median step) and the 1-minute load average before and after (target: under 5%). The
+over the median step) and the 1-minute load average before and after (target: under 5%).
+--threads N sets torch's threads (on a CPU shared with other busy processes 1 can beat 2). The
 priors are fitted on the first --fit-images images only (kmeans 1 Lloyd pass, the mapper 1
 epoch): the cost of a draw does not depend on how well they fit, only on their sizes.
 """
@@ -156,7 +157,10 @@ def main() -> None:
     parser.add_argument("--x0-repeats", type=int, default=20, help="prior.sample calls per round")
     parser.add_argument("--fit-images", type=int, default=2000, help="images the priors are fitted on here")
     parser.add_argument("--skip-throughput", action="store_true", help="only the x0 table")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     priors = [] if args.priors in ("", "none") else args.priors.split(",")
     unknown = sorted(set(priors) - {"gaussian", "class", "kmeans", "mapper"})
     if unknown:

@@ -60,7 +60,7 @@ METHODS = {  # part -> label -> (slug, train.py options)
     },
 }
 PARTS = tuple(METHODS)
-GRID_NFES = (1, 8)
+
 ATTRIBUTES = (("colour_error", "colour error (grey levels)", "{:.1f}"),
               ("position_error_px", "position error (px)", "{:.2f}"),
               ("size_rank_correlation", "size rank corr.", "{:.3f}"))
@@ -74,8 +74,8 @@ CONFIGS = {  # config -> part -> (reproduce.Config, training images: None = all)
                                                   checkpoints=1, features="clf", grid_per_class=8), None),
     },
     "smoke": {  # both parts on 16 px shapes (the mnist part with class ids), a few hundred training images
-        "mnist": (dataclasses.replace(_smoke, euler_nfes=(1, 2, 8), checkpoints=2, straight_n=4), 300),
-        "shapes_attributes": (dataclasses.replace(_smoke, euler_nfes=(1, 2, 8), checkpoints=1), 300),
+        "mnist": (dataclasses.replace(_smoke, n=40, clf_width=4, euler_nfes=(1, 2), checkpoints=2, straight_n=4), 300),
+        "shapes_attributes": (dataclasses.replace(_smoke, n=40, clf_width=4, euler_nfes=(1, 2), checkpoints=1), 300),
     },
 }
 
@@ -106,17 +106,41 @@ def run_mnist(config, max_images, pargs, results: Results) -> Evaluator:
     runs = train_all(config, max_images, pargs, methods, results, "mnist")
     ev = Evaluator(config, pargs)
     results.get("mnist/real", ev.real_images)
+    results.get("mnist/copy/real", lambda: copy_distance(ev, max_images, None))
     for label, (slug, _) in methods.items():
         final = runs[label][max(runs[label])]
         results.get(f"mnist/cost/{slug}", lambda: {"transport_cost": ev.transport_cost(final)})
         for nfe in config.euler_nfes:
-            grid = figures / f"grid_{slug}_nfe{nfe}.png" if nfe in GRID_NFES else None
+            grid = figures / f"grid_{slug}_nfe{nfe}.png" if nfe in grid_nfes(config) else None
             results.get(f"mnist/{slug}/{nfe}", lambda: ev.point(final, "euler", nfe, grid=grid))
         results.get(f"mnist/straight/{slug}", lambda: ev.straightness(final))
+        results.get(f"mnist/copy/{slug}", lambda: copy_distance(ev, max_images, final))
         for step, ckpt in runs[label].items():
             if ckpt != final:
                 results.get(f"mnist/step/{slug}/{step}", lambda: ev.point(ckpt, "euler", 8))
     return ev
+
+
+def copy_distance(ev: Evaluator, max_images: int | None, ckpt: Path | None, nfe: int = 8) -> dict:
+    """A memorisation check (a prior built from training images could copy them): the RMS pixel
+    distance (model space) from each of n images to its nearest training image, as median and 5th
+    percentile; ckpt None: the first n real test images (what new data scores)."""
+    options = reproduce.dataset_options(ev.config, ev.args)
+    if ckpt is None:
+        images, _ = data.load_dataset(ev.args.dataset, ev.args.data_dir, "test", **options).get(np.arange(ev.config.n))
+    else:
+        model, prior, run = ev.load(ckpt)
+        labels, seeds = ev.balanced(run["num_classes"], ev.config.n)
+        images = sample.generate(model, prior, labels, seeds, nfe, "euler", 1.0, ev.config.sample_batch, ev.device)
+    x = data.to_model(images).flatten(1).double()
+    best = torch.full((len(x),), float("inf"), dtype=torch.float64)
+    train = data.load_dataset(ev.args.dataset, ev.args.data_dir, "train", **options)
+    for start in range(0, min(len(train), max_images or len(train)), 5000):
+        y = data.to_model(train.get(np.arange(start, min(start + 5000, max_images or len(train))))[0]).flatten(1)
+        squared = x.square().sum(1, keepdim=True) - 2 * x @ y.double().T + y.double().square().sum(1)
+        best = torch.minimum(best, squared.min(1).values)
+    rms = (best.clamp(min=0) / x.shape[1]).sqrt().numpy()
+    return {"median": float(np.median(rms)), "p5": float(np.percentile(rms, 5)), "n": len(rms), "nfe": nfe}
 
 
 def shapes_point(ev: Evaluator, ckpt: Path, nfe: int, grid: Path | None) -> dict:
@@ -153,25 +177,29 @@ def run_shapes(config, max_images, pargs, results: Results) -> Evaluator:
         final = runs[label][max(runs[label])]
         results.get(f"shapes_attributes/cost/{slug}", lambda: {"transport_cost": ev.transport_cost(final)})
         for nfe in config.euler_nfes:
-            grid = figures / f"grid_{slug}_nfe{nfe}.png" if nfe in GRID_NFES else None
+            grid = figures / f"grid_{slug}_nfe{nfe}.png" if nfe in grid_nfes(config) else None
             results.get(f"shapes_attributes/{slug}/{nfe}", lambda: shapes_point(ev, final, nfe, grid))
     return ev
 
 
 # ----------------------------------------------------------------------------- the report
 
+def grid_nfes(config) -> tuple[int, int]:
+    """Sample grids at the fewest NFE and at 8 (or the most, when 8 is not measured)."""
+    return config.euler_nfes[0], 8 if 8 in config.euler_nfes else config.euler_nfes[-1]
+
+
 def fmt(point: dict | None, field: str = "value", form: str = "{:.2f}", scale: float = 1.0) -> str:
     return "" if point is None or point.get(field) is None else form.format(scale * point[field])
 
 
-def grids(part: str, methods: dict, figures: Path) -> list[str]:
-    lines = [f"Samples at Euler NFE {GRID_NFES[0]} (left) and {GRID_NFES[1]} (right), the same seeds for every "
-             "method:", ""]
+def grids(part: str, config, methods: dict, figures: Path) -> list[str]:
+    few, more = grid_nfes(config)
+    lines = [f"Samples at Euler NFE {few} (left) and {more} (right), the same seeds for every method:", ""]
     for label, (slug, _) in methods.items():
-        left, right = (figures / f"grid_{slug}_nfe{n}.png" for n in GRID_NFES)
+        left, right = (figures / f"grid_{slug}_nfe{n}.png" for n in (few, more))
         if left.is_file() and right.is_file():
-            side_by_side(left, right, figures / f"grids_{slug}.png",
-                         (f"{label}, NFE {GRID_NFES[0]}", f"{label}, NFE {GRID_NFES[1]}"))
+            side_by_side(left, right, figures / f"grids_{slug}.png", (f"{label}, NFE {few}", f"{label}, NFE {more}"))
             lines += [f"![{label}]({part}/figures/grids_{slug}.png)", ""]
     return lines
 
@@ -195,14 +223,19 @@ def report_mnist(config, pargs, points: dict) -> list[str]:
                   f"{100 * real['accuracy']:.1f}%."]
     lines += ["", "Per method: transport cost E‖x1 − x0‖² of the training coupling (summed over pixels); from a "
               f"{config.straight_nfe}-NFE midpoint solve of {config.straight_n} samples, per dimension: endpoint gap "
-              "E‖x(1) − (x0 + v(x0, 0))‖²/D, straightness E∫‖(x(1) − x0) − v(x(t), t)‖² dt/D, chord E‖x(1) − x0‖²/D.",
-              ""]
+              "E‖x(1) − (x0 + v(x0, 0))‖²/D, straightness E∫‖(x(1) − x0) − v(x(t), t)‖² dt/D, chord E‖x(1) − x0‖²/D. "
+              "Copy check: RMS pixel distance (in [-1, 1]) of each NFE-8 sample to its nearest training image, median "
+              "and 5th percentile (real test images: what new data scores; far lower would mean copying).", ""]
     rows = []
     for label, (slug, _) in methods.items():
-        cost, s = points.get(f"mnist/cost/{slug}"), points.get(f"mnist/straight/{slug}")
+        cost, s, near = (points.get(f"mnist/{key}/{slug}") for key in ("cost", "straight", "copy"))
         rows.append([label, fmt(cost, "transport_cost", "{:.1f}"),
-                     *[fmt(s, f, "{:.4f}") for f in ("endpoint_gap", "straightness", "chord")]])
-    lines += table(["method", "transport cost", "endpoint gap", "straightness", "chord"], rows)
+                     *[fmt(s, f, "{:.4f}") for f in ("endpoint_gap", "straightness", "chord")],
+                     fmt(near, "median", "{:.3f}"), fmt(near, "p5", "{:.3f}")])
+    near = points.get("mnist/copy/real")
+    rows.append(["real test images", "", "", "", "", fmt(near, "median", "{:.3f}"), fmt(near, "p5", "{:.3f}")])
+    lines += table(["method", "transport cost", "endpoint gap", "straightness", "chord", "nearest training image, "
+                    "median", "5th percentile"], rows)
     steps = sorted({int(k.split("/")[-1]) for k in points if k.startswith("mnist/step/")} | {config.steps})
     conv = {label: {s: points.get(f"mnist/step/{slug}/{s}") if s != config.steps else get[label].get(8)
                     for s in steps} for label, (slug, _) in methods.items()}
@@ -219,7 +252,7 @@ def report_mnist(config, pargs, points: dict) -> list[str]:
                          "training step (log scale)", log_y=True)
     lines += ["", *[f"![{name}](mnist/figures/{name}.png)" for name in ("fd-clf_vs_nfe", "error_vs_nfe",
                                                                         "fd-clf_vs_step")], ""]
-    return lines + grids("mnist", methods, figures)
+    return lines + grids("mnist", config, methods, figures)
 
 
 def report_shapes(config, pargs, points: dict) -> list[str]:
@@ -246,7 +279,7 @@ def report_shapes(config, pargs, points: dict) -> list[str]:
         lines += ["", f"![{name}](shapes_attributes/figures/{slug}_vs_nfe.png)"]
     lines += ["", "Real held-out images (the requested attributes):", "",
               "![real](shapes_attributes/figures/grid_real.png)", ""]
-    return lines + grids("shapes_attributes", methods, figures)
+    return lines + grids("shapes_attributes", config, methods, figures)
 
 
 def write_report(args: argparse.Namespace, results: Results, done: dict) -> Path:

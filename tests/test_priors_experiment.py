@@ -44,6 +44,8 @@ def test_smoke_run_reports_every_method_and_nfe_and_resumes(tmp_path):
             for slug, _ in priors.METHODS[part].values():
                 assert first[f"mnist/straight/{slug}"]["chord"] > 0
                 assert f"mnist/step/{slug}/{config.steps // 2}" in first
+                assert first[f"mnist/copy/{slug}"]["median"] >= first[f"mnist/copy/{slug}"]["p5"] >= 0
+            assert first["mnist/copy/real"]["n"] == config.n
         else:  # attribute errors for every point, and the real images as the yardstick
             assert {"colour_error", "position_error_px", "size_rank_correlation"} <= set(first[f"{part}/mapper/1"])
             assert rows(report, "real held-out images")
