@@ -46,17 +46,16 @@ import sample  # noqa: E402
 import sweep  # noqa: E402
 from reproduce import Evaluator, Results, side_by_side, table, timed  # noqa: E402
 
-INDEPENDENT = ["--coupling", "independent"]
-METHODS = {  # part -> label -> (slug, train.py options)
+METHODS = {  # part -> label -> (slug, train.Config fields of the method)
     "mnist": {
-        "CondOT": ("condot", ["--prior", "gaussian", *INDEPENDENT]),
-        "class prior": ("class", ["--prior", "class", *INDEPENDENT]),
-        "kmeans k=4": ("kmeans4", ["--prior", "kmeans", "--prior-opt", "k=4", *INDEPENDENT]),
-        "kmeans k=16": ("kmeans16", ["--prior", "kmeans", "--prior-opt", "k=16", *INDEPENDENT]),
+        "CondOT": ("condot", dict(prior="gaussian")),
+        "class prior": ("class", dict(prior="class")),
+        "kmeans k=4": ("kmeans4", dict(prior="kmeans", prior_options={"k": 4})),
+        "kmeans k=16": ("kmeans16", dict(prior="kmeans", prior_options={"k": 16})),
     },
     "shapes_attributes": {
-        "CondOT": ("condot", ["--cond", "attributes", "--prior", "gaussian", *INDEPENDENT]),
-        "mapper": ("mapper", ["--cond", "attributes", "--prior", "mapper", *INDEPENDENT]),
+        "CondOT": ("condot", dict(cond="attributes", prior="gaussian")),
+        "mapper": ("mapper", dict(cond="attributes", prior="mapper")),
     },
 }
 PARTS = tuple(METHODS)
@@ -90,10 +89,10 @@ def part_args(args: argparse.Namespace, part: str, config: reproduce.Config) -> 
 
 def train_all(config, max_images, pargs, methods, results: Results, part: str) -> dict[str, dict[int, Path]]:
     runs = {}
-    limit = ["--max-images", str(max_images)] if max_images else []
-    for label, (slug, options) in methods.items():
+    limit = {"max_images": max_images} if max_images else {}
+    for label, (slug, method) in methods.items():
         begin, trained = time.perf_counter(), (pargs.out / slug / f"ckpt_{config.steps:07d}.pt").is_file()
-        runs[label] = reproduce.train_method(config, pargs, slug, options + limit)
+        runs[label] = reproduce.train_method(config, pargs, slug, {**method, **limit})
         if not trained:  # the wall time of the run that trained it (segments, prior fit and data included)
             results.put(f"time/{part}/train/{slug}", {"seconds": time.perf_counter() - begin})
     return runs
