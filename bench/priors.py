@@ -299,7 +299,7 @@ def write_report(args: argparse.Namespace, results: Results, done: dict) -> Path
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = checks.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="cpu", help=f"one of: {', '.join(CONFIGS)}")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
