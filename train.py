@@ -25,20 +25,16 @@ gives the losses of the uninterrupted one.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import functools
-import hashlib
-import inspect
 import json
 import math
 import os
 import queue
-import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,164 +48,13 @@ import flow
 import prior as priors
 import sample
 import unet
+# the run's configuration and what survives a kill, as train.X too: train.parse_args, train.Config, ...
+from checkpoint import (Passes, data_fingerprint, load_resume, make_prior, rng_state, save_checkpoint,  # noqa: F401
+                        set_rng_state, trim_log)
+from config import (RECIPES, RESUMABLE, RUN_KEYS, Config, check_config, dataset_options, parse_args,  # noqa: F401
+                    with_preset)
 
-
-@dataclass
-class Config:
-    """One run, as one plain object: printed at the start, saved whole in every checkpoint and
-    restored on --resume. Defaults: the CPU demo (shapes, about 6 minutes on 2 idle cores);
-    RECIPES changes some per dataset; the command line changes any (`--batch-size` = batch_size)."""
-
-    # What is learnt (RUN_KEYS): the data, the prior, the network, the pairing, the batches, the
-    # seed. A resume keeps them; a different value on its command line is refused.
-    dataset: str = "shapes"
-    resize_to: int | None = None  # --image-size (shapes, folder); None: the dataset's own size
-    cond: str | None = None  # which condition the dataset gives (shapes: class or attributes)
-    max_images: int | None = None  # only the first N training images; None: all
-    prior: str = "class"
-    prior_options: dict = field(default_factory=dict)  # --prior-opt key=value, typed by the prior
-    coupling: str = "independent"
-    couple_global: bool = False
-    sigma_min: float = 0.0
-    preset: str | None = None  # None: tiny on a CPU, small on a GPU (decided once, then saved)
-    batch_size: int = 32  # the global batch, split over processes
-    label_dropout: float = 0.1
-    null_source: str = "global"
-    seed: int = 0
-    # How it runs (RESUMABLE): a resume may change these; not given again, they keep their values.
-    data_dir: str | None = None
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    steps: int = 2500
-    grad_accum: int = 1
-    log_every: int = 50
-    ckpt_every: int = 500
-    sample_every: int = 500  # 0: never
-    sample_nfe: int = 16
-    precision: str = "auto"
-    compile: bool = False
-    device: str | None = None  # None: cuda if available
-    # Where, and whether to continue (not saved).
-    out: str = "out"
-    prior_stats: str | None = None  # None: OUT/prior_stats.npz
-    resume: str | None = None  # "auto": OUT/ckpt.pt
-    given: tuple[str, ...] = ()  # the fields set on the command line: a resume keeps the others' saved values
-
-    def saved(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if key not in ("resume", "given")}
-
-
-# Per dataset, what differs from Config's defaults. imagenet64 follows the ADM / flow-matching
-# ImageNet-64 setup (batch 256 at lr 1e-4, EMA 0.9999) and is meant for days on one GPU.
-RECIPES: dict[str, dict] = {
-    "imagenet64": dict(preset="imagenet64", batch_size=256, lr=1e-4, warmup=5000, steps=1_000_000, ema=0.9999,
-                       ckpt_every=5000, sample_every=10_000),
-}
-# What defines a run and what a resume may change: the two groups of Config's fields.
-RUN_KEYS = ("dataset", "resize_to", "cond", "max_images", "prior", "prior_options", "coupling", "couple_global",
-            "sigma_min", "preset", "batch_size", "label_dropout", "null_source", "seed")
-RESUMABLE = ("data_dir", "lr", "warmup", "weight_decay", "grad_clip", "ema", "steps", "grad_accum", "log_every",
-             "ckpt_every", "sample_every", "sample_nfe", "precision", "compile", "device")
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
-
-
-def build_parser() -> checks.Parser:
-    """The command line: one flag per Config field (defaults shown are Config's, before RECIPES)."""
-    files = "\n".join(f"  {name}: {what}" for name, what in data.EXPECTED_FILES.items())
-    parser = checks.Parser(description=__doc__.split("\n\n")[0], epilog="--data-dir must hold:\n" + files,
-                           argument_default=argparse.SUPPRESS)  # only what is given: see parse_args
-    arg, default = parser.add_argument, Config()
-
-    def flag(name: str, help: str, **kwargs) -> None:
-        field_name = kwargs.pop("dest", name.lstrip("-").replace("-", "_"))
-        shown = getattr(default, field_name)
-        arg(name, dest=field_name, help=help + ("" if shown is None else f" (default: {shown})"), **kwargs)
-
-    flag("--dataset", f"one of: {', '.join(data.DATASETS)}")
-    flag("--data-dir", "folder with the dataset's files (see below)")
-    flag("--image-size", "for --dataset folder/shapes: image size", dest="resize_to", type=int, metavar="N")
-    flag("--cond", "which condition the dataset gives (shapes: class or attributes; default: the dataset's own)")
-    flag("--max-images", "use only the first N training images (quick runs)", type=int)
-    flag("--prior", f"source distribution, one of: {', '.join(priors.PRIORS)}")
-    arg("--prior-opt", dest="prior_opt", action="append", metavar="KEY=VALUE",
-        help="an option of the prior's constructor, repeatable: --prior-opt sigma=0.5 --prior-opt cov=diag "
-             "(a wrong key lists the prior's options)")
-    flag("--prior-stats", "prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
-    flag("--coupling", f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
-    flag("--couple-global", "under torchrun: solve ot / class_ot over the whole gathered batch", action="store_true")
-    flag("--sigma-min", "width of the probability path at t=1", type=float)
-    flag("--preset", f"network size: {', '.join(unet.PRESETS)} (default: tiny on a CPU, small on a GPU)")
-    flag("--batch-size", "global batch, split over processes", type=int)
-    flag("--grad-accum", "split each process's batch into N micro-batches (one optimizer step)", type=int)
-    flag("--lr", "peak learning rate", type=float)
-    flag("--warmup", "steps of linear learning-rate warm-up", type=int)
-    flag("--weight-decay", "AdamW weight decay", type=float)
-    flag("--grad-clip", "gradient norm clipping", type=float)
-    flag("--steps", "total optimizer steps", type=int)
-    flag("--ema", "EMA decay, warmed up as min(decay, (1+s)/(10+s))", type=float)
-    flag("--label-dropout", "share of rows trained as unconditional (null), for guidance", type=float)
-    flag("--null-source", "x0 of a null row: the dataset-wide component (global) or its own condition's (class)",
-         choices=["global", "class"])
-    flag("--precision", "auto: bf16 on CUDA, fp32 on CPU", choices=["auto", "bf16", "fp32"])
-    flag("--compile", "torch.compile the network", action="store_true")
-    flag("--device", "cuda, cuda:N, cpu (default: cuda if available)")
-    flag("--seed", "seed of everything random", type=int)
-    flag("--out", "output folder: ckpt.pt, log.jsonl, samples/")
-    flag("--log-every", "steps between log lines", type=int)
-    flag("--ckpt-every", "steps between checkpoints", type=int)
-    flag("--sample-every", "steps between EMA sample grids, 0: never", type=int)
-    flag("--sample-nfe", "Euler steps of those grids", type=int)
-    arg("--resume", nargs="?", const="auto",
-        help="continue from OUT/ckpt.pt (or the given path); RESUMABLE says what may change")
-    return parser
-
-
-def parse_args(argv: list[str] | None) -> Config:
-    """Config from a command line: Config's defaults, then the dataset's RECIPES, then the flags."""
-    given = vars(build_parser().parse_args(argv))
-    options = given.pop("prior_opt", None)
-    prior = given.get("prior", Config.prior)
-    if prior not in priors.PRIORS:
-        raise ValueError(f"unknown prior '{prior}'; choose one of: {', '.join(priors.PRIORS)}")
-    if options is not None:
-        given["prior_options"] = priors.parse_prior_options(prior, options)
-    recipe = RECIPES.get(given.get("dataset", Config.dataset), {})
-    fields = {key: value for key, value in given.items() if key != "resume"}
-    return with_preset(Config(**{**recipe, **given, "given": tuple(sorted(fields))}))
-
-
-def with_preset(config: Config) -> Config:
-    """preset None: small where the run will use a GPU, tiny on a CPU (the demo stays minutes)."""
-    if config.preset is not None:
-        return config
-    on_gpu = torch.cuda.is_available() and (config.device is None or str(config.device).startswith("cuda"))
-    return replace(config, preset="small" if on_gpu else "tiny")
-
-
-def check_config(config: Config) -> None:
-    """Every option's range, named by its flag."""
-    for name, table in (("dataset", data.DATASETS), ("prior", priors.PRIORS), ("coupling", flow.COUPLINGS),
-                        ("preset", unet.PRESETS)):
-        if getattr(config, name) not in table:
-            raise ValueError(f"unknown {name} '{getattr(config, name)}'; choose one of: {', '.join(table)}")
-    for name, minimum in (("batch_size", 1), ("grad_accum", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1),
-                          ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
-                          ("resize_to", 8), ("seed", 0)):
-        checks.check_at_least(getattr(config, name), minimum, "--" + name.replace("_", "-"))
-    priors.build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
-    for name in ("lr", "grad_clip"):
-        value = getattr(config, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-    for name, low, high in (("label_dropout", 0, 1), ("ema", 0, 1), ("sigma_min", 0, 1)):
-        value = getattr(config, name)
-        if not low <= value < high:  # also false for NaN
-            raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}), got {value}")
-    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        raise ValueError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -285,137 +130,6 @@ class Prefetcher:
         if isinstance(item, Exception):
             raise item
         return item
-
-
-# ----------------------------------------------------------------------------- prior
-
-def data_fingerprint(dataset, num_images: int) -> str:
-    """What identifies the training data: name, count, shape, every label and the pixels and
-    conditions of 64 images spread over the set (a cheap content hash: two folders of equal size
-    differ here)."""
-    probe = np.unique(np.linspace(0, num_images - 1, min(64, num_images)).round().astype(np.int64))
-    images, cond = dataset.get(probe)
-    digest = hashlib.sha256(f"{dataset.name}|{num_images}|{dataset.channels}x{dataset.image_size}|"
-                            f"{dataset.num_classes}|{dataset.cond_dim}".encode())
-    digest.update(np.ascontiguousarray(dataset.labels[:num_images]).tobytes())
-    digest.update(images.numpy().tobytes())
-    digest.update(cond.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-class Passes:
-    """The training images as (uint8 images, cond) batches on `device`; every iteration is a new
-    pass, so a prior's fit can read the data as often as it needs (k-means, the mapper)."""
-
-    def __init__(self, dataset, num_images: int, device: torch.device, batch_size: int = 1024):
-        self.dataset, self.num_images, self.device, self.batch_size = dataset, num_images, device, batch_size
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_images / self.batch_size)
-
-    def __iter__(self):
-        for start in range(0, self.num_images, self.batch_size):
-            images, cond = self.dataset.get(np.arange(start, min(start + self.batch_size, self.num_images)))
-            yield images.to(self.device), cond.to(self.device)  # the fit's float64 work runs on the GPU
-
-
-def cache_key(name: str, options: dict, fingerprint: str) -> str:
-    """Statistics are reused only for the same prior, options and data."""
-    text = json.dumps({"prior": name, "options": options, "data": fingerprint}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def make_prior(config: Config, dataset, num_images: int, fingerprint: str, device: torch.device,
-               rank: int, world: int):
-    """Fit the prior (one streaming pass) and cache it in OUT/prior_stats.npz under a key of the
-    prior, its options and the data; a file with another key is refitted (or, when given by
-    --prior-stats, refused)."""
-    options = config.prior_options
-    key = cache_key(config.prior, options, fingerprint)
-    path = Path(config.prior_stats or Path(config.out) / "prior_stats.npz")
-    hint = "delete it, or pass --prior-stats with another path"
-    if rank == 0:
-        stored = None
-        if path.exists():
-            stored = priors.load_npz(str(path))
-            if str(stored.get("cache_key", "")) != key:
-                if config.prior_stats:
-                    raise ValueError(f"--prior-stats {path} holds {stored.get('name')} prior statistics of other data "
-                                     f"or options (key {stored.get('cache_key', 'none')}, this run needs {key}); {hint}")
-                print(f"{path} was fitted on other data or prior options: fitting again")
-                stored = None
-        if stored is None:
-            fitted = priors.build_prior(config.prior, **options)
-            print(f"fitting the {config.prior} prior on {num_images} images ({options or 'default options'})")
-            fitted.fit(Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
-            checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
-    if world > 1:
-        dist.barrier()  # the other processes wait for rank 0's file
-    fitted = priors.prior_from_state(priors.load_npz(str(path)))
-    expected = (dataset.channels, dataset.image_size, dataset.image_size)
-    if tuple(fitted.shape) != expected:
-        raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)}, but {config.dataset} has "
-                         f"{expected}; {hint}")
-    return fitted
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file, then rename: a run killed mid-write keeps the old file."""
-    checks.save_torch(path, state)
-
-
-def rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step", "rng", "config", "prior")
-
-
-def load_resume(config: Config) -> tuple[Config, dict | None]:
-    """(the config to run, the checkpoint to continue or None). On --resume, RUN_KEYS come from the
-    checkpoint (a different value on the command line is refused) and RESUMABLE ones from the
-    command line where given there, else from the checkpoint."""
-    if config.resume is None:
-        return config, None
-    path = Path(config.out) / "ckpt.pt" if config.resume == "auto" else Path(config.resume)
-    checkpoint = checks.load_torch(path, "checkpoint", "start without --resume, or give a checkpoint's path",
-                                   weights_only=False, keys=CHECKPOINT_KEYS)
-    saved = checkpoint["config"]
-    changed = [key for key in RUN_KEYS if key in config.given and getattr(config, key) != saved.get(key)]
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)} (checkpoint: {saved.get(k)})"
-                          for k in changed)
-        raise ValueError(f"--resume {path}: {flags}: a resumed run keeps its data, prior, network and batches; "
-                         f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change. "
-                         f"Start a new run with another --out instead")
-    # a key a checkpoint lacks (saved before the option existed) keeps Config's default: what it did then
-    kept = {key: saved[key] for key in RUN_KEYS + RESUMABLE if key in saved and key not in config.given}
-    return replace(config, **kept), checkpoint
-
-
-def trim_log(path: Path, last_step: int) -> None:
-    """Keep the log lines up to the checkpoint's step (atomically): lines written after it by the
-    run that was stopped are written again by the resumed one."""
-    if not path.exists():
-        return
-    def step_of(line: str) -> float:  # a line cut by a kill mid-write is dropped too
-        try:
-            return json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
-            return math.inf
-
-    kept = [line for line in path.read_text().splitlines() if step_of(line) <= last_step]
-    checks.atomic_write(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
 
 
 # ----------------------------------------------------------------------------- training
@@ -663,19 +377,6 @@ def train(config: Config) -> list[float]:
         print(f"done: {out / 'ckpt.pt'} (step {config.steps}), {out / 'log.jsonl'}"
               + (f", sample grids in {out / 'samples'}/ (latest {grids[-1].name})" if grids else ""))
     return losses
-
-
-def dataset_options(config: Config) -> dict:
-    """The keyword options of data.load_dataset that the flags set (--image-size, --cond)."""
-    accepted = inspect.signature(data.DATASETS[config.dataset]).parameters
-    options = {}
-    for flag, key, value in (("--image-size", "image_size", config.resize_to), ("--cond", "cond", config.cond)):
-        if value is not None:
-            if key not in accepted:
-                takers = [n for n, kind in data.DATASETS.items() if key in inspect.signature(kind).parameters]
-                raise ValueError(f"{flag} applies to {', '.join(takers)} only, not {config.dataset}")
-            options[key] = value
-    return options
 
 
 def check_progress(mean_loss: float, mean_grad: float, best_loss: float, step: int, out: Path,

@@ -1,0 +1,197 @@
+"""What defines a run: one plain object, printed at the start, saved whole in every checkpoint and
+restored on --resume (nanoGPT keeps its configuration the same way).
+
+Config's fields come in two groups: RUN_KEYS decide what is learnt (the data, the prior and its
+options, the network, the pairing, the batches, the seed), so a resumed run must keep them;
+RESUMABLE say how it runs (optimizer hyper-parameters, length, cadence, device), so a resume may
+change them. A value comes from Config's default, then the dataset's RECIPES, then the command line.
+
+    config = parse_args(["--prior", "kmeans", "--prior-opt", "k=8"])   # what train.py does
+    config = Config(prior="kmeans", prior_options={"k": 8}, steps=1000)  # what an experiment does
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+import checks
+import data
+import flow
+import prior as priors
+import unet
+
+
+@dataclass
+class Config:
+    """One run, as one plain object: printed at the start, saved whole in every checkpoint and
+    restored on --resume. Defaults: the CPU demo (shapes, about 6 minutes on 2 idle cores);
+    RECIPES changes some per dataset; the command line changes any (`--batch-size` = batch_size)."""
+
+    # What is learnt (RUN_KEYS): the data, the prior, the network, the pairing, the batches, the
+    # seed. A resume keeps them; a different value on its command line is refused.
+    dataset: str = "shapes"
+    resize_to: int | None = None  # --image-size (shapes, folder); None: the dataset's own size
+    cond: str | None = None  # which condition the dataset gives (shapes: class or attributes)
+    max_images: int | None = None  # only the first N training images; None: all
+    prior: str = "class"
+    prior_options: dict = field(default_factory=dict)  # --prior-opt key=value, typed by the prior
+    coupling: str = "independent"
+    couple_global: bool = False
+    sigma_min: float = 0.0
+    preset: str | None = None  # None: tiny on a CPU, small on a GPU (decided once, then saved)
+    batch_size: int = 32  # the global batch, split over processes
+    label_dropout: float = 0.1
+    null_source: str = "global"
+    seed: int = 0
+    # How it runs (RESUMABLE): a resume may change these; not given again, they keep their values.
+    data_dir: str | None = None
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    steps: int = 2500
+    grad_accum: int = 1
+    log_every: int = 50
+    ckpt_every: int = 500
+    sample_every: int = 500  # 0: never
+    sample_nfe: int = 16
+    precision: str = "auto"
+    compile: bool = False
+    device: str | None = None  # None: cuda if available
+    # Where, and whether to continue (not saved).
+    out: str = "out"
+    prior_stats: str | None = None  # None: OUT/prior_stats.npz
+    resume: str | None = None  # "auto": OUT/ckpt.pt
+    given: tuple[str, ...] = ()  # the fields set on the command line: a resume keeps the others' saved values
+
+    def saved(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key not in ("resume", "given")}
+
+
+# Per dataset, what differs from Config's defaults. imagenet64 follows the ADM / flow-matching
+# ImageNet-64 setup (batch 256 at lr 1e-4, EMA 0.9999) and is meant for days on one GPU.
+RECIPES: dict[str, dict] = {
+    "imagenet64": dict(preset="imagenet64", batch_size=256, lr=1e-4, warmup=5000, steps=1_000_000, ema=0.9999,
+                       ckpt_every=5000, sample_every=10_000),
+}
+# What defines a run and what a resume may change: the two groups of Config's fields.
+RUN_KEYS = ("dataset", "resize_to", "cond", "max_images", "prior", "prior_options", "coupling", "couple_global",
+            "sigma_min", "preset", "batch_size", "label_dropout", "null_source", "seed")
+RESUMABLE = ("data_dir", "lr", "warmup", "weight_decay", "grad_clip", "ema", "steps", "grad_accum", "log_every",
+             "ckpt_every", "sample_every", "sample_nfe", "precision", "compile", "device")
+
+
+def build_parser() -> checks.Parser:
+    """The command line: one flag per Config field (defaults shown are Config's, before RECIPES)."""
+    files = "\n".join(f"  {name}: {what}" for name, what in data.EXPECTED_FILES.items())
+    parser = checks.Parser(prog="train.py", epilog="--data-dir must hold:\n" + files,
+                           description="Train a conditional flow with a condition-specific prior, on one GPU (or a "
+                                       "CPU); every option is a field of config.Config.",
+                           argument_default=argparse.SUPPRESS)  # only what is given: see parse_args
+    arg, default = parser.add_argument, Config()
+
+    def flag(name: str, help: str, **kwargs) -> None:
+        field_name = kwargs.pop("dest", name.lstrip("-").replace("-", "_"))
+        shown = getattr(default, field_name)
+        arg(name, dest=field_name, help=help + ("" if shown is None else f" (default: {shown})"), **kwargs)
+
+    flag("--dataset", f"one of: {', '.join(data.DATASETS)}")
+    flag("--data-dir", "folder with the dataset's files (see below)")
+    flag("--image-size", "for --dataset folder/shapes: image size", dest="resize_to", type=int, metavar="N")
+    flag("--cond", "which condition the dataset gives (shapes: class or attributes; default: the dataset's own)")
+    flag("--max-images", "use only the first N training images (quick runs)", type=int)
+    flag("--prior", f"source distribution, one of: {', '.join(priors.PRIORS)}")
+    arg("--prior-opt", dest="prior_opt", action="append", metavar="KEY=VALUE",
+        help="an option of the prior's constructor, repeatable: --prior-opt sigma=0.5 --prior-opt cov=diag "
+             "(a wrong key lists the prior's options)")
+    flag("--prior-stats", "prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
+    flag("--coupling", f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
+    flag("--couple-global", "under torchrun: solve ot / class_ot over the whole gathered batch", action="store_true")
+    flag("--sigma-min", "width of the probability path at t=1", type=float)
+    flag("--preset", f"network size: {', '.join(unet.PRESETS)} (default: tiny on a CPU, small on a GPU)")
+    flag("--batch-size", "global batch, split over processes", type=int)
+    flag("--grad-accum", "split each process's batch into N micro-batches (one optimizer step)", type=int)
+    flag("--lr", "peak learning rate", type=float)
+    flag("--warmup", "steps of linear learning-rate warm-up", type=int)
+    flag("--weight-decay", "AdamW weight decay", type=float)
+    flag("--grad-clip", "gradient norm clipping", type=float)
+    flag("--steps", "total optimizer steps", type=int)
+    flag("--ema", "EMA decay, warmed up as min(decay, (1+s)/(10+s))", type=float)
+    flag("--label-dropout", "share of rows trained as unconditional (null), for guidance", type=float)
+    flag("--null-source", "x0 of a null row: the dataset-wide component (global) or its own condition's (class)",
+         choices=["global", "class"])
+    flag("--precision", "auto: bf16 on CUDA, fp32 on CPU", choices=["auto", "bf16", "fp32"])
+    flag("--compile", "torch.compile the network", action="store_true")
+    flag("--device", "cuda, cuda:N, cpu (default: cuda if available)")
+    flag("--seed", "seed of everything random", type=int)
+    flag("--out", "output folder: ckpt.pt, log.jsonl, samples/")
+    flag("--log-every", "steps between log lines", type=int)
+    flag("--ckpt-every", "steps between checkpoints", type=int)
+    flag("--sample-every", "steps between EMA sample grids, 0: never", type=int)
+    flag("--sample-nfe", "Euler steps of those grids", type=int)
+    arg("--resume", nargs="?", const="auto",
+        help="continue from OUT/ckpt.pt (or the given path); RESUMABLE says what may change")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    """Config from a command line: Config's defaults, then the dataset's RECIPES, then the flags."""
+    given = vars(build_parser().parse_args(argv))
+    options = given.pop("prior_opt", None)
+    prior = given.get("prior", Config.prior)
+    if prior not in priors.PRIORS:
+        raise ValueError(f"unknown prior '{prior}'; choose one of: {', '.join(priors.PRIORS)}")
+    if options is not None:
+        given["prior_options"] = priors.parse_prior_options(prior, options)
+    recipe = RECIPES.get(given.get("dataset", Config.dataset), {})
+    fields = {key: value for key, value in given.items() if key != "resume"}
+    return with_preset(Config(**{**recipe, **given, "given": tuple(sorted(fields))}))
+
+
+def with_preset(config: Config) -> Config:
+    """preset None: small where the run will use a GPU, tiny on a CPU (the demo stays minutes)."""
+    if config.preset is not None:
+        return config
+    on_gpu = torch.cuda.is_available() and (config.device is None or str(config.device).startswith("cuda"))
+    return replace(config, preset="small" if on_gpu else "tiny")
+
+
+def check_config(config: Config) -> None:
+    """Every option's range, named by its flag."""
+    for name, table in (("dataset", data.DATASETS), ("prior", priors.PRIORS), ("coupling", flow.COUPLINGS),
+                        ("preset", unet.PRESETS)):
+        if getattr(config, name) not in table:
+            raise ValueError(f"unknown {name} '{getattr(config, name)}'; choose one of: {', '.join(table)}")
+    for name, minimum in (("batch_size", 1), ("grad_accum", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1),
+                          ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
+                          ("resize_to", 8), ("seed", 0)):
+        checks.check_at_least(getattr(config, name), minimum, "--" + name.replace("_", "-"))
+    priors.build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
+    for name in ("lr", "grad_clip"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    for name, low, high in (("label_dropout", 0, 1), ("ema", 0, 1), ("sigma_min", 0, 1)):
+        value = getattr(config, name)
+        if not low <= value < high:  # also false for NaN
+            raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}), got {value}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
+
+
+def dataset_options(config: Config) -> dict:
+    """The keyword options of data.load_dataset that the flags set (--image-size, --cond)."""
+    accepted = inspect.signature(data.DATASETS[config.dataset]).parameters
+    options = {}
+    for flag, key, value in (("--image-size", "image_size", config.resize_to), ("--cond", "cond", config.cond)):
+        if value is not None:
+            if key not in accepted:
+                takers = [n for n, kind in data.DATASETS.items() if key in inspect.signature(kind).parameters]
+                raise ValueError(f"{flag} applies to {', '.join(takers)} only, not {config.dataset}")
+            options[key] = value
+    return options
