@@ -219,17 +219,17 @@ def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) ->
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(step, config)
     run.optimizer.zero_grad(set_to_none=True)
-    slices = torch.arange(len(cond), device=device).tensor_split(config.grad_accum)
+    n, k = len(cond), config.grad_accum  # k <= n (train checks): k slices of n // k or n // k + 1 rows
+    bounds = [i * (n // k) + min(i, n % k) for i in range(k + 1)]
     total = torch.zeros((), device=device)
-    for index, part in enumerate(slices):
-        if len(part) == 0:
-            continue
+    for index in range(k):
+        part = slice(bounds[index], bounds[index + 1])  # a view: no copy of the batch, no index tensor
         # DDP: average the gradients across processes once, after the last micro-batch
-        last = index == len(slices) - 1
+        last = index == k - 1
         sync = run.network.no_sync() if hasattr(run.network, "no_sync") and not last else contextlib.nullcontext()
         with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
             loss = flow.flow_loss(run.network, x0[part], x1[part], cond[part], null[part], t[part], config.sigma_min)
-            loss = loss * (len(part) / len(cond))
+            loss = loss * ((part.stop - part.start) / n)
             loss.backward()
         total = total + loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
