@@ -11,7 +11,7 @@ steps at batch 32, lr 1e-3 after 100 warm-up steps, EMA 0.999, label dropout 0.1
                        sample grids at NFE 1 and 8
     shapes_attributes  the built-in shapes conditioned on 8-d attribute vectors (--cond attributes):
                        CondOT vs the mapper prior. Euler NFE 1-16 on the first n held-out conditions:
-                       FD-clf (a classifier trained on the shapes' classes), data.attribute_errors
+                       FD-clf (a classifier trained on the shapes' classes), shapes.attribute_errors
                        against the requested attributes, transport cost; real held-out images as
                        the yardstick
 
@@ -43,6 +43,7 @@ import data  # noqa: E402
 import eval_fid  # noqa: E402
 import reproduce  # noqa: E402
 import sample  # noqa: E402
+import shapes  # noqa: E402
 import sweep  # noqa: E402
 from reproduce import Evaluator, Results, side_by_side, table, timed  # noqa: E402
 
@@ -150,7 +151,7 @@ def shapes_point(ev: Evaluator, ckpt: Path, nfe: int, grid: Path | None) -> dict
     if grid is not None:
         save_rows(images, grid)
     return {"nfe": nfe, **eval_fid.score(ev.extractor, images, None, ev.ref, 256, ev.args.seed),
-            **data.attribute_errors(images.numpy(), cond.numpy())}
+            **shapes.attribute_errors(images.numpy(), cond.numpy())}
 
 
 def save_rows(images: torch.Tensor, path: Path, per_row: int = 8, rows: int = 5) -> None:
@@ -169,7 +170,7 @@ def run_shapes(config, max_images, pargs, results: Results) -> Evaluator:
         images, cond = data.load_dataset("shapes", None, "test", **options).get(np.arange(config.n))
         save_rows(images, figures / "grid_real.png")
         return {**eval_fid.score(ev.extractor, images, None, ev.ref, 256, pargs.seed),
-                **data.attribute_errors(images.numpy(), cond.numpy())}
+                **shapes.attribute_errors(images.numpy(), cond.numpy())}
 
     results.get("shapes_attributes/real", real)
     for label, (slug, _) in methods.items():
@@ -260,7 +261,7 @@ def report_shapes(config, pargs, points: dict) -> list[str]:
            for label, (slug, _) in methods.items()}
     lines = ["## shapes_attributes: 8-d attribute conditions", "",
              f"The first {config.n} held-out conditions; FD-clf from a classifier of the shapes' classes; attribute "
-             "errors measured from the pixels (data.attribute_errors) against the requested attributes.", ""]
+             "errors measured from the pixels (shapes.attribute_errors) against the requested attributes.", ""]
     real = points.get("shapes_attributes/real")
     rows = [[label, str(n), fmt(curve[n]), *[fmt(curve[n], key, form) for key, _, form in ATTRIBUTES],
              fmt(points.get(f"shapes_attributes/cost/{slug}"), "transport_cost", "{:.1f}")]

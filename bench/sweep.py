@@ -30,6 +30,7 @@ import data  # noqa: E402
 import eval_fid  # noqa: E402
 import flow  # noqa: E402
 import sample  # noqa: E402
+import shapes  # noqa: E402
 
 
 def run_transport_cost(prior, config: dict, seed: int = 0, batches: int = 4) -> float:
@@ -79,7 +80,7 @@ def run_sweep(args: argparse.Namespace) -> None:
                                      args.sample_batch_size, args.device, progress=True)
             result = eval_fid.score(extractor, images, classes, ref, args.batch_size, args.seed)
             if config["dataset"] == "shapes" and config.get("cond") == "attributes":  # faithfulness, from pixels
-                result.update(data.attribute_errors(images.numpy(), cond.numpy()))
+                result.update(shapes.attribute_errors(images.numpy(), cond.numpy()))
             row = {"label": label, "ckpt": str(ckpt), "prior": config["prior"], "coupling": config["coupling"],
                    "solver": args.solver, "nfe": nfe, "cfg": args.cfg, **result, "transport_cost": cost}
             rows.append(row)

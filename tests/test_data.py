@@ -20,8 +20,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data import (DATASETS, EXPECTED_FILES, ROTATION_SYMMETRY, SHAPES, load_dataset,  # noqa: E402
-                  measure_attributes, to_model, to_uint8)
+from data import DATASETS, EXPECTED_FILES, load_dataset, to_model, to_uint8  # noqa: E402
+from shapes import ROTATION_SYMMETRY, SHAPES, measure_attributes  # noqa: E402
 
 
 def planar_to_chw(flat: np.ndarray, size: int) -> np.ndarray:
@@ -617,6 +617,7 @@ def test_data_dir_missing_a_file_or_empty_names_the_expected_files(tmp_path, nam
 
 def test_shapes_attribute_condition_is_what_was_drawn():
     import data
+    import shapes
     plain, attributed = data.load_dataset("shapes", None, "train"), data.load_dataset("shapes", None, "train",
                                                                                      cond="attributes")
     indices = np.array([3, 17, 256, 4000])
@@ -630,10 +631,10 @@ def test_shapes_attribute_condition_is_what_was_drawn():
     np.testing.assert_allclose(vectors[:, 6:].numpy(), np.column_stack([np.cos(angle), np.sin(angle)]), atol=1e-6)
     # real images show what they were asked for: the yardstick of attribute_errors
     images, vectors = attributed.get(np.arange(300))
-    errors = data.attribute_errors(images.numpy(), vectors.numpy())
+    errors = shapes.attribute_errors(images.numpy(), vectors.numpy())
     assert errors["colour_error"] < 0.5 and errors["position_error_px"] < 1.0 and errors["size_rank_correlation"] > 0.6
     # and a wrong condition is far off: the same images against shuffled conditions
-    shuffled = data.attribute_errors(images.numpy(), vectors.numpy()[::-1].copy())
+    shuffled = shapes.attribute_errors(images.numpy(), vectors.numpy()[::-1].copy())
     assert shuffled["colour_error"] > 20 and shuffled["position_error_px"] > 4
     with pytest.raises(ValueError, match="unknown --cond 'colour'"):
         data.load_dataset("shapes", None, "train", cond="colour")

@@ -599,9 +599,10 @@ def test_plot_places_points_on_linear_or_log_axes(tmp_path, log_y):
 
 def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workdir):
     """Conditions: the held-out split's first n attribute vectors, image i from image_seed(0, i, 0);
-    faithfulness measured from the pixels (data.attribute_errors)."""
+    faithfulness measured from the pixels (shapes.attribute_errors)."""
     import data
     import prior as prior_module
+    import shapes
     import unet
 
     torch.manual_seed(0)
@@ -624,6 +625,6 @@ def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workd
     _, cond = held_out.get(np.arange(20))
     loaded, loaded_prior, _ = sample.load_checkpoint(path, "cpu")
     images = sample.generate(loaded, loaded_prior, cond, [sample.image_seed(0, i, 0) for i in range(20)], 1)
-    expected = data.attribute_errors(images.numpy(), cond.numpy())
+    expected = shapes.attribute_errors(images.numpy(), cond.numpy())
     for key, value in expected.items():
         assert float(row[key]) == pytest.approx(value, rel=1e-9)
