@@ -147,7 +147,7 @@ def parse_args(argv: list[str] | None) -> Config:
     if prior not in priors.PRIORS:
         raise ValueError(f"unknown prior '{prior}'; choose one of: {', '.join(priors.PRIORS)}")
     if options is not None:
-        given["prior_options"] = priors.parse_prior_options(prior, options)
+        given["prior_options"] = parse_prior_options(prior, options)
     recipe = RECIPES.get(given.get("dataset", Config.dataset), {})
     fields = {key: value for key, value in given.items() if key != "resume"}
     return with_preset(Config(**{**recipe, **given, "given": tuple(sorted(fields))}))
@@ -195,3 +195,38 @@ def dataset_options(config: Config) -> dict:
                 raise ValueError(f"{flag} applies to {', '.join(takers)} only, not {config.dataset}")
             options[key] = value
     return options
+
+
+def parse_prior_options(name: str, pairs: list[str]) -> dict[str, object]:
+    """`--prior-opt key=value` pairs, checked against the prior's constructor and converted to
+    the type of each option's default (int, float, bool, str)."""
+    if name not in priors.PRIORS:
+        raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(priors.PRIORS)}")
+    accepted, options = priors.prior_options(name), {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in accepted:
+            known = ", ".join(f"{k}={v}" for k, v in accepted.items()) or "none"
+            raise ValueError(f"--prior-opt {pair!r}: prior '{name}' takes key=value with key one of: {known}")
+        options[key] = convert_option(text.strip(), accepted[key], f"--prior-opt {key}")
+    return options
+
+
+def convert_option(text: str, default: object, flag: str) -> object:
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+    except ValueError:
+        raise ValueError(f"{flag}={text!r}: expected a finite {type(default).__name__}, like the default "
+                         f"{default!r}") from None
+    return text

@@ -21,12 +21,7 @@ so the marginal source is a mixture with components near the data; the paths x0 
 shorter and cross less. A "null" row (classifier-free guidance's unconditional half) draws
 from the dataset-wide component N(mu, Sigma) built from the global mean and std.
 
-The class statistics are fitted in ONE streaming pass with float64 accumulators, merging
-per-batch (count, mean, M2) triples with Chan et al.'s parallel update
-
-    n = na + nb,  d = mb - ma,  m = ma + d nb / n,  M2 = M2a + M2b + d^2 na nb / n,
-
-so memory is O(K D), not O(N D), and the result does not depend on batch size or order.
+The statistics are fitted in streamed passes (stats.py: Chan's merge, k-means assignment).
 
 A prior is one class here and one name in PRIORS; train.py and sample.py need nothing else:
 
@@ -50,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 import checks
-from data import to_model
+from stats import RunningClassStats, model_space, nearest
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -352,32 +347,6 @@ class KMeansPrior(Prior):
         return prior
 
 
-def nearest(x: torch.Tensor, cond: torch.Tensor, centroids: torch.Tensor, valid: torch.Tensor,
-            chunk: int = 256, dense_limit: int = 1024) -> torch.Tensor:
-    """argmin_j ||x_i - centroids[cond_i, j]||^2 over the valid centroids of row i's own class,
-    as ||c||^2 - 2 c.x (the ||x||^2 term is the same for every j), in chunks to bound memory.
-
-    With at most dense_limit centroids in all, the dot products with every centroid are one
-    matrix product and row i keeps its class's k columns: K times the arithmetic of the
-    per-row gather below, but no (chunk, k, D) copy of the centroids, which is what costs."""
-    centroids = centroids.to(x.dtype)
-    num_classes, k, size = centroids.shape
-    squared = centroids.square().sum(-1)  # (K, k)
-    dense = num_classes * k <= dense_limit
-    flat = centroids.reshape(num_classes * k, size)
-    out = []
-    for start in range(0, len(x), chunk):
-        ids, rows = cond[start:start + chunk], x[start:start + chunk]
-        if dense:
-            dots = (rows @ flat.T).view(len(rows), num_classes, k)
-            dots = dots.gather(1, ids.view(-1, 1, 1).expand(-1, 1, k)).squeeze(1)
-        else:
-            dots = torch.einsum("bkd,bd->bk", centroids[ids], rows)
-        distance = squared[ids] - 2 * dots
-        out.append(distance.masked_fill(~valid[ids], math.inf).argmin(1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
-
-
 class MapperPrior(Prior):
     """x0 ~ N(P(e), sigma^2 I) for condition vectors e: the paper's prior for continuous conditions.
 
@@ -500,67 +469,6 @@ class MapperPrior(Prior):
         return prior
 
 
-class RunningClassStats:
-    """Per-class count, mean and sum of squared deviations (M2), merged batch by batch.
-
-    Only the classes present in a batch are touched, in place: memory stays K x D float64 and
-    the work per batch is proportional to the batch. The dataset-wide component (row K) is the
-    same merge taken over the classes at the end, so no image is accumulated twice."""
-
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
-        self.shape: tuple[int, ...] = ()
-        self.count: torch.Tensor | None = None  # (K,) float64
-        self.mean: torch.Tensor | None = None  # (K, D)
-        self.m2: torch.Tensor | None = None  # (K, D)
-
-    def update(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        k = self.num_classes
-        if labels.dtype != torch.int64:
-            raise ValueError("this prior groups images by class id, got condition vectors; "
-                             "for vector conditions use --prior mapper or gaussian")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
-            raise ValueError(f"class ids must be in 0..{k - 1}, got {int(labels.min())}..{int(labels.max())}")
-        self.shape = tuple(x.shape[1:])
-        x, labels = x.flatten(1).double(), labels.to(x.device)
-        if self.count is None:
-            self.count = torch.zeros(k, dtype=torch.float64, device=x.device)
-            self.mean = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-            self.m2 = torch.zeros_like(self.mean)
-        present, rows = torch.unique(labels, return_inverse=True)  # batch stats for present classes only
-        count_b = torch.bincount(rows, minlength=len(present)).double()
-        mean_b = torch.zeros(len(present), x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, rows, x)
-        mean_b /= count_b[:, None]
-        m2_b = torch.zeros_like(mean_b).index_add_(0, rows, (x - mean_b[rows]).square_())
-        # Chan et al.: n = na + nb, m = ma + d nb / n, M2 = M2a + M2b + d^2 na nb / n, d = mb - ma
-        count_a, mean_a = self.count[present], self.mean[present]
-        n = count_a + count_b
-        delta = mean_b - mean_a
-        weight = (count_b / n)[:, None]
-        self.mean[present] = mean_a + delta * weight
-        self.m2[present] += m2_b + delta.square_() * (count_a[:, None] * weight)
-        self.count[present] = n
-
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """counts (K+1,), means and population variances (K+1, D) as float64 numpy; row K is
-        the whole dataset, merged from the classes with the same formula."""
-        if self.count is None:
-            raise ValueError("no images were seen; the dataset is empty")
-        total = self.count.sum()
-        mean = (self.count[:, None] * self.mean).sum(0) / total
-        m2 = self.m2.sum(0) + (self.count[:, None] * (self.mean - mean).square()).sum(0)
-        counts = torch.cat([self.count, total[None]])
-        means = torch.cat([self.mean, mean[None]])
-        variances = torch.cat([self.m2, m2[None]]) / counts.clamp(min=1)[:, None]
-        return counts.long().cpu().numpy(), means.cpu().numpy(), variances.cpu().numpy()
-
-
-def model_space(images: torch.Tensor) -> torch.Tensor:
-    """float64 images in model space: uint8 batches are pixels; float batches are taken as already
-    in model space (toy2d.py fits the same priors to points in the plane)."""
-    return to_model(images, torch.float64) if images.dtype == torch.uint8 else images.double()
-
-
 def check_cond(cond: torch.Tensor, num_classes: int, vectors: bool | None = None) -> None:
     """Class ids: int64 in 0..num_classes-1; vectors: float (N, E). vectors=False/True: only that kind."""
     if cond.dtype == torch.int64 and cond.ndim == 1:
@@ -592,41 +500,6 @@ def prior_options(name: str) -> dict[str, object]:
     """The options prior `name` takes (its constructor's keywords) with their defaults."""
     return {key: p.default for key, p in inspect.signature(PRIORS[name]).parameters.items()
             if p.default is not inspect.Parameter.empty}
-
-
-def parse_prior_options(name: str, pairs: list[str]) -> dict[str, object]:
-    """`--prior-opt key=value` pairs, checked against the prior's constructor and converted to
-    the type of each option's default (int, float, bool, str)."""
-    if name not in PRIORS:
-        raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(PRIORS)}")
-    accepted, options = prior_options(name), {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in accepted:
-            known = ", ".join(f"{k}={v}" for k, v in accepted.items()) or "none"
-            raise ValueError(f"--prior-opt {pair!r}: prior '{name}' takes key=value with key one of: {known}")
-        options[key] = convert_option(text.strip(), accepted[key], f"--prior-opt {key}")
-    return options
-
-
-def convert_option(text: str, default: object, flag: str) -> object:
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError
-            return value
-    except ValueError:
-        raise ValueError(f"{flag}={text!r}: expected a finite {type(default).__name__}, like the default "
-                         f"{default!r}") from None
-    return text
 
 
 def build_prior(name: str, **options) -> Prior:

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from prior import (PRIORS, ClassPrior, GaussianPrior, KMeansPrior, MapperPrior, build_prior, parse_prior_options,
-                   prior_from_state)
+from config import parse_prior_options
+from prior import PRIORS, ClassPrior, GaussianPrior, KMeansPrior, MapperPrior, build_prior, prior_from_state
 
 K, SHAPE = 4, (2, 3, 3)
 
