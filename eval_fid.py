@@ -43,19 +43,17 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn as nn
-from PIL import Image
 from tqdm import tqdm
 
 import checks
 import data
+import sample
 from classifier import Classifier
 from inception import INCEPTION_FILE, InceptionV3  # noqa: F401 (re-exported: from eval_fid import InceptionV3)
 
 INCEPTION_ID = "pt_inception-2015-12-05"  # the feature id in reference files (pytorch-fid's have none)
 KID_KEEP = 10_000  # reference features stored for KID
-IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 SQRTM_TOLERANCE = 1e-5  # ||root^2 - S1 S2|| / ||S1 S2|| above this: the root is not trusted
-SAMPLES_HINT = "make one with python sample.py (arr_0: uint8 images N x H x W x C, arr_1: N labels)"
 REF_HINT = "make one with python eval_fid.py ref"
 CLF_HINT = "train one with python classifier.py --dataset NAME --out runs/clf.pt"
 CLF_KEYS = ("model", "channels", "image_size", "num_classes", "width")
@@ -252,50 +250,6 @@ def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, su
 
 # ---------------------------------------------------------------- files
 
-def load_images(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
-    """uint8 (N, C, H, W) and labels (or None) from an .npz (arr_0 NHWC uint8, arr_1 labels, the
-    format sample.py writes) or a folder of images (grey if every image is grey, else RGB)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
-        opened = [read_image(p) for p in files]
-        mode = "L" if all(im.mode in ("1", "L", "I;16", "I") for im in opened) else "RGB"
-        sizes = {im.size for im in opened}
-        if len(sizes) > 1:
-            raise ValueError(f"images in {path} have different sizes {sorted(sizes)[:4]}: resize them to one size")
-        arrays = [np.asarray(im.convert(mode)) for im in opened]
-        images = np.stack(arrays)[..., None] if mode == "L" else np.stack(arrays)
-        labels = None
-    elif path.suffix.lower() == ".npz":
-        arrays = checks.load_npz(path, "sample file", SAMPLES_HINT, keys=("arr_0",))
-        images, labels = arrays["arr_0"], arrays.get("arr_1")
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
-        if labels is not None:  # a label per image, or the accuracy would compare the wrong pairs
-            if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
-                raise ValueError(f"{path}: arr_1 must hold one integer label per image of arr_0 ({len(images)}), "
-                                 f"got {labels.dtype} {labels.shape}")
-            labels = labels.astype(np.int64)
-    elif path.exists():
-        raise ValueError(f"{path} is neither an .npz sample file nor a folder of images")
-    else:
-        raise FileNotFoundError(f"no sample file or image folder at {path}: {SAMPLES_HINT}")
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(), labels
-
-
-def read_image(path: Path) -> Image.Image:
-    """The decoded image, or one line naming the file: Image.open is lazy, so decode now."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except Exception as err:  # UnidentifiedImageError, truncated data, decompression bombs, ...
-        raise ValueError(f"{path}: not a readable image ({checks.first_line(err)}); "
-                         "replace it or remove it from the folder") from None
-    return image
-
-
 def save_ref(path: str | Path, extractor: Extractor, mu: np.ndarray, sigma: np.ndarray, features: np.ndarray,
              n: int, image_shape: tuple[int, ...], source: str) -> None:
     """mu and sigma under pytorch-fid's --save-stats keys, plus what a calc must check."""
@@ -387,7 +341,7 @@ def run_ref(args: argparse.Namespace) -> None:
     # the network first: it fails fast (missing weights), reading the images may take long
     extractor = build_extractor(args.features, args.clf, args.inception_weights, args.device)
     if args.images:
-        images, _ = load_images(args.images)
+        images, _ = sample.load_samples(args.images)
         images = images[:args.max_images]  # None: all
         total, shape, source = len(images), tuple(images.shape[1:]), str(args.images)
         batches: Iterable[torch.Tensor] = images.split(args.batch_size)
@@ -403,7 +357,7 @@ def run_ref(args: argparse.Namespace) -> None:
 
 def run_calc(args: argparse.Namespace) -> None:
     ref = load_ref(args.ref)
-    images, labels = load_images(args.samples)
+    images, labels = sample.load_samples(args.samples)
     dim = len(ref["mu"])  # known before the feature network is loaded
     check_enough(len(images), dim, f"generate at least {dim + 1} with python sample.py --n N (images per class)")
     extractor = extractor_for_ref(ref, args)

@@ -254,6 +254,55 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, c
     checks.save_npz(path, arrays)
 
 
+IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
+SAMPLES_HINT = "make one with python sample.py (arr_0: uint8 images N x H x W x C, arr_1: N labels)"
+
+
+def load_samples(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
+    """What save_samples wrote, read back for a metric: uint8 (N, C, H, W) and labels (or None),
+    from its .npz (arr_0 NHWC uint8, arr_1 labels) or from a folder of images (grey if every
+    image is grey, else RGB)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
+        opened = [read_image(p) for p in files]
+        mode = "L" if all(im.mode in ("1", "L", "I;16", "I") for im in opened) else "RGB"
+        sizes = {im.size for im in opened}
+        if len(sizes) > 1:
+            raise ValueError(f"images in {path} have different sizes {sorted(sizes)[:4]}: resize them to one size")
+        arrays = [np.asarray(im.convert(mode)) for im in opened]
+        images = np.stack(arrays)[..., None] if mode == "L" else np.stack(arrays)
+        labels = None
+    elif path.suffix.lower() == ".npz":
+        arrays = checks.load_npz(path, "sample file", SAMPLES_HINT, keys=("arr_0",))
+        images, labels = arrays["arr_0"], arrays.get("arr_1")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
+        if labels is not None:  # a label per image, or the accuracy would compare the wrong pairs
+            if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
+                raise ValueError(f"{path}: arr_1 must hold one integer label per image of arr_0 ({len(images)}), "
+                                 f"got {labels.dtype} {labels.shape}")
+            labels = labels.astype(np.int64)
+    elif path.exists():
+        raise ValueError(f"{path} is neither an .npz sample file nor a folder of images")
+    else:
+        raise FileNotFoundError(f"no sample file or image folder at {path}: {SAMPLES_HINT}")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def read_image(path: Path) -> Image.Image:
+    """The decoded image, or one line naming the file: Image.open is lazy, so decode now."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as err:  # UnidentifiedImageError, truncated data, decompression bombs, ...
+        raise ValueError(f"{path}: not a readable image ({checks.first_line(err)}); "
+                         "replace it or remove it from the folder") from None
+    return image
+
+
 def image_seed(run_seed: int, class_id: int, index: int) -> int:
     """Seed of image `index` of class `class_id`: the same whatever else the run samples."""
     return (run_seed * 1_000_003 + class_id) * 1_000_033 + index

@@ -320,18 +320,18 @@ def test_load_images_folder_and_npz(tmp_path):
     arrays = rng.integers(0, 256, size=(3, 6, 5, 3), dtype=np.uint8)
     for i, array in enumerate(arrays):
         Image.fromarray(array).save(folder / f"{i}.png")
-    images, labels = eval_fid.load_images(folder)
+    images, labels = sample.load_samples(folder)
     assert labels is None and torch.equal(images, torch.from_numpy(arrays).permute(0, 3, 1, 2))
     np.savez(tmp_path / "s.npz", arr_0=arrays, arr_1=np.array([2, 0, 1]))
-    images, labels = eval_fid.load_images(tmp_path / "s.npz")
+    images, labels = sample.load_samples(tmp_path / "s.npz")
     assert images.shape == (3, 3, 6, 5) and labels.tolist() == [2, 0, 1]
     (folder / "broken.png").write_bytes((folder / "0.png").read_bytes()[:40])  # truncated
     with pytest.raises(ValueError, match="broken.png: not a readable image"):
-        eval_fid.load_images(folder)
+        sample.load_samples(folder)
     (folder / "broken.png").unlink()
     Image.fromarray(arrays[0][:4]).save(folder / "odd.png")
     with pytest.raises(ValueError, match="different sizes"):
-        eval_fid.load_images(folder)
+        sample.load_samples(folder)
 
 
 def test_damaged_sample_files(tmp_path):
@@ -342,13 +342,13 @@ def test_damaged_sample_files(tmp_path):
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=f"{name}: {message}"):
-            eval_fid.load_images(tmp_path / name)
+            sample.load_samples(tmp_path / name)
     np.savez(tmp_path / "other.npz", images=images)
     with pytest.raises(ValueError, match=r"other.npz: not a sample file \(no 'arr_0'\)"):
-        eval_fid.load_images(tmp_path / "other.npz")
+        sample.load_samples(tmp_path / "other.npz")
     np.savez(tmp_path / "labels.npz", arr_0=images, arr_1=np.array([0, 1]))  # 3 images, 2 labels
     with pytest.raises(ValueError, match=r"labels.npz: arr_1 must hold one integer label per image.*\(3\)"):
-        eval_fid.load_images(tmp_path / "labels.npz")
+        sample.load_samples(tmp_path / "labels.npz")
 
 
 def test_damaged_reference_files(tmp_path):
