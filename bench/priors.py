@@ -1,6 +1,6 @@
 """The priors beyond the paper, measured as the paper would: k-means centroids and the mapper.
 
-Two parts, one training budget (bench/reproduce.py's `cpu` configuration: tiny preset, 1000
+Two parts, one training budget (bench/experiment.py's `cpu` configuration: tiny preset, 1000
 steps at batch 32, lr 1e-3 after 100 warm-up steps, EMA 0.999, label dropout 0.1, seed 0):
 
     mnist              CondOT (gaussian), the class prior, kmeans k=4 and k=16 (class-conditional).
@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 import checks  # noqa: E402
 import data  # noqa: E402
 import eval_fid  # noqa: E402
-import reproduce  # noqa: E402
+import experiment  # noqa: E402
 import sample  # noqa: E402
 import shapes  # noqa: E402
 import sweep  # noqa: E402
-from reproduce import Evaluator, Results, side_by_side, table, timed  # noqa: E402
+from experiment import Evaluator, Results, side_by_side, table, timed  # noqa: E402
 
 METHODS = {  # part -> label -> (slug, train.Config fields of the method)
     "mnist": {
@@ -65,8 +65,8 @@ ATTRIBUTES = (("colour_error", "colour error (grey levels)", "{:.1f}"),
               ("position_error_px", "position error (px)", "{:.2f}"),
               ("size_rank_correlation", "size rank corr.", "{:.3f}"))
 
-_cpu, _smoke = reproduce.CONFIGS["cpu"], reproduce.CONFIGS["smoke"]
-CONFIGS = {  # config -> part -> (reproduce.Config, training images: None = all)
+_cpu, _smoke = experiment.CONFIGS["cpu"], experiment.CONFIGS["smoke"]
+CONFIGS = {  # config -> part -> (experiment.Config, training images: None = all)
     "cpu": {
         "mnist": (dataclasses.replace(_cpu, euler_nfes=(1, 2, 4, 8, 16, 32), checkpoints=4, features="clf",
                                       grid_per_class=8), None),
@@ -80,8 +80,8 @@ CONFIGS = {  # config -> part -> (reproduce.Config, training images: None = all)
 }
 
 
-def part_args(args: argparse.Namespace, part: str, config: reproduce.Config) -> argparse.Namespace:
-    """What reproduce's train_method and Evaluator read: the part's dataset and folder."""
+def part_args(args: argparse.Namespace, part: str, config: experiment.Config) -> argparse.Namespace:
+    """What experiment.train_method and Evaluator read: the part's dataset and folder."""
     out = args.out / part
     out.mkdir(parents=True, exist_ok=True)
     return argparse.Namespace(out=out, dataset=config.dataset, data_dir=config.data_dir, seed=args.seed,
@@ -93,7 +93,7 @@ def train_all(config, max_images, pargs, methods, results: Results, part: str) -
     limit = {"max_images": max_images} if max_images else {}
     for label, (slug, method) in methods.items():
         begin, trained = time.perf_counter(), (pargs.out / slug / f"ckpt_{config.steps:07d}.pt").is_file()
-        runs[label] = reproduce.train_method(config, pargs, slug, {**method, **limit})
+        runs[label] = experiment.train_method(config, pargs, slug, {**method, **limit})
         if not trained:  # the wall time of the run that trained it (segments, prior fit and data included)
             results.put(f"time/{part}/train/{slug}", {"seconds": time.perf_counter() - begin})
     return runs
@@ -125,7 +125,7 @@ def copy_distance(ev: Evaluator, max_images: int | None, ckpt: Path | None, nfe:
     """A memorisation check (a prior built from training images could copy them): the RMS pixel
     distance (model space) from each of n images to its nearest training image, as median and 5th
     percentile; ckpt None: the first n real test images (what new data scores)."""
-    options = reproduce.dataset_options(ev.config, ev.args)
+    options = experiment.dataset_options(ev.config, ev.args)
     if ckpt is None:
         images, _ = data.load_dataset(ev.args.dataset, ev.args.data_dir, "test", **options).get(np.arange(ev.config.n))
     else:
@@ -166,7 +166,7 @@ def run_shapes(config, max_images, pargs, results: Results) -> Evaluator:
     ev = Evaluator(config, pargs)
 
     def real() -> dict:  # the held-out images whose attributes every method is asked for
-        options = {"cond": "attributes", **reproduce.dataset_options(config, pargs)}
+        options = {"cond": "attributes", **experiment.dataset_options(config, pargs)}
         images, cond = data.load_dataset("shapes", None, "test", **options).get(np.arange(config.n))
         save_rows(images, figures / "grid_real.png")
         return {**eval_fid.score(ev.extractor, images, None, ev.ref, 256, pargs.seed),

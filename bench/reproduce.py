@@ -37,30 +37,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import replace
 import json
-import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import checks  # noqa: E402
-import classifier  # noqa: E402
 import data  # noqa: E402
-import eval_fid  # noqa: E402
-import inception  # noqa: E402
-import sample  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
 import toy2d  # noqa: E402
-import train  # noqa: E402
+from experiment import CONFIGS, Config, Evaluator, Results, side_by_side, table, timed, train_method  # noqa: E402
 
 # label -> (slug: the run's folder, train.Config fields of the method)
 METHODS = {
@@ -78,228 +70,6 @@ CFG_VARIANTS = {  # dropped labels start from their own class's component, not t
     "class prior, null from class": ("class_nullclass", dict(prior="class", null_source="class")),
 }
 PARTS = ("comparison", "straightness", "cfg", "cov", "overlap")
-
-
-@dataclasses.dataclass
-class Config:
-    dataset: str
-    data_dir: str | None
-    preset: str
-    steps: int
-    batch_size: int
-    lr: float
-    warmup: int
-    ema: float
-    checkpoints: int  # FD at NFE 8 is measured at this many evenly spaced training steps
-    n: int  # samples per measured point, class-balanced
-    euler_nfes: tuple[int, ...] = (1, 2, 4, 8, 15, 32)
-    midpoint_nfes: tuple[int, ...] = (2, 4, 8, 32)  # midpoint spends 2 NFE per step: no 1 or 15
-    cov_nfes: tuple[int, ...] = (1, 2, 4, 8)
-    cfg_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
-    cfg_steps: int = 8
-    straight_n: int = 100
-    straight_nfe: int = 64
-    grid_per_class: int = 6
-    noise_seeds: int = 3  # NFE 8 is measured again from this many other sampling seeds
-    features: str = "auto"  # inception if its weights are found, else the offline classifier
-    clf_steps: int = 300
-    clf_width: int = 32
-    ref_images: int = 10_000
-    sample_batch: int = 250
-    image_size: int | None = None  # shapes only
-    toy2d_steps: int = 2000
-
-
-CONFIGS = {
-    # 2 CPU cores: the tiny preset (the small one trains at 5 img/s there); 1000 steps per method take
-    # 6 minutes, all parts about 80 minutes (bench/RESULTS.md)
-    "cpu": Config(dataset="mnist", data_dir=str(ROOT.parent / "shared" / "data" / "mnist"), preset="tiny",
-                  steps=1000, batch_size=32, lr=1e-3, warmup=100, ema=0.999, checkpoints=4, n=500),
-    # one GPU: CIFAR-10, the small preset (6.95M parameters); meant for a few hours, not yet timed
-    "gpu": Config(dataset="cifar10", data_dir=None, preset="small", steps=100_000, batch_size=128, lr=2e-4,
-                  warmup=5000, ema=0.9999, checkpoints=5, n=10_000, straight_n=1000, grid_per_class=8,
-                  clf_steps=2000, ref_images=50_000, sample_batch=500),
-    # seconds: exercises every part (the test suite runs it)
-    "smoke": Config(dataset="shapes", data_dir=None, preset="tiny", steps=4, batch_size=8, lr=1e-3, warmup=2,
-                    ema=0.9, checkpoints=2, n=70, euler_nfes=(1, 2), midpoint_nfes=(2,), cov_nfes=(1,),
-                    cfg_scales=(1.0, 2.0), cfg_steps=1, straight_n=4, straight_nfe=4, grid_per_class=2,
-                    noise_seeds=1, features="clf", clf_steps=3, clf_width=8, ref_images=200, sample_batch=64,
-                    image_size=16, toy2d_steps=20),
-}
-
-
-# ----------------------------------------------------------------------------- bookkeeping
-
-class Results:
-    """results.json: measured points by key, written atomically after each one."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.points: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def get(self, key: str, compute) -> dict:
-        if key not in self.points:
-            self.put(key, compute())
-        return self.points[key]
-
-    def put(self, key: str, value: dict) -> None:
-        self.points[key] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.points, indent=1))
-        os.replace(tmp, self.path)
-
-
-def timed(results: Results, part: str, work) -> None:
-    """Run one part; its wall time (of the runs that computed it) is kept in results.json. A re-run
-    that finds every point measured adds nothing, so the time does not creep up."""
-    begin, before = time.perf_counter(), len(results.points)
-    work()
-    if len(results.points) > before:
-        previous = results.points.get(f"time/{part}", {}).get("seconds", 0.0)
-        results.put(f"time/{part}", {"seconds": previous + time.perf_counter() - begin})
-
-
-# ----------------------------------------------------------------------------- training
-
-def dataset_options(config: Config, args: argparse.Namespace) -> dict:
-    """The loader's options: an image size, for the datasets that take one."""
-    return {"image_size": config.image_size} if config.image_size and args.dataset in ("shapes", "folder") else {}
-
-
-def train_config(config: Config, args: argparse.Namespace, run_dir: Path, steps: int, method: dict) -> train.Config:
-    """The train.Config of one method, trained up to `steps` (the budget is the same for all)."""
-    return train.Config(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, device=args.device,
-                        resize_to=dataset_options(config, args).get("image_size"), preset=config.preset,
-                        steps=steps, batch_size=config.batch_size, lr=config.lr, warmup=config.warmup,
-                        ema=config.ema, label_dropout=0.1, ckpt_every=steps, sample_every=0, out=str(run_dir),
-                        compile=args.compile, **method)
-
-
-def train_method(config: Config, args: argparse.Namespace, slug: str, method: dict) -> dict[int, Path]:
-    """Train one method in segments ending at the measured steps; returns {step: checkpoint}.
-    The learning rate is constant after warm-up and a resumed run repeats the uninterrupted one
-    exactly (train.py), so the segments are one run; each segment end is kept as ckpt_STEP.pt."""
-    run_dir = args.out / slug
-    milestones = [round(config.steps * (k + 1) / config.checkpoints) for k in range(config.checkpoints)]
-    saved = {}
-    for step in milestones:
-        keep = run_dir / f"ckpt_{step:07d}.pt"
-        if not keep.is_file():
-            resume = "auto" if (run_dir / "ckpt.pt").is_file() else None
-            if resume and torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)["step"] > step:
-                raise ValueError(f"{run_dir / 'ckpt.pt'} is past step {step}: it was trained for other "
-                                 "--steps; use another --out")
-            run = train_config(config, args, run_dir, step, method)
-            # a resume may change only the steps and the checkpoint cadence: say so, as the command line would
-            train.train(replace(run, resume=resume, given=("steps", "ckpt_every")))
-            shutil.copyfile(run_dir / "ckpt.pt", keep.with_suffix(".tmp"))
-            os.replace(keep.with_suffix(".tmp"), keep)
-        saved[step] = keep
-    return saved
-
-
-# ----------------------------------------------------------------------------- measuring
-
-class Evaluator:
-    """The feature network, the reference statistics and a cache of loaded checkpoints."""
-
-    def __init__(self, config: Config, args: argparse.Namespace):
-        self.config, self.args, self.models = config, args, {}
-        features = config.features
-        if features == "auto":
-            try:
-                inception.find_inception_weights(None)
-                features = "inception"
-            except FileNotFoundError:
-                features = "clf"
-        train_set = data.load_dataset(args.dataset, args.data_dir, "train", **dataset_options(config, args))
-        clf = args.out / "clf.pt"
-        if features == "clf" and not clf.is_file():
-            test_set = data.load_dataset(args.dataset, args.data_dir, "test", **dataset_options(config, args))
-            classifier.fit_and_save(clf, train_set, test_set, config.clf_steps, 128, 2e-3, config.clf_width,
-                                    args.seed, self.device, min(10_000, config.ref_images))
-        ref = args.out / f"ref_{features}.npz"
-        if not ref.is_file():
-            extractor = eval_fid.build_extractor(features, str(clf) if features == "clf" else None, device=args.device)
-            total = min(len(train_set), config.ref_images)
-            shape = (train_set.channels, train_set.image_size, train_set.image_size)
-            eval_fid.write_reference(ref, extractor, (images for images, _ in train_set.batches(100)), total, shape,
-                                     f"{args.dataset}:train", args.seed)
-        self.ref = eval_fid.load_ref(ref)
-        self.extractor = eval_fid.build_extractor(features, str(clf) if features == "clf" else None,
-                                                  device=args.device)
-        self.metric = self.extractor.metric
-
-    def load(self, ckpt: Path):
-        if ckpt not in self.models:
-            self.models = {ckpt: sample.load_checkpoint(ckpt, self.device)}  # keep one: memory on big presets
-        return self.models[ckpt]
-
-    @property
-    def device(self) -> torch.device:
-        return checks.resolve_device(self.args.device)
-
-    def balanced(self, num_classes: int, n: int, seed: int | None = None) -> tuple[torch.Tensor, list[int]]:
-        return sample.balanced_classes(num_classes, n, self.args.seed if seed is None else seed)
-
-    def real_images(self) -> dict:
-        """The first n test images against the (training) reference: the metric's floor at this n."""
-        test = data.load_dataset(self.args.dataset, self.args.data_dir, "test",
-                                 **dataset_options(self.config, self.args))
-        images, labels = test.get(np.arange(min(self.config.n, len(test))))
-        return eval_fid.score(self.extractor, images, labels.numpy(), self.ref, 256, self.args.seed)
-
-    def point(self, ckpt: Path, solver: str, nfe: int, cfg: float = 1.0, grid: Path | None = None,
-              seed: int | None = None) -> dict:
-        """Metrics of n class-balanced samples; optionally a grid of the first few per class."""
-        model, prior, run = self.load(ckpt)
-        labels, seeds = self.balanced(run["num_classes"], self.config.n, seed)
-        images = sample.generate(model, prior, labels, seeds, nfe, solver, cfg, self.config.sample_batch,
-                                 self.device, progress=True)
-        result = eval_fid.score(self.extractor, images, labels.numpy(), self.ref, 256, self.args.seed)
-        if grid is not None:
-            first = slice(0, self.config.grid_per_class * run["num_classes"])
-            sample.save_grid(images[first], labels[first], grid)
-        return {"solver": solver, "nfe": nfe, "cfg": cfg, **result}
-
-    def transport_cost(self, ckpt: Path) -> float:
-        _, prior, run = self.load(ckpt)
-        return sweep.run_transport_cost(prior, run, self.args.seed)
-
-    def straightness(self, ckpt: Path) -> dict:
-        model, prior, run = self.load(ckpt)
-        labels, seeds = self.balanced(run["num_classes"], self.config.straight_n)
-        labels = labels.to(self.device)
-        x0 = sample.prior_noise(prior, labels, seeds)
-        field = sample.guided_field(model, labels, 1.0)
-        return {**path_straightness(field, x0, self.config.straight_nfe), "n": len(labels)}
-
-
-@torch.no_grad()
-def path_straightness(velocity: sample.Field, x0: torch.Tensor, nfe: int) -> dict:
-    """How far a flow is from straight, per dimension, along a midpoint solve with `nfe` evaluations:
-
-        endpoint_gap  E||x(1) - (x0 + v(x0, 0))||^2 / D     the one-step (straight-line) error
-        straightness  E int_0^1 ||(x(1) - x0) - v(x(t), t)||^2 dt / D   (Liu et al., rectified flow)
-        chord         E||x(1) - x0||^2 / D
-
-    The integral uses the midpoint stages, v at t_k + h/2: the midpoint rule, second order."""
-    recorded: list[torch.Tensor] = []
-
-    def recording(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v = velocity(x, t)
-        recorded.append(v)
-        return v
-
-    x1 = sample.integrate(recording, x0, nfe, "midpoint")
-    chord, per_dim = x1 - x0, x0[0].numel()
-
-    def mean_square(z: torch.Tensor) -> float:
-        return float(z.double().pow(2).flatten(1).sum(1).mean()) / per_dim
-
-    return {"endpoint_gap": mean_square(x1 - (x0 + recorded[0])),  # recorded[0] = v(x0, 0)
-            "straightness": float(np.mean([mean_square(chord - v) for v in recorded[1::2]])),
-            "chord": mean_square(chord)}
 
 
 # ----------------------------------------------------------------------------- the parts
@@ -374,25 +144,6 @@ def run_overlap(config: Config, args: argparse.Namespace, results: Results) -> N
 
 
 # ----------------------------------------------------------------------------- the report
-
-def side_by_side(left: Path, right: Path, out: Path, captions: tuple[str, str]) -> None:
-    """Two grids next to each other, captioned."""
-    a, b = Image.open(left), Image.open(right)
-    mode = "L" if a.mode == b.mode == "L" else "RGB"  # grey stays grey: a third of the file
-    a, b = a.convert(mode), b.convert(mode)
-    gap, head = 16, 18
-    canvas = Image.new(mode, (a.width + gap + b.width, head + max(a.height, b.height)), "white")
-    canvas.paste(a, (0, head))
-    canvas.paste(b, (a.width + gap, head))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    draw.text((2, 3), captions[0], fill="black", font=font)
-    draw.text((a.width + gap + 2, 3), captions[1], fill="black", font=font)
-    canvas.save(out)
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
 
 def headline(points: dict, metric: str) -> list[str]:
     """For each NFE of the class prior: the fewest Euler NFE at which CondOT is as good."""

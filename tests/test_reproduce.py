@@ -9,6 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import experiment  # noqa: E402
 import reproduce  # noqa: E402
 import train  # noqa: E402
 
@@ -18,12 +19,12 @@ def test_straightness_of_straight_and_curved_fields():
     second_moment = float(x0.double().pow(2).mean())
     # a field constant in time moves every point on a straight line: both measures are 0
     shift = torch.randn(3, 4, 4)
-    straight = reproduce.path_straightness(lambda x, t: shift.expand_as(x), x0, 8)
+    straight = experiment.path_straightness(lambda x, t: shift.expand_as(x), x0, 8)
     assert straight["endpoint_gap"] == pytest.approx(0, abs=1e-10)
     assert straight["straightness"] == pytest.approx(0, abs=1e-10)
     assert straight["chord"] == pytest.approx(float(shift.double().pow(2).mean()), rel=1e-6)
     # v = t: x(t) = x0 + t^2/2, the one-step endpoint is x0; gap (1/2)^2, S = int_0^1 (1/2 - t)^2 dt = 1/12
-    ramp = reproduce.path_straightness(lambda x, t: t.view(-1, 1, 1, 1).expand_as(x), x0, 64)
+    ramp = experiment.path_straightness(lambda x, t: t.view(-1, 1, 1, 1).expand_as(x), x0, 64)
     assert ramp["endpoint_gap"] == pytest.approx(0.25, rel=1e-6)
     assert ramp["straightness"] == pytest.approx(1 / 12, rel=1e-3)
     # v = x: x(t) = e^t x0. One midpoint step multiplies by g = 1 + h + h^2/2 exactly, and its stage
@@ -32,7 +33,7 @@ def test_straightness_of_straight_and_curved_fields():
     steps, e = 32, math.e
     h = 1 / steps
     g = 1 + h + h * h / 2
-    grow = reproduce.path_straightness(lambda x, t: x, x0, 2 * steps)
+    grow = experiment.path_straightness(lambda x, t: x, x0, 2 * steps)
     discrete_s = sum(((g ** steps - 1) - (1 + h / 2) * g ** k) ** 2 for k in range(steps)) / steps
     assert grow["endpoint_gap"] == pytest.approx((g ** steps - 2) ** 2 * second_moment, rel=1e-6)
     assert grow["straightness"] == pytest.approx(discrete_s * second_moment, rel=1e-6)
@@ -71,7 +72,7 @@ def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, mon
                     "Straightness", "Guidance", "Covariance of the class prior", "Overlapping classes"):
         assert heading in report
     points = json.loads((out / "results.json").read_text())
-    config = reproduce.CONFIGS["smoke"]
+    config = experiment.CONFIGS["smoke"]
     for _, (slug, _) in reproduce.METHODS.items():
         for nfe in config.euler_nfes:
             point = points[f"cmp/{slug}/euler/{nfe}"]
@@ -86,8 +87,8 @@ def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, mon
     # a second run measures nothing again: every point comes from results.json
     def refuse(*args, **kwargs):
         raise AssertionError("recomputed a point that was already measured")
-    monkeypatch.setattr(reproduce.Evaluator, "point", refuse)
-    monkeypatch.setattr(reproduce.train, "train", refuse)
+    monkeypatch.setattr(experiment.Evaluator, "point", refuse)
+    monkeypatch.setattr(experiment.train, "train", refuse)
     reproduce.main(["--config", "smoke", "--out", str(out)])
     assert (out / "report.md").read_text().split("\n", 3)[3] == report.split("\n", 3)[3]  # same, bar the timings
     monkeypatch.undo()
@@ -97,7 +98,7 @@ def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, mon
     # trained in two segments (2 + 2 steps, resumed) == trained in one go
     args = argparse.Namespace(dataset="shapes", data_dir=None, seed=0, device=None, compile=False)
     one_go = tmp_path / "one_go"
-    train.train(reproduce.train_config(config, args, one_go, config.steps, reproduce.METHODS["CondOT"][1]))
+    train.train(experiment.train_config(config, args, one_go, config.steps, reproduce.METHODS["CondOT"][1]))
     segmented = torch.load(out / "condot" / f"ckpt_{config.steps:07d}.pt", weights_only=False)
     whole = torch.load(one_go / "ckpt.pt", weights_only=False)
     for key, value in whole["ema"].items():
