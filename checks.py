@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
 import sys
 import zipfile
 from pathlib import Path
@@ -153,6 +154,13 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     elif device.type not in ("cpu", "mps"):
         raise ValueError(f"--device {name}: unsupported device type '{device.type}'; use cpu or cuda")
     return device
+
+
+def describe_device(device: torch.device) -> str:
+    """What a benchmark or report ran on, for its header: the GPU's name, or the CPU and its threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def check_finite(value: float | np.ndarray | torch.Tensor, what: str, hint: str = "") -> None:

@@ -18,24 +18,20 @@ Datasets
 - imagenet32, imagenet64: the official downsampled .npz files, memory-mapped (1.28M images at
   64x64 are 15.7 GB of uint8, so they are never loaded, let alone as floats).
 - folder: one sub-folder per class, decoded once into memory (meant for small folders).
+- embeddings: your images (npz) with a condition vector each (npy), e.g. CLIP features.
+This file knows which files each dataset needs and what they must hold; readers.py reads their bytes.
 """
 from __future__ import annotations
 
-import contextlib
-import gzip
 import inspect
-import io
-import pickle
-import struct
-import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-import checks
+import readers
 import shapes
 
 _IDX_FILES = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
@@ -82,7 +78,7 @@ class Dataset:
         self.parts = parts
         self.part_starts = np.cumsum([0] + [len(part) for part in parts])
         _, self.channels, self.image_size, _ = parts[0].shape
-        self.labels = _checked_labels(labels, self.num_classes, self.part_starts[-1], self.name)
+        self.labels = readers.checked_labels(labels, self.num_classes, self.part_starts[-1], self.name)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -116,39 +112,6 @@ class Dataset:
             order = np.random.default_rng(seed).permutation(len(self))
         for start in range(0, len(self), batch_size):
             yield self.get(order[start:start + batch_size])
-
-
-def _checked_labels(labels: np.ndarray, num_classes: int, count: int, source: object,
-                    first: int = 0) -> np.ndarray:
-    """Labels first..first + num_classes - 1 as int64 0..num_classes - 1, one per image."""
-    labels = np.asarray(labels).reshape(-1)
-    # integers, or floats holding integers; anything else (strings, NaN, 2.5) is not a label file
-    whole = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and bool(
-        np.isfinite(labels).all() and (labels == np.round(labels)).all()))
-    if not whole:
-        raise ValueError(f"{source}: labels must be whole numbers, got {labels.dtype}; re-download it")
-    labels = labels.astype(np.int64) - first
-    if len(labels) != count:
-        raise ValueError(f"{source}: {len(labels)} labels for {count} images; re-download it")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{source}: labels out of range {labels.min() + first}..{labels.max() + first}, "
-                         f"expected {first}..{num_classes - 1 + first}; re-download it")
-    return labels
-
-
-@contextlib.contextmanager
-def _reading(path: Path, problem: str, hint: str = "re-download it") -> Iterator[None]:
-    """Any failure inside the block becomes ValueError("PATH: PROBLEM (why); HINT"), one line.
-
-    A damaged download fails deep inside gzip/zlib (zlib.error, EOFError), zipfile (BadZipFile,
-    KeyError, NotImplementedError), numpy's .npy header parser (ValueError, SyntaxError, even
-    tokenize.TokenError), struct, pickle or pillow, with types no one can list in advance; to
-    the user they all mean the same thing. So every read of a dataset file goes through here,
-    and only our own checks, which already name the file, run outside these blocks."""
-    try:
-        yield
-    except Exception as err:
-        raise ValueError(f"{path}: {problem} ({checks.first_line(err)}); {hint}") from None
 
 
 def _split(name: str, split: str) -> str:
@@ -220,28 +183,6 @@ class Shapes(Dataset):
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (idx)
 
-def _read_idx(path: Path, magic: int) -> np.ndarray:
-    """An idx file: big-endian int32 magic (0x08 = ubyte, low byte = ndim), ndim sizes, bytes."""
-    gz = path.suffix == ".gz"
-    # not gzip at all (BadGzipFile), a corrupt deflate stream (zlib.error), cut short (EOFError)
-    with _reading(path, "cannot decompress this .gz file" if gz else "cannot read this idx file"):
-        raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
-    found = int.from_bytes(raw[:4], "big")
-    if len(raw) >= 4 and found != magic:
-        raise ValueError(f"{path}: wrong magic number {found}, expected {magic}; not the idx file "
-                         "this name promises, re-download it")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated ({len(raw)} bytes, shorter than the idx header); "
-                         "re-download it")
-    shape = struct.unpack(f">{ndim}i", raw[4:header])
-    if len(raw) - header != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} = {int(np.prod(shape))} bytes but "
-                         f"{len(raw) - header} follow; truncated or corrupt, re-download it")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
-
-
 class MNIST(Dataset):
     """28x28 grey digits; resize="pad" adds 2 black pixels per side, "bilinear" rescales to 32."""
 
@@ -256,15 +197,15 @@ class MNIST(Dataset):
         prefix = "train" if _split(self.name, split) == "train" else "t10k"
         image_path = self._find(folder, f"{prefix}-images-idx3-ubyte")
         label_path = self._find(folder, f"{prefix}-labels-idx1-ubyte")
-        images = _read_idx(image_path, 2051)
+        images = readers.read_idx(image_path, 2051)
         if len(images) == 0 or images.shape[1:] != (28, 28):
             raise ValueError(f"{image_path}: holds images of shape {images.shape}, expected "
                              f"(N >= 1, 28, 28); re-download it")
-        labels = _checked_labels(_read_idx(label_path, 2049), 10, len(images), label_path)
+        labels = readers.checked_labels(readers.read_idx(label_path, 2049), 10, len(images), label_path)
         if resize == "pad":
             images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
         else:  # in chunks of 10k so the float copy stays small
-            images = np.concatenate([_bilinear(images[start:start + 10_000], 32)
+            images = np.concatenate([readers.bilinear(images[start:start + 10_000], 32)
                                      for start in range(0, len(images), 10_000)])
         self._set_arrays([images[:, None]], labels)
 
@@ -275,12 +216,6 @@ class MNIST(Dataset):
         raise _missing(self.name, folder / f"{stem}[.gz]")
 
 
-def _bilinear(images: np.ndarray, size: int) -> np.ndarray:
-    grey = torch.tensor(images, dtype=torch.float32)[:, None]
-    resized = torch.nn.functional.interpolate(grey, size=size, mode="bilinear", align_corners=False)
-    return resized[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-
-
 class FashionMNIST(MNIST):
     name = "fashion-mnist"
     class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -288,18 +223,6 @@ class FashionMNIST(MNIST):
 
 
 # ---------------------------------------------------------------- CIFAR-10 (python pickles)
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """The CIFAR batches are pickles; allow only what they need so a hostile file runs no code."""
-
-    numpy_names = {"_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar"}
-
-    def find_class(self, module: str, name: str) -> object:
-        numpy_part = module.split(".")[0] == "numpy" and name in self.numpy_names
-        if numpy_part or (module, name) == ("_codecs", "encode"):  # _codecs: protocol-2 bytes
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
 
 class CIFAR10(Dataset):
     name = "cifar10"
@@ -319,71 +242,10 @@ class CIFAR10(Dataset):
     def _load_batch(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         if not path.is_file():
             raise _missing(self.name, path)
-        with _reading(path, "not a CIFAR-10 python batch"):  # truncated, garbage, not a dict, ...
-            batch = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-            data, labels = batch[b"data"], np.asarray(batch[b"labels"])
-        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-                and data.shape[1] == 3072):
-            raise ValueError(f"{path}: b'data' should be uint8 (N, 3072), got "
-                             f"{getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}; "
-                             "re-download it")
-        # a damaged pickle can carry a dtype equal to uint8 with corrupt internal flags (numpy then
-        # prints internal errors on every copy): keep only the raw bytes, under numpy's own uint8.
-        # Rows are planar: 1024 red values (row-major 32x32), then green, then blue.
-        pixels = np.frombuffer(data.tobytes(), np.uint8).reshape(-1, 3, 32, 32)
-        return pixels, _checked_labels(labels, 10, len(data), path)
+        return readers.read_cifar_batch(path)
 
 
 # ---------------------------------------------------------------- downsampled ImageNet (npz)
-
-def _npz_array(path: Path, key: str) -> np.ndarray:
-    """Array `key` of an .npz, memory-mapped when stored uncompressed.
-
-    np.savez (the official files) writes a plain ZIP_STORED zip of .npy members, so the member's
-    bytes sit contiguously in the file: skip the zip local header and the .npy header and map
-    the rest. A compressed member (np.savez_compressed) cannot be mapped and is loaded instead.
-    A damaged zip directory or .npy header is an error naming the file; a flipped byte inside
-    a mapped member's pixels is not caught (its CRC would mean reading all 15.7 GB up front).
-    """
-    damaged = "not a readable .npz archive (truncated or corrupt)"
-    with _reading(path, damaged):  # not a zip, cut inside the central directory, ...
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            info = archive.getinfo(f"{key}.npy") if f"{key}.npy" in names else None
-    if info is None:
-        raise ValueError(f"{path}: has no '{key}' array (it holds {', '.join(names) or 'nothing'}); "
-                         "not a downsampled ImageNet file, re-download it")
-    with _reading(path, damaged):  # a directory entry pointing at garbage, a bad .npy header
-        if info.compress_type != zipfile.ZIP_STORED:
-            return _load_member(path, key)
-        with open(path, "rb") as file:
-            file.seek(info.header_offset)
-            local_header = file.read(30)
-            if local_header[:4] != b"PK\x03\x04":
-                raise zipfile.BadZipFile(f"no local header for {key}.npy where the directory says")
-            name_length, extra_length = struct.unpack("<HH", local_header[26:30])
-            file.seek(info.header_offset + 30 + name_length + extra_length)
-            version = np.lib.format.read_magic(file)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:  # a newer .npy header version: let numpy read it
-                return _load_member(path, key)
-            shape, fortran_order, dtype = read_header(file)
-            offset = file.tell()
-        if fortran_order or dtype.hasobject:
-            return _load_member(path, key)
-    if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
-        raise ValueError(f"{path}: truncated ({path.stat().st_size} bytes, '{key}' needs more); "
-                         "re-download it")
-    with _reading(path, damaged):
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-
-
-def _load_member(path: Path, key: str) -> np.ndarray:
-    """Array `key` read whole; no pickles (an object array in a pixel file is never right)."""
-    with np.load(path, allow_pickle=False) as archive:
-        return archive[key]
-
 
 class ImageNet(Dataset):
     """Official downsampled ImageNet: `data` uint8 (N, 3*S*S) planar RGB, `labels` 1..1000."""
@@ -400,13 +262,14 @@ class ImageNet(Dataset):
             path = folder / name
             if not path.is_file():
                 raise _missing(self.name, path)
-            data = _npz_array(path, "data")
+            data = readers.npz_array(path, "data")
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * self.size**2:
                 raise ValueError(f"{path}: 'data' should be uint8 (N, {3 * self.size**2}) for "
                                  f"{self.size}x{self.size}, got {data.dtype} {data.shape}; "
                                  f"re-download the {self.size}x{self.size} files")
             parts.append(data.reshape(-1, 3, self.size, self.size))  # planar rows = (C, H, W)
-            labels.append(_checked_labels(_npz_array(path, "labels"), 1000, len(data), path, first=1))
+            labels.append(readers.checked_labels(readers.npz_array(path, "labels"), 1000, len(data), path,
+                                                 first=1))
         self._set_arrays(parts, np.concatenate(labels))
 
 
@@ -439,19 +302,11 @@ class ImageFolder(Dataset):
             if not files:
                 raise ValueError(f"folder: class folder {class_dir} holds no images")
             for path in files:
-                images.append(_load_image(path, image_size))
+                images.append(readers.read_image_square(path, image_size))
                 labels.append(class_id)
         self.num_classes = len(class_dirs)
         self.class_names = [d.name for d in class_dirs]
         self._set_arrays([np.stack(images)], np.array(labels))
-
-
-def _load_image(path: Path, size: int) -> np.ndarray:
-    # UnidentifiedImageError, truncated files, DecompressionBombError, a decoder's own errors
-    with _reading(path, "pillow cannot read this image", "remove or replace it"):
-        with Image.open(path) as image:
-            square = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
-    return np.asarray(square).transpose(2, 0, 1)
 
 
 # ---------------------------------------------------------------- images with your own condition vectors
@@ -470,10 +325,11 @@ class Embeddings(Dataset):
         for path in (images_path, cond_path):
             if not path.is_file():
                 raise _missing(self.name, path)
-        with _reading(images_path, "not a readable .npz of images"), np.load(images_path, allow_pickle=False) as file:
+        with readers.reading(images_path, "not a readable .npz of images"), \
+                np.load(images_path, allow_pickle=False) as file:
             images = file["arr_0"]
             labels = file["arr_1"] if "arr_1" in file.files else np.zeros(len(images), np.int64)
-        with _reading(cond_path, "not a readable .npy of condition vectors"):
+        with readers.reading(cond_path, "not a readable .npy of condition vectors"):
             vectors = np.load(cond_path, allow_pickle=False)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2] or \
                 images.shape[3] not in (1, 3):
@@ -495,15 +351,8 @@ class Embeddings(Dataset):
 # ---------------------------------------------------------------- entry point
 
 DATASETS: dict[str, type[Dataset]] = {
-    "shapes": Shapes,
-    "mnist": MNIST,
-    "fashion-mnist": FashionMNIST,
-    "cifar10": CIFAR10,
-    "imagenet32": ImageNet32,
-    "imagenet64": ImageNet64,
-    "folder": ImageFolder,
-    "embeddings": Embeddings,
-}
+    "shapes": Shapes, "mnist": MNIST, "fashion-mnist": FashionMNIST, "cifar10": CIFAR10,
+    "imagenet32": ImageNet32, "imagenet64": ImageNet64, "folder": ImageFolder, "embeddings": Embeddings}
 
 
 def load_dataset(name: str, data_dir: str | None = None, split: str = "train", **options

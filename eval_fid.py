@@ -1,9 +1,8 @@
 """The metric, self-contained: FID (or offline FD-clf), KID and conditional accuracy of a sample set.
 
-Features f(x): the 2048-d pool3 output of pytorch-fid's FID InceptionV3 (inception.py). Offline,
-`--features clf` uses the penultimate layer of a small classifier trained on the dataset itself;
-its distance is reported as "FD-clf", never as FID, and its predictions give the conditional
-accuracy (the share of samples classified as the class they were generated for).
+Features f(x) come from features.py: Inception's 2048-d pool3 or, offline (`--features clf`), the
+penultimate layer of a classifier trained on the dataset ("FD-clf", never FID), whose predictions give
+the conditional accuracy (the share of samples classified as the class they were generated for).
 
 Frechet distance between the Gaussians fitted to two feature sets (float64, unbiased covariance):
 
@@ -20,20 +19,17 @@ random subsets of m samples from each set (100 subsets of 1000 by default):
     MMD^2_u = sum_{i!=j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1)) - 2 sum_{i,j} k(x_i, y_j) / m^2
 
 Reference files are .npz with pytorch-fid's keys mu and sigma (its stats files work here, ours
-there), plus up to 10k features for KID, the feature network's name and id, n and the image
-shape (a calc with other features or sizes is refused). Printed: a JSON line (KID as is),
-then a readable summary (KID x 1e3).
+there), plus up to 10k features for KID, the feature network's name and id, n and the image shape
+(a calc with other features or sizes is refused). Printed: a JSON line (KID as is), then a readable
+summary (KID x 1e3). `python classifier.py` trains the offline classifier; bench/sweep.py measures
+checkpoints at several NFEs with these functions.
 
     python eval_fid.py ref --dataset cifar10 [--features clf --clf runs/clf.pt]     # runs/ref.npz
     python eval_fid.py calc --samples out/samples_euler_nfe8_n100.npz --ref runs/ref.npz
-
-(`python classifier.py` trains the offline classifier; `python bench/sweep.py` measures
-checkpoints at several NFEs with these functions.)
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -42,25 +38,20 @@ from typing import Callable, Iterable
 import numpy as np
 import scipy.linalg
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 import checks
 import data
 import sample
-from classifier import Classifier
-from inception import INCEPTION_FILE, InceptionV3  # noqa: F401 (re-exported: from eval_fid import InceptionV3)
+from features import INCEPTION_ID, Extractor, build_extractor, extractor_for_ref
+from inception import INCEPTION_FILE
 
-INCEPTION_ID = "pt_inception-2015-12-05"  # the feature id in reference files (pytorch-fid's have none)
 KID_KEEP = 10_000  # reference features stored for KID
 SQRTM_TOLERANCE = 1e-5  # ||root^2 - S1 S2|| / ||S1 S2|| above this: the root is not trusted
 REF_HINT = "make one with python eval_fid.py ref"
-CLF_HINT = "train one with python classifier.py --dataset NAME --out runs/clf.pt"
-CLF_KEYS = ("model", "channels", "image_size", "num_classes", "width")
 
 
-
-# ---------------------------------------------------------------- features and statistics
+# ---------------------------------------------------------------- statistics
 
 class RunningStats:
     """Streaming mean and unbiased covariance in float64. Sums are taken around a shift (the first
@@ -93,64 +84,6 @@ def check_enough(n: int, dim: int, hint: str = "measure more images") -> None:
                          f"use at least {dim + 1} (10000+ is usual for FID): {hint}")
 
 
-class Extractor:
-    """A feature network with its name ("inception" or "clf") and an id that ties statistics to
-    the exact weights (a reference made with one classifier is refused with another)."""
-
-    def __init__(self, name: str, net: nn.Module, dim: int, extractor_id: str, device: torch.device,
-                 clf_path: str = "", image_shape: tuple[int, int, int] | None = None):
-        self.name, self.dim, self.id = name, dim, extractor_id
-        self.metric = "FID" if name == "inception" else "FD-clf"
-        self.clf_path, self.image_shape = clf_path, image_shape
-        self.device, self.net = device, net.to(device)
-        if device.type == "cuda":  # float32 math (no autocast, no TF32): numbers comparable with pytorch-fid
-            self.net = self.net.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """uint8 (n, C, H, W) -> (float64 features (n, dim), predicted classes or None)."""
-        if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(f"images of shape {tuple(images.shape[1:])}, but the classifier takes "
-                             f"{self.image_shape}")
-        x = images.to(self.device).float() / 255
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32
-        try:
-            features = self.net(x)
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-        # a broken network (NaN weights, overflow) stops here instead of becoming NaN statistics
-        network = f"classifier {self.clf_path}" if self.clf_path else f"the {self.name} network"
-        checks.check_finite(features, f"features of {network}",
-                            "its weights are damaged: retrain or re-download it")
-        predictions = self.net.head(features).argmax(1).cpu().numpy() if self.name == "clf" else None
-        return features.double().cpu().numpy(), predictions
-
-
-def build_extractor(name: str, clf: str | None = None, inception_weights: str | None = None,
-                    device: torch.device | str | None = None) -> Extractor:
-    device = checks.resolve_device(device)
-    if name == "inception":
-        return Extractor(name, InceptionV3(inception_weights or "auto"), 2048, INCEPTION_ID, device)
-    if name == "clf":
-        if clf is None:
-            raise ValueError(f"--features clf needs --clf FILE: {CLF_HINT}")
-        saved = checks.load_torch(clf, "classifier file", CLF_HINT, keys=CLF_KEYS)
-        try:  # right keys, wrong contents (another network, strings for sizes): still the file's fault
-            channels, size, width = int(saved["channels"]), int(saved["image_size"]), int(saved["width"])
-            net = Classifier(channels, int(saved["num_classes"]), width)
-            net.load_state_dict(saved["model"])
-        except (TypeError, ValueError, RuntimeError, AttributeError) as err:
-            raise ValueError(f"{clf}: not a classifier file of this classifier.py "
-                             f"({' '.join(str(err).split())[:200]}); {CLF_HINT}") from None
-        net.requires_grad_(False).eval()
-        fingerprint = "clf-" + hashlib.sha256(Path(clf).read_bytes()).hexdigest()[:16]
-        return Extractor(name, net, 8 * width, fingerprint, device, str(clf), (channels, size, size))
-    raise ValueError(f"unknown features '{name}'; choose inception or clf")
-
-
 def measure(extractor: Extractor, batches: Iterable[torch.Tensor], total: int, keep: np.ndarray | None = None,
             desc: str = "features") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """One pass: (mu, sigma, kept features, predictions). keep = boolean mask over the total
@@ -181,9 +114,7 @@ def measure(extractor: Extractor, batches: Iterable[torch.Tensor], total: int, k
 def root_is_accurate(root: np.ndarray, product: np.ndarray, tol: float = SQRTM_TOLERANCE) -> bool:
     """Finite and squares back to `product` (relative Frobenius residual <= tol). We decide, not
     scipy: whether sqrtm returns NaN or a poor root on a singular product changes between versions."""
-    if not np.isfinite(root).all():
-        return False
-    return bool(np.linalg.norm(root @ root - product) <= tol * np.linalg.norm(product))
+    return bool(np.isfinite(root).all() and np.linalg.norm(root @ root - product) <= tol * np.linalg.norm(product))
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -250,12 +181,19 @@ def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, su
 
 # ---------------------------------------------------------------- files
 
-def save_ref(path: str | Path, extractor: Extractor, mu: np.ndarray, sigma: np.ndarray, features: np.ndarray,
-             n: int, image_shape: tuple[int, ...], source: str) -> None:
-    """mu and sigma under pytorch-fid's --save-stats keys, plus what a calc must check."""
+def write_reference(path: str | Path, extractor: Extractor, batches: Iterable[torch.Tensor], total: int,
+                    shape: tuple[int, int, int], source: str, seed: int = 0) -> int:
+    """Reference statistics of `total` images into `path`: mu and sigma under pytorch-fid's
+    --save-stats keys, a seeded subset of up to KID_KEEP features for KID, and what a calc must
+    check. Returns how many features were kept."""
+    check_enough(total, extractor.dim, "use more images (--max-images, or a larger --images set)")
+    keep = np.zeros(total, bool)
+    keep[np.random.default_rng(seed).choice(total, min(KID_KEEP, total), replace=False)] = True
+    mu, sigma, features, _ = measure(extractor, batches, total, keep, desc="reference")
     checks.save_npz(path, {"mu": mu, "sigma": sigma, "features": features, "feature_name": extractor.name,
-                           "extractor_id": extractor.id, "clf_path": extractor.clf_path, "n": n,
-                           "image_shape": np.asarray(image_shape, np.int64), "source": source})
+                           "extractor_id": extractor.id, "clf_path": extractor.clf_path, "n": total,
+                           "image_shape": np.asarray(shape, np.int64), "source": source})
+    return len(features)
 
 
 def load_ref(path: str | Path) -> dict:
@@ -268,23 +206,9 @@ def load_ref(path: str | Path) -> dict:
         if key in ref:
             checks.check_finite(ref[key], f"{path}: {key}", f"the file is damaged; {REF_HINT}")
     # a plain pytorch-fid stats file has only mu and sigma: Inception features, no KID
-    ref["feature_name"] = str(ref.get("feature_name", "inception"))
-    ref["extractor_id"] = str(ref.get("extractor_id", INCEPTION_ID))
-    ref["clf_path"] = str(ref.get("clf_path", ""))
+    for key, default in (("feature_name", "inception"), ("extractor_id", INCEPTION_ID), ("clf_path", "")):
+        ref[key] = str(ref.get(key, default))
     return ref
-
-
-def extractor_for_ref(ref: dict, args: argparse.Namespace) -> Extractor:
-    """The feature network the reference was made with; mismatches are refused."""
-    if args.features is not None and args.features != ref["feature_name"]:
-        raise ValueError(f"--features {args.features}, but the reference was made with "
-                         f"{ref['feature_name']} features: make a matching reference")
-    clf = args.clf or ref["clf_path"] or None
-    extractor = build_extractor(ref["feature_name"], clf, args.inception_weights, args.device)
-    if extractor.id != ref["extractor_id"]:
-        raise ValueError(f"the reference was made with feature network {ref['extractor_id']}, this one is "
-                         f"{extractor.id}: use the same --clf file or remake the reference")
-    return extractor
 
 
 def check_shape(samples_shape: tuple[int, ...], ref: dict) -> None:
@@ -307,32 +231,18 @@ def score(extractor: Extractor, images: torch.Tensor, labels: np.ndarray | None,
     return result
 
 
-def summary(result: dict) -> str:
+def summary(result: dict, extra: Iterable[str] = ()) -> str:
+    """The readable line; extra: more parts before the sample count (bench/sweep.py's attribute errors)."""
     kid_name = "KID" if result["metric"] == "FID" else "KID-clf"
     parts = [f"{result['metric']} {result['value']:.3f}"]
     if result["kid"] is not None:
         parts.append(f"{kid_name} x1e3 {1e3 * result['kid']:.3f} +- {1e3 * result['kid_std']:.3f}")
     if result["accuracy"] is not None:
         parts.append(f"accuracy {100 * result['accuracy']:.1f}%")
-    if "colour_error" in result:
-        parts.append(f"attribute errors: colour {result['colour_error']:.1f} levels, position "
-                     f"{result['position_error_px']:.2f} px, size rank correlation {result['size_rank_correlation']:.2f}")
-    return ", ".join(parts) + f" ({result['n']} samples)"
+    return ", ".join([*parts, *extra]) + f" ({result['n']} samples)"
 
 
 # ---------------------------------------------------------------- commands
-
-def write_reference(path: str | Path, extractor: Extractor, batches: Iterable[torch.Tensor], total: int,
-                    shape: tuple[int, int, int], source: str, seed: int = 0) -> int:
-    """Reference statistics of `total` images into `path` (mu, sigma and a seeded subset of up to
-    KID_KEEP features for KID); returns how many features were kept."""
-    check_enough(total, extractor.dim, "use more images (--max-images, or a larger --images set)")
-    keep = np.zeros(total, bool)
-    keep[np.random.default_rng(seed).choice(total, min(KID_KEEP, total), replace=False)] = True
-    mu, sigma, features, _ = measure(extractor, batches, total, keep, desc="reference")
-    save_ref(path, extractor, mu, sigma, features, total, shape, source)
-    return len(features)
-
 
 def run_ref(args: argparse.Namespace) -> None:
     out = checks.check_out_file(args.out, "--out", (".npz",))
@@ -360,7 +270,7 @@ def run_calc(args: argparse.Namespace) -> None:
     images, labels = sample.load_samples(args.samples)
     dim = len(ref["mu"])  # known before the feature network is loaded
     check_enough(len(images), dim, f"generate at least {dim + 1} with python sample.py --n N (images per class)")
-    extractor = extractor_for_ref(ref, args)
+    extractor = extractor_for_ref(ref, args.features, args.clf, args.inception_weights, args.device)
     result = {"samples": str(args.samples), "ref": str(args.ref)} | score(
         extractor, images, labels, ref, args.batch_size, args.seed)
     print(json.dumps(result))
@@ -370,45 +280,33 @@ def run_calc(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = checks.Parser(prog=prog, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-
-    def command(name: str, help: str, batch_size: int = 100) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help, formatter_class=checks.DefaultsFormatter)
-        sub.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
-        sub.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-        sub.add_argument("--seed", type=int, default=0, help="random seed")
-        return sub
-
-    def features(sub: argparse.ArgumentParser, default: str | None) -> None:
-        sub.add_argument("--features", choices=["inception", "clf"], default=default,
-                         help="feature network" + ("" if default else " (default: the reference's)"))
-        sub.add_argument("--clf", default=None, help="classifier file for --features clf")
-        sub.add_argument("--inception-weights", default=None,
-                         help=f"path of {INCEPTION_FILE} (default: torch.hub's checkpoints folder)")
-
-    def dataset(sub: argparse.ArgumentParser, required: bool) -> None:
-        sub.add_argument("--dataset", required=required, default=None, help="dataset name, as in train.py")
-        sub.add_argument("--data-dir", default=None, help="folder of the dataset's files, as in train.py")
-        sub.add_argument("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
-
-    sub = command("ref", "reference statistics of a dataset or image set")
-    features(sub, "inception")
-    dataset(sub, required=False)
-    sub.add_argument("--images", default=None, help="an .npz (arr_0) or a folder of images instead")
-    sub.add_argument("--max-images", type=int, default=None, help="use the first N images (default: all)")
-    sub.add_argument("--out", default="runs/ref.npz", help="statistics file to write (.npz)")
-
-    sub = command("calc", "metrics of a sample file against reference statistics")
-    features(sub, None)
-    sub.add_argument("--samples", required=True, help="sample.py's .npz or a folder of images")
-    sub.add_argument("--ref", required=True, help="statistics file written by ref")
+    subs = {}
+    for name, help, features in (("ref", "reference statistics of a dataset or image set", "inception"),
+                                 ("calc", "metrics of a sample file against reference statistics", None)):
+        subs[name] = commands.add_parser(name, help=help, description=help, formatter_class=checks.DefaultsFormatter)
+        arg = subs[name].add_argument
+        arg("--batch-size", type=int, default=100, help="images per batch")
+        arg("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+        arg("--seed", type=int, default=0, help="random seed")
+        arg("--features", choices=["inception", "clf"], default=features,
+            help="feature network" + ("" if features else " (default: the reference's)"))
+        arg("--clf", default=None, help="classifier file for --features clf")
+        arg("--inception-weights", default=None,
+            help=f"path of {INCEPTION_FILE} (default: torch.hub's checkpoints folder)")
+    arg = subs["ref"].add_argument
+    arg("--dataset", default=None, help="dataset name, as in train.py")
+    arg("--data-dir", default=None, help="folder of the dataset's files, as in train.py")
+    arg("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
+    arg("--images", default=None, help="an .npz (arr_0) or a folder of images instead")
+    arg("--max-images", type=int, default=None, help="use the first N images (default: all)")
+    arg("--out", default="runs/ref.npz", help="statistics file to write (.npz)")
+    arg = subs["calc"].add_argument
+    arg("--samples", required=True, help="sample.py's .npz or a folder of images")
+    arg("--ref", required=True, help="statistics file written by ref")
 
     args = parser.parse_args(argv)
-    for flag in ("batch_size", "steps", "width", "eval_images", "max_images", "image_size", "n",
-                 "sample_batch_size"):
-        if hasattr(args, flag):  # each sub-command has some of them; None = the default applies
-            checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
-    if hasattr(args, "lr") and not args.lr > 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+    for flag in ("batch_size", "max_images", "image_size"):  # calc has only --batch-size; None: the default
+        checks.check_at_least(getattr(args, flag, None), 1, "--" + flag.replace("_", "-"))
     args.device = checks.resolve_device(args.device)
     {"ref": run_ref, "calc": run_calc}[args.command](args)
 

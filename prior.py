@@ -21,7 +21,7 @@ so the marginal source is a mixture with components near the data; the paths x0 
 shorter and cross less. A "null" row (classifier-free guidance's unconditional half) draws
 from the dataset-wide component N(mu, Sigma) built from the global mean and std.
 
-The statistics are fitted in streamed passes (stats.py: Chan's merge, k-means assignment).
+The statistics are fitted in streamed passes (stats.py: Chan's merge, per-class k-means).
 
 A prior is one class here and one name in PRIORS; train.py and sample.py need nothing else:
 
@@ -32,31 +32,37 @@ A prior is one class here and one name in PRIORS; train.py and sample.py need no
     sample(cond, generator, null=None, x1=None) -> x0     x1: the training images, for priors
                            that couple with them; None at sampling time
     groups(cond, null)     which rows `class_ot` may pair with each other
-    state_dict() / from_state_dict(state)   numpy arrays and plain values (checkpoint, cache)
+    fitted = ("means", ...)   the numpy arrays fit() sets: with the options, they are the saved
+                           state (state_dict / from_state_dict; extend both for anything else)
 """
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import checks
-from stats import RunningClassStats, model_space, nearest
+from conditions import check_cond
+from stats import RunningClassStats, cluster_stats, kmeans_plus_plus, lloyd_passes, model_space, nearest
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Prior:
-    """What every prior shares; a new prior overrides fit / sample / state_dict / from_state_dict,
-    and groups when `class_ot` should pair other rows than those of one class."""
+    """What every prior shares. A new prior overrides fit and sample (and groups when `class_ot`
+    should pair other rows than those of one class) and lists in `fitted` the numpy arrays its fit
+    sets: state_dict / from_state_dict then save and restore it with its options (the constructor's
+    keywords, read back from attributes of the same name). Other fitted state: extend both."""
 
     name = ""
     shape: tuple[int, ...] = ()
     num_classes = 0  # 0 for vector conditions
+    dataset = ""
+    fitted: tuple[str, ...] = ()
 
     def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> Prior:
         raise NotImplementedError
@@ -72,12 +78,36 @@ class Prior:
             return torch.arange(len(cond), device=cond.device)
         return cond if null is None else torch.where(null, -1, cond)
 
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        """The options (the constructor's keywords) with their defaults: what --prior-opt may set."""
+        return {key: p.default for key, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
     def state_dict(self) -> dict:
-        raise NotImplementedError
+        if any(getattr(self, key, None) is None for key in self.fitted):
+            raise ValueError(f"the {self.name} prior has not been fitted; call fit() or load a statistics file")
+        return {"name": self.name, "dataset": self.dataset, **{key: getattr(self, key) for key in self.defaults()},
+                **{key: getattr(self, key) for key in self.fitted}}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Prior:
-        raise NotImplementedError
+        # a saved option comes back as a 0-d array: typed again by its default (int, float, str, bool)
+        options = {key: type(default)(np.asarray(state[key]).item()) if default is not None else state[key]
+                   for key, default in cls.defaults().items()}
+        prior = cls(**options)
+        prior.dataset = str(state.get("dataset", ""))
+        for key in cls.fitted:
+            setattr(prior, key, np.asarray(state[key]))
+        return prior
+
+    def on_device(self, device: torch.device, make: Callable[[torch.device], tuple]) -> tuple:
+        """make(device)'s tensors, made once per device (sample() runs every training step); a
+        prior's fit() empties the cache by setting self._device_cache = {}."""
+        cache = self.__dict__.setdefault("_device_cache", {})
+        if str(device) not in cache:
+            cache[str(device)] = make(device)
+        return cache[str(device)]
 
     def save(self, path: str) -> None:
         checks.save_npz(path, self.state_dict())  # temporary file + rename: a killed fit leaves no half file
@@ -87,14 +117,24 @@ class Prior:
         return cls.from_state_dict(load_npz(path))
 
 
+def check_spread(cov: str, sigma: float, scale: float) -> None:
+    """The noise around a component: cov="iso" sigma * I, or "diag" scale * its per-pixel std."""
+    if cov not in ("iso", "diag"):
+        raise ValueError(f"unknown covariance '{cov}'; choose 'iso' (sigma * I) or 'diag' (per-component std)")
+    if not (sigma > 0 and scale > 0 and math.isfinite(sigma) and math.isfinite(scale)):
+        raise ValueError(f"sigma and scale must be positive, got sigma={sigma}, scale={scale}")
+
+
+def spread(stds: np.ndarray, cov: str, sigma: float, scale: float, min_std: float) -> np.ndarray:
+    """Per-component std for check_spread's two choices; the floor keeps always-constant pixels
+    (e.g. MNIST borders) from a zero std."""
+    return np.full_like(stds, sigma) if cov == "iso" else scale * np.maximum(stds, min_std)
+
+
 class GaussianPrior(Prior):
     """x0 ~ N(0, I) whatever the condition: the standard flow-matching source (CondOT)."""
 
     name = "gaussian"
-
-    def __init__(self, shape: tuple[int, ...] | None = None, num_classes: int = 0, dataset: str = ""):
-        self.shape = tuple(shape) if shape is not None else ()
-        self.num_classes, self.dataset = num_classes, dataset
 
     def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> GaussianPrior:
         # Nothing to estimate; only read one batch for the image shape.
@@ -108,33 +148,30 @@ class GaussianPrior(Prior):
         return torch.randn((len(cond), *self.shape), generator=generator, device=cond.device)
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "shape": np.array(self.shape), "num_classes": self.num_classes,
-                "dataset": self.dataset}
+        return super().state_dict() | {"shape": np.array(self.shape), "num_classes": self.num_classes}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> GaussianPrior:
-        return cls(tuple(int(s) for s in state["shape"]), int(state["num_classes"]), str(state.get("dataset", "")))
+        prior = super().from_state_dict(state)
+        prior.shape, prior.num_classes = tuple(int(s) for s in state["shape"]), int(state["num_classes"])
+        return prior
 
 
 class ClassPrior(Prior):
     """x0 ~ N(mu_c, Sigma_c): a Gaussian at each class's mean (the paper's prior)."""
 
     name = "class"
+    fitted = ("counts", "means", "stds")
 
     def __init__(self, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0,
                  min_count: int = 2, min_std: float = 1e-3):
-        if cov not in ("iso", "diag"):
-            raise ValueError(f"unknown covariance '{cov}'; choose 'iso' (sigma * I) or 'diag' (per-class std)")
-        if not (sigma > 0 and scale > 0 and math.isfinite(sigma) and math.isfinite(scale)):
-            raise ValueError(f"sigma and scale must be positive, got sigma={sigma}, scale={scale}")
+        check_spread(cov, sigma, scale)
         self.cov, self.sigma, self.scale = cov, float(sigma), float(scale)
         self.min_count, self.min_std = int(min_count), float(min_std)
         # Filled by fit(): row c < K is class c, row K is the whole dataset (the null rows).
         self.counts: np.ndarray | None = None  # (K+1,) int64
         self.means: np.ndarray | None = None  # (K+1, C, H, W) float64, model space
         self.stds: np.ndarray | None = None  # (K+1, C, H, W) float64, model space
-        self.dataset = ""
-        self._device_cache: dict = {}
 
     @property
     def num_classes(self) -> int:
@@ -149,53 +186,26 @@ class ClassPrior(Prior):
         for images, labels in batches:
             stats.update(model_space(images), labels)
         counts, means, variances = stats.result()
-        means, variances = means.reshape(-1, *stats.shape), variances.reshape(-1, *stats.shape)
         too_few = np.flatnonzero(counts[:num_classes] < self.min_count)
         if len(too_few):
             raise ValueError(f"class {int(too_few[0])} has {int(counts[too_few[0]])} image(s) but the class prior "
                              f"needs at least {self.min_count} per class; use more data or --prior gaussian")
         self.counts, self.means, self.stds = counts, means, np.sqrt(variances)
-        self.dataset = dataset
-        self._device_cache = {}
+        self.dataset, self._device_cache = dataset, {}
         return self
 
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                null: torch.Tensor | None = None, x1: torch.Tensor | None = None) -> torch.Tensor:
         check_cond(cond, self.num_classes, vectors=False)
-        mean, std = self._tables(cond.device)
+        mean, std = self.on_device(cond.device, self._tables)
         rows = cond if null is None else torch.where(null, self.num_classes, cond)  # row K: the whole dataset
         noise = torch.randn((len(cond), *self.shape), generator=generator, device=cond.device)
         return mean[rows] + std[rows] * noise
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # float32 copies on the sampling device, made once: sample() runs every training step.
-        key = str(device)
-        if key not in self._device_cache:
-            if self.cov == "iso":
-                std = np.full_like(self.stds, self.sigma)
-            else:  # the floor keeps always-constant pixels (e.g. MNIST borders) from a zero std
-                std = self.scale * np.maximum(self.stds, self.min_std)
-            self._device_cache[key] = (torch.tensor(self.means, dtype=torch.float32, device=device),
-                                       torch.tensor(std, dtype=torch.float32, device=device))
-        return self._device_cache[key]
-
-    def state_dict(self) -> dict:
-        if self.counts is None:
-            raise ValueError("the class prior has not been fitted; call fit() or load a statistics file")
-        return {"name": self.name, "cov": self.cov, "sigma": self.sigma, "scale": self.scale,
-                "min_count": self.min_count, "min_std": self.min_std, "dataset": self.dataset,
-                "counts": self.counts, "means": self.means, "stds": self.stds,
-                "shape": np.array(self.shape)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> ClassPrior:
-        prior = cls(str(state["cov"]), float(state["sigma"]), float(state["scale"]),
-                    int(state["min_count"]), float(state["min_std"]))
-        prior.counts = np.asarray(state["counts"], dtype=np.int64)
-        prior.means = np.asarray(state["means"], dtype=np.float64)
-        prior.stds = np.asarray(state["stds"], dtype=np.float64)
-        prior.dataset = str(state["dataset"])
-        return prior
+        std = spread(self.stds, self.cov, self.sigma, self.scale, self.min_std)
+        return (torch.tensor(self.means, dtype=torch.float32, device=device),
+                torch.tensor(std, dtype=torch.float32, device=device))
 
 
 class KMeansPrior(Prior):
@@ -204,8 +214,7 @@ class KMeansPrior(Prior):
     One centroid per class cannot represent a class with several modes: at NFE 1 every sample
     lands on the class mean. Here class c has components (w_cj, m_cj, s_cj), j < k:
         fit     per class, k-means++ on the first `init_images` images of the class, then `passes`
-                streamed Lloyd passes over all images (assign to the nearest centroid of the own
-                class, move centroids to their cluster means); a last pass measures the final
+                streamed Lloyd passes over all images (stats.py); a last pass measures the final
                 clusters: w_cj = share of the class, m_cj = mean, s_cj = per-pixel std
         train   x0 = m_cj + s * noise with j = the cluster of x1 (nearest m_cj of x1's class)
         sample  j ~ Categorical(w_c), then the same; null rows: the dataset-wide N(mu, std)
@@ -213,22 +222,18 @@ class KMeansPrior(Prior):
     """
 
     name = "kmeans"
+    fitted = ("weights", "means", "stds")
 
     def __init__(self, k: int = 8, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0, passes: int = 4,
                  init_images: int = 2000, seed: int = 0, min_std: float = 1e-3):
         if k < 1 or passes < 0 or init_images < 1:
             raise ValueError(f"kmeans needs k >= 1, passes >= 0 and init_images >= 1, got {k}, {passes}, {init_images}")
-        if cov not in ("iso", "diag"):
-            raise ValueError(f"unknown covariance '{cov}'; choose 'iso' (sigma * I) or 'diag' (per-component std)")
-        if not (sigma > 0 and scale > 0 and math.isfinite(sigma) and math.isfinite(scale)):
-            raise ValueError(f"sigma and scale must be positive, got sigma={sigma}, scale={scale}")
+        check_spread(cov, sigma, scale)
         self.k, self.cov, self.sigma, self.scale = int(k), cov, float(sigma), float(scale)
         self.passes, self.init_images, self.seed, self.min_std = int(passes), int(init_images), int(seed), float(min_std)
         self.weights: np.ndarray | None = None  # (K, k) float64, rows sum to 1
         self.means: np.ndarray | None = None  # (K*k + 1, C, H, W) float64; last row: the whole dataset
         self.stds: np.ndarray | None = None  # (K*k + 1, C, H, W)
-        self.dataset = ""
-        self._device_cache: dict = {}
 
     @property
     def num_classes(self) -> int:
@@ -240,66 +245,22 @@ class KMeansPrior(Prior):
 
     def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> KMeansPrior:
         k = self.k
-        centroids = self._kmeans_plus_plus(batches, num_classes)  # (K, k, D) float64
-        for _ in tqdm(range(self.passes), desc=f"k-means (k={k}) passes", leave=False):
-            sums, counts = torch.zeros_like(centroids), torch.zeros(centroids.shape[:2], dtype=torch.float64,
-                                                                      device=centroids.device)
-            for images, labels in batches:
-                x, labels = model_space(images).flatten(1), labels.to(images.device)
-                cluster = nearest(x, labels, centroids, torch.ones_like(counts, dtype=torch.bool))
-                sums.index_put_((labels, cluster), x, accumulate=True)
-                counts.index_put_((labels, cluster), torch.ones_like(x[:, 0]), accumulate=True)
-            moved = counts > 0  # an empty cluster keeps its centroid
-            centroids[moved] = sums[moved] / counts[moved][:, None]
-        # the final clusters, measured with the class statistics' streaming merge (component = c k + j)
-        stats = RunningClassStats(num_classes * k)
-        valid = torch.ones(centroids.shape[:2], dtype=torch.bool, device=centroids.device)
-        for images, labels in batches:
-            x, labels = model_space(images), labels.to(images.device)
-            stats.update(x, labels * k + nearest(x.flatten(1), labels, centroids, valid))
-        counts, means, variances = stats.result()
+        centroids = kmeans_plus_plus(batches, num_classes, k, self.init_images, self.seed)  # (K, k, D) float64
+        centroids = lloyd_passes(batches, centroids, self.passes)
+        counts, means, variances = cluster_stats(batches, centroids)  # rows c k + j, and the dataset's
         per_class = counts[:-1].reshape(num_classes, k)
         if (per_class.sum(1) == 0).any():
             missing = int(np.flatnonzero(per_class.sum(1) == 0)[0])
             raise ValueError(f"class {missing} has no images; the kmeans prior needs every class")
         self.weights = per_class / per_class.sum(1, keepdims=True)
-        self.means, self.stds = means.reshape(-1, *stats.shape), np.sqrt(variances).reshape(-1, *stats.shape)
+        self.means, self.stds = means, np.sqrt(variances)
         self.dataset, self._device_cache = dataset, {}
         return self
-
-    def _kmeans_plus_plus(self, batches: Batches, num_classes: int) -> torch.Tensor:
-        """k-means++ seeds per class from the first init_images images of each class (one read)."""
-        kept: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
-        seen = np.zeros(num_classes, dtype=np.int64)
-        for images, labels in batches:  # kept as read (uint8): 1/8 of float64 model space
-            x, labels = images.flatten(1), labels.to(images.device)
-            for c in torch.unique(labels).tolist():
-                if seen[c] < self.init_images:
-                    rows = x[labels == c][:self.init_images - seen[c]].clone()
-                    kept[c].append(rows)
-                    seen[c] += len(rows)
-            if seen.min() >= self.init_images:
-                break
-        if seen.min() == 0:
-            raise ValueError(f"class {int(np.argmin(seen))} has no images; the kmeans prior needs every class")
-        generator = np.random.default_rng(self.seed)
-        seeds = []
-        for points in (model_space(torch.cat(rows)) for rows in kept):
-            chosen = [int(generator.integers(len(points)))]
-            distance = (points - points[chosen[0]]).square().sum(1)
-            for _ in range(1, self.k):  # the next seed with probability proportional to D(x)^2
-                weights = distance.cpu().numpy()
-                pick = int(generator.choice(len(points), p=weights / weights.sum())) if weights.sum() > 0 \
-                    else int(generator.integers(len(points)))  # fewer distinct images than k
-                chosen.append(pick)
-                distance = torch.minimum(distance, (points - points[pick]).square().sum(1))
-            seeds.append(points[chosen])
-        return torch.stack(seeds)
 
     def components(self, cond: torch.Tensor, generator: torch.Generator | None,
                    x1: torch.Tensor | None) -> torch.Tensor:
         """Component row c k + j of each sample: x1's own cluster, or drawn by weight."""
-        means, _, weights, valid = self._tables(cond.device)
+        means, _, weights, valid = self.on_device(cond.device, self._tables)
         if x1 is not None:
             centroids = means[:-1].view(self.num_classes, self.k, -1)
             j = nearest(x1.flatten(1).float(), cond, centroids, valid)
@@ -310,7 +271,7 @@ class KMeansPrior(Prior):
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                null: torch.Tensor | None = None, x1: torch.Tensor | None = None) -> torch.Tensor:
         check_cond(cond, self.num_classes, vectors=False)
-        means, stds, _, _ = self._tables(cond.device)
+        means, stds, _, _ = self.on_device(cond.device, self._tables)
         rows = self.components(cond, generator, x1)
         if null is not None:
             rows = torch.where(null, len(means) - 1, rows)
@@ -318,33 +279,11 @@ class KMeansPrior(Prior):
         return (means[rows] + stds[rows] * noise.flatten(1)).view(len(cond), *self.shape)
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        key = str(device)
-        if key not in self._device_cache:
-            std = np.full_like(self.stds, self.sigma) if self.cov == "iso" else \
-                self.scale * np.maximum(self.stds, self.min_std)
-            self._device_cache[key] = (
-                torch.tensor(self.means.reshape(len(self.means), -1), dtype=torch.float32, device=device),
+        std = spread(self.stds, self.cov, self.sigma, self.scale, self.min_std)
+        return (torch.tensor(self.means.reshape(len(self.means), -1), dtype=torch.float32, device=device),
                 torch.tensor(std.reshape(len(std), -1), dtype=torch.float32, device=device),
                 torch.tensor(self.weights, dtype=torch.float32, device=device),
                 torch.tensor(self.weights > 0, device=device))
-        return self._device_cache[key]
-
-    def state_dict(self) -> dict:
-        if self.weights is None:
-            raise ValueError("the kmeans prior has not been fitted; call fit() or load a statistics file")
-        return {"name": self.name, "k": self.k, "cov": self.cov, "sigma": self.sigma, "scale": self.scale,
-                "passes": self.passes, "init_images": self.init_images, "seed": self.seed, "min_std": self.min_std,
-                "dataset": self.dataset, "weights": self.weights, "means": self.means, "stds": self.stds}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> KMeansPrior:
-        prior = cls(int(state["k"]), str(state["cov"]), float(state["sigma"]), float(state["scale"]),
-                    int(state["passes"]), int(state["init_images"]), int(state["seed"]), float(state["min_std"]))
-        prior.weights = np.asarray(state["weights"], dtype=np.float64)
-        prior.means = np.asarray(state["means"], dtype=np.float64)
-        prior.stds = np.asarray(state["stds"], dtype=np.float64)
-        prior.dataset = str(state["dataset"])
-        return prior
 
 
 class MapperPrior(Prior):
@@ -359,6 +298,7 @@ class MapperPrior(Prior):
     """
 
     name = "mapper"
+    fitted = ("global_mean", "global_std", "pixel_std")
 
     def __init__(self, sigma: float = 1.0, hidden: int = 256, epochs: int = 3, lr: float = 1e-3,
                  batch_size: int = 256, noise_dim: int = 0, residual_std: bool = False, seed: int = 0):
@@ -368,11 +308,10 @@ class MapperPrior(Prior):
         self.batch_size, self.noise_dim, self.residual_std, self.seed = int(batch_size), int(noise_dim), \
             bool(residual_std), int(seed)
         self.net: torch.nn.Module | None = None
-        self.cond_dim, self.shape, self.dataset = 0, (), ""
+        self.cond_dim, self.shape = 0, ()
         self.global_mean: np.ndarray | None = None  # (C, H, W) model space
         self.global_std: np.ndarray | None = None
         self.pixel_std: np.ndarray | None = None  # per-pixel residual std (residual_std=True), else ones
-        self._device_cache: dict = {}
 
     def _build(self, cond_dim: int, shape: tuple[int, ...]) -> torch.nn.Module:
         size = int(np.prod(shape))
@@ -418,9 +357,8 @@ class MapperPrior(Prior):
                 predicted = self.net(self._input(cond.to(device), generator)).double().view_as(x)
                 residual_stats.update(x - predicted, zeros)
         _, means, variances = data_stats.result()
-        self.global_mean, self.global_std = means[0].reshape(self.shape), np.sqrt(variances[0]).reshape(self.shape)
-        self.pixel_std = (np.sqrt(residual_stats.result()[2][0]).reshape(self.shape) if self.residual_std
-                          else np.ones(self.shape))
+        self.global_mean, self.global_std = means[0], np.sqrt(variances[0])
+        self.pixel_std = np.sqrt(residual_stats.result()[2][0]) if self.residual_std else np.ones(self.shape)
         self._device_cache = {}
         return self
 
@@ -429,7 +367,7 @@ class MapperPrior(Prior):
         check_cond(cond, 0, vectors=True)
         if cond.shape[1] != self.cond_dim:
             raise ValueError(f"the mapper was fitted on {self.cond_dim}-d conditions, got {cond.shape[1]}-d")
-        net, mean, std, pixel_std = self._tables(cond.device)
+        net, mean, std, pixel_std = self.on_device(cond.device, self._tables)
         centre = net(self._input(cond, generator)).view(len(cond), *self.shape)
         noise = torch.randn((len(cond), *self.shape), generator=generator, device=cond.device)
         x0 = centre + self.sigma * pixel_std * noise
@@ -438,52 +376,24 @@ class MapperPrior(Prior):
         return x0
 
     def _tables(self, device: torch.device) -> tuple:
-        key = str(device)
-        if key not in self._device_cache:
-            net = self.net.to(device)
-            self._device_cache[key] = (net, *(torch.tensor(a, dtype=torch.float32, device=device)
-                                              for a in (self.global_mean, self.global_std, self.pixel_std)))
-        return self._device_cache[key]
+        return (self.net.to(device), *(torch.tensor(a, dtype=torch.float32, device=device)
+                                       for a in (self.global_mean, self.global_std, self.pixel_std)))
 
     def state_dict(self) -> dict:
         if self.net is None:
             raise ValueError("the mapper prior has not been fitted; call fit() or load a statistics file")
         weights = {f"net.{key}": value.detach().cpu().numpy() for key, value in self.net.state_dict().items()}
-        return {"name": self.name, "sigma": self.sigma, "hidden": self.hidden, "epochs": self.epochs, "lr": self.lr,
-                "batch_size": self.batch_size, "noise_dim": self.noise_dim, "residual_std": self.residual_std,
-                "seed": self.seed, "cond_dim": self.cond_dim, "shape": np.array(self.shape), "dataset": self.dataset,
-                "global_mean": self.global_mean, "global_std": self.global_std, "pixel_std": self.pixel_std, **weights}
+        return super().state_dict() | {"cond_dim": self.cond_dim, "shape": np.array(self.shape), **weights}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> MapperPrior:
-        prior = cls(float(state["sigma"]), int(state["hidden"]), int(state["epochs"]), float(state["lr"]),
-                    int(state["batch_size"]), int(state["noise_dim"]), bool(state["residual_std"]), int(state["seed"]))
+        prior = super().from_state_dict(state)
         prior.cond_dim, prior.shape = int(state["cond_dim"]), tuple(int(s) for s in state["shape"])
-        prior.dataset = str(state["dataset"])
-        prior.global_mean, prior.global_std, prior.pixel_std = (np.asarray(state[k], dtype=np.float64) for k in
-                                                                ("global_mean", "global_std", "pixel_std"))
         net = prior._build(prior.cond_dim, prior.shape)
         net.load_state_dict({key[4:]: torch.from_numpy(np.asarray(value)) for key, value in state.items()
                              if key.startswith("net.")})
         prior.net = net.requires_grad_(False).eval()
         return prior
-
-
-def check_cond(cond: torch.Tensor, num_classes: int, vectors: bool | None = None) -> None:
-    """Class ids: int64 in 0..num_classes-1; vectors: float (N, E). vectors=False/True: only that kind."""
-    if cond.dtype == torch.int64 and cond.ndim == 1:
-        if vectors:
-            raise ValueError("this prior needs condition vectors (N, E), got class ids; use --prior class or kmeans")
-        # Only on CPU: there a bad id would index past the table silently, while on CUDA the
-        # check would cost a host sync every training step (and indexing asserts on device).
-        if cond.device.type == "cpu" and len(cond) and (int(cond.min()) < 0 or int(cond.max()) >= num_classes):
-            raise ValueError(f"class ids must be in 0..{num_classes - 1}, got {int(cond.min())}..{int(cond.max())}")
-    elif cond.is_floating_point() and cond.ndim == 2:
-        if vectors is False:
-            raise ValueError("this prior needs class ids, got condition vectors; use --prior mapper or gaussian")
-    else:
-        raise ValueError(f"a condition is int64 class ids (N,) or float vectors (N, E), got {cond.dtype} "
-                         f"of shape {tuple(cond.shape)}")
 
 
 def load_npz(path: str) -> dict:
@@ -498,8 +408,7 @@ PRIORS: dict[str, type[Prior]] = {"gaussian": GaussianPrior, "class": ClassPrior
 
 def prior_options(name: str) -> dict[str, object]:
     """The options prior `name` takes (its constructor's keywords) with their defaults."""
-    return {key: p.default for key, p in inspect.signature(PRIORS[name]).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return PRIORS[name].defaults()
 
 
 def build_prior(name: str, **options) -> Prior:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 import checks
 import data
+from conditions import as_condition, parse_classes, per_condition, read_vectors
 import prior as prior_module
 import unet
 
@@ -129,23 +130,6 @@ def prior_noise(prior, cond: torch.Tensor, seeds: list[int], null: torch.Tensor 
     return torch.cat([prior.sample(cond[j:j + 1], generator.manual_seed(int(seeds[j])),
                                    None if null is None else null[j:j + 1])
                       for j in range(len(cond))]).float()
-
-
-def as_condition(cond, num_classes: int, cond_dim: int) -> torch.Tensor:
-    """Class ids -> int64 (N,) in 0..K-1; vectors -> float32 (N, cond_dim); anything else an error."""
-    cond = torch.as_tensor(cond)
-    if cond_dim:
-        if cond.ndim != 2 or cond.shape[1] != cond_dim:
-            raise ValueError(f"this model takes {cond_dim}-d condition vectors, got shape {tuple(cond.shape)}")
-        cond = cond.float()
-        checks.check_finite(cond, "the condition vectors")
-        return cond.cpu()
-    if cond.ndim != 1 or cond.is_floating_point():
-        raise ValueError(f"this model takes class ids (N,), got {cond.dtype} of shape {tuple(cond.shape)}")
-    cond = cond.long().cpu()
-    if len(cond) and not 0 <= int(cond.min()) <= int(cond.max()) < num_classes:
-        raise ValueError(f"class ids must lie in 0..{num_classes - 1}, got {int(cond.min())}..{int(cond.max())}")
-    return cond
 
 
 @torch.no_grad()  # not inference_mode: the prior caches tables made here for later training use
@@ -303,41 +287,6 @@ def read_image(path: Path) -> Image.Image:
     return image
 
 
-def image_seed(run_seed: int, class_id: int, index: int) -> int:
-    """Seed of image `index` of class `class_id`: the same whatever else the run samples."""
-    return (run_seed * 1_000_003 + class_id) * 1_000_033 + index
-
-
-def per_condition(conditions: torch.Tensor, ids: list[int], n: int, seed: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """n images of each condition, condition by condition: (cond, id of each image's condition,
-    seeds), image j of condition id c seeded image_seed(seed, c, j). Grids and sample.py use this."""
-    rows = torch.arange(len(ids)).repeat_interleave(n)
-    row_ids = torch.tensor(ids, dtype=torch.long)[rows]
-    return conditions[rows], row_ids, [image_seed(seed, int(c), j % n) for j, c in enumerate(row_ids)]
-
-
-def balanced_classes(num_classes: int, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
-    """n class ids cycling 0..K-1 (class-balanced, for metrics) and their seeds: image i is image
-    i // K of class i % K, seeded image_seed(seed, class, i // K) as in per_condition."""
-    classes = torch.arange(n) % num_classes
-    return classes, [image_seed(seed, int(c), i // num_classes) for i, c in enumerate(classes)]
-
-
-def parse_classes(text: str | None, num_classes: int) -> list[int]:
-    if text is None:
-        return list(range(num_classes))
-    try:
-        classes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--classes must be comma-separated class ids like 0,3,7, got {text!r}") from None
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad or not classes:
-        raise ValueError(f"--classes {text!r}: valid class ids are 0..{num_classes - 1} "
-                         f"(this checkpoint has {num_classes} classes)")
-    return list(dict.fromkeys(classes))  # a repeated id would only repeat the same seeds
-
-
 def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tensor, list[int]]:
     """(one condition per row, its id for the seeds): class ids from --classes; vectors from
     --cond-file (an .npy of (M, E)) or the first --conditions of the dataset's held-out split."""
@@ -351,19 +300,13 @@ def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tenso
         raise ValueError("--classes is for class-conditional checkpoints; this one takes condition vectors: "
                          "use --cond-file FILE.npy or --conditions M (from the held-out split)")
     if args.cond_file:
-        path = Path(args.cond_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--cond-file {path} not found: give an .npy of (M, {config['cond_dim']}) vectors")
-        try:
-            vectors = np.load(path, allow_pickle=False)
-        except Exception as err:
-            raise ValueError(f"--cond-file {path}: not a readable .npy ({checks.first_line(err)})") from None
+        vectors = read_vectors(args.cond_file, config["cond_dim"])
     else:
         checks.check_at_least(args.conditions, 1, "--conditions")
         held_out = data.load_dataset(config["dataset"], config.get("data_dir"), "test",
                                      **config.get("dataset_options", {}))
         _, vectors = held_out.get(np.arange(min(args.conditions, len(held_out))))
-    vectors = as_condition(np.asarray(vectors, dtype=np.float32), 0, config["cond_dim"])
+        vectors = as_condition(vectors, 0, config["cond_dim"])
     return vectors, list(range(len(vectors)))
 
 

@@ -6,14 +6,17 @@ Per-class (or per-component) count, mean and variance in float64, merging per-ba
     n = na + nb,  d = mb - ma,  m = ma + d nb / n,  M2 = M2a + M2b + d^2 na nb / n,
 
 so memory is O(K D), not O(N D), and the result does not depend on batch size or order; and
-the nearest centroid of each image among its own class's (the k-means assignment step).
+per-class k-means (KMeansPrior): k-means++ seeds, then streamed Lloyd passes, each image
+assigned to the nearest centroid of its own class.
 """
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from data import to_model
 
@@ -60,8 +63,8 @@ class RunningClassStats:
         self.count[present] = n
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """counts (K+1,), means and population variances (K+1, D) as float64 numpy; row K is
-        the whole dataset, merged from the classes with the same formula."""
+        """counts (K+1,), means and population variances (K+1, *shape of x) as float64 numpy;
+        row K is the whole dataset, merged from the classes with the same formula."""
         if self.count is None:
             raise ValueError("no images were seen; the dataset is empty")
         total = self.count.sum()
@@ -70,7 +73,8 @@ class RunningClassStats:
         counts = torch.cat([self.count, total[None]])
         means = torch.cat([self.mean, mean[None]])
         variances = torch.cat([self.m2, m2[None]]) / counts.clamp(min=1)[:, None]
-        return counts.long().cpu().numpy(), means.cpu().numpy(), variances.cpu().numpy()
+        shape = (len(counts), *self.shape)
+        return counts.long().cpu().numpy(), means.view(shape).cpu().numpy(), variances.view(shape).cpu().numpy()
 
 
 def model_space(images: torch.Tensor) -> torch.Tensor:
@@ -103,3 +107,69 @@ def nearest(x: torch.Tensor, cond: torch.Tensor, centroids: torch.Tensor, valid:
         distance = squared[ids] - 2 * dots
         out.append(distance.masked_fill(~valid[ids], math.inf).argmin(1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
+
+
+def kmeans_plus_plus(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, k: int,
+                     init_images: int, seed: int) -> torch.Tensor:
+    """k seeds per class, (K, k, D) float64 in model space: k-means++ (the next seed drawn with
+    probability proportional to its squared distance D(x)^2 to the nearest seed so far) on the
+    first init_images images of each class, read once."""
+    kept: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+    seen = np.zeros(num_classes, dtype=np.int64)
+    for images, labels in batches:  # kept as read (uint8): 1/8 of float64 model space
+        x, labels = images.flatten(1), labels.to(images.device)
+        for c in torch.unique(labels).tolist():
+            if seen[c] < init_images:
+                rows = x[labels == c][:init_images - seen[c]].clone()
+                kept[c].append(rows)
+                seen[c] += len(rows)
+        if seen.min() >= init_images:
+            break
+    if seen.min() == 0:
+        raise ValueError(f"class {int(np.argmin(seen))} has no images; the kmeans prior needs every class")
+    generator = np.random.default_rng(seed)
+    seeds = []
+    for points in (model_space(torch.cat(rows)) for rows in kept):
+        chosen = [int(generator.integers(len(points)))]
+        distance = (points - points[chosen[0]]).square().sum(1)
+        for _ in range(1, k):
+            weights = distance.cpu().numpy()
+            pick = int(generator.choice(len(points), p=weights / weights.sum())) if weights.sum() > 0 \
+                else int(generator.integers(len(points)))  # fewer distinct images than k
+            chosen.append(pick)
+            distance = torch.minimum(distance, (points - points[pick]).square().sum(1))
+        seeds.append(points[chosen])
+    return torch.stack(seeds)
+
+
+def cluster_stats(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], centroids: torch.Tensor
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RunningClassStats.result() of the clusters: row c k + j is cluster j of class c (its images
+    are those nearest to centroids[c, j] among class c's), the last row the whole dataset."""
+    num_classes, k, _ = centroids.shape
+    stats = RunningClassStats(num_classes * k)
+    valid = torch.ones(centroids.shape[:2], dtype=torch.bool, device=centroids.device)
+    for images, labels in batches:
+        x, labels = model_space(images), labels.to(images.device)
+        stats.update(x, labels * k + nearest(x.flatten(1), labels, centroids, valid))
+    return stats.result()
+
+
+def lloyd_passes(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], centroids: torch.Tensor,
+                 passes: int) -> torch.Tensor:
+    """`passes` streamed Lloyd iterations on (K, k, D) per-class centroids: assign every image to
+    the nearest centroid of its own class, then move each centroid to its cluster's mean (an
+    empty cluster keeps its centroid). Memory: the sums, K k D, never the data."""
+    centroids = centroids.clone()
+    valid = torch.ones(centroids.shape[:2], dtype=torch.bool, device=centroids.device)
+    for _ in tqdm(range(passes), desc=f"k-means (k={centroids.shape[1]}) passes", leave=False):
+        sums = torch.zeros_like(centroids)
+        counts = torch.zeros(centroids.shape[:2], dtype=torch.float64, device=centroids.device)
+        for images, labels in batches:
+            x, labels = model_space(images).flatten(1), labels.to(images.device)
+            cluster = nearest(x, labels, centroids, valid)
+            sums.index_put_((labels, cluster), x, accumulate=True)
+            counts.index_put_((labels, cluster), torch.ones_like(x[:, 0]), accumulate=True)
+        moved = counts > 0
+        centroids[moved] = sums[moved] / counts[moved][:, None]
+    return centroids

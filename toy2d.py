@@ -80,10 +80,10 @@ class VelocityMLP(nn.Module):
 
 
 def fit_prior(name: str, centres: np.ndarray, sigma: float, generator: torch.Generator):
-    if name == "gaussian":
-        return GaussianPrior((2,), len(centres))
-    # The class means come from the data, as on images: one streaming pass over a sample.
     labels = torch.arange(len(centres)).repeat(2000)
+    if name == "gaussian":  # nothing to estimate: it reads the shape (2,) of one point
+        return GaussianPrior().fit([(torch.zeros(1, 2), labels[:1])], len(centres))
+    # The class means come from the data, as on images: one streaming pass over a sample.
     return ClassPrior(cov="iso", sigma=sigma).fit([(sample_data(centres, labels, generator), labels)], len(centres))
 
 

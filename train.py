@@ -43,16 +43,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import checks
+import conditions
 import data
 import flow
 import prior as priors
 import sample
 import unet
-# the run's configuration and what survives a kill, as train.X too: train.parse_args, train.Config, ...
-from checkpoint import (Passes, data_fingerprint, load_resume, make_prior, rng_state, save_checkpoint,  # noqa: F401
-                        set_rng_state, trim_log)
-from config import (RECIPES, RESUMABLE, RUN_KEYS, Config, check_config, dataset_options, parse_args,  # noqa: F401
-                    with_preset)
+from checkpoint import data_fingerprint, load_resume, make_prior, rng_state, save_checkpoint, set_rng_state, trim_log
+from config import Config, check_config, dataset_options, parse_args, with_preset
 
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
 
@@ -149,10 +147,10 @@ def grid_conditions(dataset, seed: int, per_row: int = 8, rows: int = 10) -> tup
     """What the progress grids show: (cond, row of each image, seeds). Class ids: the first 10
     classes; vectors: the conditions of the first 10 training images. 8 images a row."""
     if dataset.cond_dim:
-        _, conditions = dataset.get(np.arange(min(rows, len(dataset))))
+        _, shown = dataset.get(np.arange(min(rows, len(dataset))))
     else:
-        conditions = torch.arange(min(dataset.num_classes, rows))
-    return sample.per_condition(conditions, list(range(len(conditions))), per_row, seed)
+        shown = torch.arange(min(dataset.num_classes, rows))
+    return conditions.per_condition(shown, list(range(len(shown))), per_row, seed)
 
 
 def sample_grid(ema: torch.nn.Module, prior, dataset, config, step: int, device: torch.device) -> None:

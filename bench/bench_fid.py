@@ -19,7 +19,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import classifier  # noqa: E402
 import eval_fid  # noqa: E402
+from features import Extractor  # noqa: E402
+from inception import InceptionV3  # noqa: E402
 
 
 class RandomImages:
@@ -55,7 +58,7 @@ def report(name: str, value: float, unit: str, device: str, **extra) -> None:
 
 def bench_inception(device: torch.device, batch_size: int, batches: int) -> None:
     # random weights: the cost does not depend on them, and no weights file is needed
-    extractor = eval_fid.Extractor("inception", eval_fid.InceptionV3(), 2048, "random", device)
+    extractor = Extractor("inception", InceptionV3(), 2048, "random", device)
     images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8)
     extractor(images)  # warm-up (cuDNN autotuning, allocator)
     sync(device)
@@ -85,17 +88,17 @@ def bench_frechet(n: int = 10_000, d: int = 2048) -> None:
 def bench_classifier(device: torch.device, steps: int) -> None:
     data = RandomImages(4096)
     start = time.perf_counter()
-    eval_fid.train_classifier(data, data, steps=steps, batch_size=128, device=device, eval_images=512,
-                              progress=False)
+    classifier.train_classifier(data, data, steps=steps, batch_size=128, device=device, eval_images=512,
+                                progress=False)
     sync(device)
     seconds = time.perf_counter() - start
-    default_steps = inspect.signature(eval_fid.train_classifier).parameters["steps"].default
+    default_steps = inspect.signature(classifier.train_classifier).parameters["steps"].default
     report("classifier_train", steps / seconds, "steps/s", str(device), batch_size=128, width=32,
            default_steps=default_steps, default_steps_s=round(default_steps * seconds / steps, 1))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="default: cpu, and cuda too when present")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=3)

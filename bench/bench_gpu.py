@@ -15,7 +15,6 @@ Prints one Markdown table per run (and writes it to --out if given); nothing her
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import checks  # noqa: E402
+import conditions  # noqa: E402
 import data  # noqa: E402
 import sample  # noqa: E402
 import train  # noqa: E402
@@ -105,7 +105,7 @@ def time_sampling(preset: str, n: int, nfe: int, device: torch.device) -> dict:
         model = model.to(memory_format=torch.channels_last)
     images = torch.randint(0, 256, (2 * num_classes, 3, size, size), dtype=torch.uint8)
     prior = ClassPrior().fit([(images, torch.arange(2 * num_classes) % num_classes)], num_classes)
-    cond, seeds = sample.balanced_classes(num_classes, n, 0)
+    cond, seeds = conditions.balanced_classes(num_classes, n, 0)
     sample.generate(model, prior, cond, seeds, 1, batch_size=n, device=device)  # warm-up
     synchronize(device)
     start = time.perf_counter()
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = checks.resolve_device(args.device)
     peak = peak_flops(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    lines = [f"{name}, torch {torch.__version__}, measured peak {peak / 1e12:.1f} TFLOP/s "
+    lines = [f"{checks.describe_device(device)}, torch {torch.__version__}, measured peak {peak / 1e12:.1f} TFLOP/s "
              f"({'bf16' if device.type == 'cuda' else 'fp32'} matmul), {time.strftime('%Y-%m-%d')}", ""]
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     rows = [time_training(p, args.batch_size, args.steps, compiled, device, peak)

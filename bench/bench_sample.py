@@ -8,7 +8,6 @@ conversion to uint8) against nfe forward passes of the network alone on the same
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checks  # noqa: E402
 import sample  # noqa: E402
 import unet  # noqa: E402
 from prior import ClassPrior  # noqa: E402
@@ -65,16 +65,16 @@ def bench_preset(preset: str, n: int, nfe: int, solver: str, device: torch.devic
     return {"preset": preset, "img_per_s": n / total, "outside_share": 1 - network / total}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--presets", default="tiny,small")
-    parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--nfe", type=int, default=8)
-    parser.add_argument("--solver", default="euler")
-    args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; {args.n} images in one batch; {args.solver}, NFE {args.nfe}")
+def main(argv: list[str] | None = None) -> None:
+    parser = checks.Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="tiny,small", help="comma-separated unet presets")
+    parser.add_argument("--n", type=int, default=256, help="images, sampled in one batch")
+    parser.add_argument("--nfe", type=int, default=8, help="network evaluations per image")
+    parser.add_argument("--solver", default="euler", choices=list(sample.SOLVERS))
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    args = parser.parse_args(argv)
+    device = checks.resolve_device(args.device)
+    print(f"device: {checks.describe_device(device)}; torch {torch.__version__}; {args.n} images in one batch; {args.solver}, NFE {args.nfe}")
     print("| preset | images/s | outside the network |")
     print("|---|---|---|")
     for preset in args.presets.split(","):
@@ -83,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    checks.run_main(main)

@@ -24,7 +24,6 @@ epoch): the cost of a draw does not depend on how well they fit, only on their s
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -35,6 +34,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkpoint  # noqa: E402
+import checks  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 from prior import ClassPrior, GaussianPrior, KMeansPrior, MapperPrior  # noqa: E402
@@ -88,7 +89,7 @@ def fitted_prior(name: str, dataset, fit_images: int, kmeans_k: int):
     (kmeans: one Lloyd pass, mapper: one epoch; a draw costs the same however well they fit)."""
     prior = {"gaussian": GaussianPrior, "class": ClassPrior, "kmeans": lambda: KMeansPrior(k=kmeans_k, passes=1),
              "mapper": lambda: MapperPrior(epochs=1)}[name]()
-    batches = train.Passes(dataset, min(fit_images, len(dataset)), torch.device("cpu"))
+    batches = checkpoint.Passes(dataset, min(fit_images, len(dataset)), torch.device("cpu"))
     return prior.fit(batches, dataset.num_classes, dataset=dataset.name)
 
 
@@ -143,8 +144,8 @@ class SyntheticImageNet64:
         return self.images[indices], self.labels[indices]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = checks.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="tiny,small")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
@@ -158,16 +159,15 @@ def main() -> None:
     parser.add_argument("--fit-images", type=int, default=2000, help="images the priors are fitted on here")
     parser.add_argument("--skip-throughput", action="store_true", help="only the x0 table")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     priors = [] if args.priors in ("", "none") else args.priors.split(",")
     unknown = sorted(set(priors) - {"gaussian", "class", "kmeans", "mapper"})
     if unknown:
-        parser.error(f"--priors: unknown {', '.join(unknown)}; choose among gaussian, class, kmeans, mapper")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; coupling {args.coupling}; "
+        raise ValueError(f"--priors: unknown {', '.join(unknown)}; choose among gaussian, class, kmeans, mapper")
+    device = checks.resolve_device(None)
+    print(f"device: {checks.describe_device(device)}; torch {torch.__version__}; batch {args.batch_size}; coupling {args.coupling}; "
           f"compile {args.compile}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.skip_throughput:
         print("| preset | params | precision | train img/s | network fwd+bwd img/s | outside the network |")
@@ -195,4 +195,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    checks.run_main(main)

@@ -32,12 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import checks  # noqa: E402
 import classifier  # noqa: E402
+import conditions  # noqa: E402
 import data  # noqa: E402
 import eval_fid  # noqa: E402
 import inception  # noqa: E402
 import sample  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
 import train  # noqa: E402
+from features import build_extractor  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -119,6 +121,33 @@ def timed(results: Results, part: str, work) -> None:
         results.put(f"time/{part}", {"seconds": previous + time.perf_counter() - begin})
 
 
+def driver_parser(description: str, configs: dict, parts: tuple[str, ...], name: str) -> checks.Parser:
+    """The flags every driver takes: the budget (--config), what to measure (--parts), where (--out,
+    default runs/NAME_CONFIG; a re-run there continues), on what and from which seed."""
+    parser = checks.Parser(description=description)
+    parser.add_argument("--config", default="cpu", help=f"one of: {', '.join(configs)}")
+    parser.add_argument("--parts", default=",".join(parts), help=f"comma-separated, from: {', '.join(parts)}")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help=f"default: runs/{name}_CONFIG")
+    return parser
+
+
+def driver_setup(args: argparse.Namespace, configs: dict, parts: tuple[str, ...], name: str
+                 ) -> tuple[list[str], Results]:
+    """driver_parser's flags checked: (the chosen parts in order, the results cache of args.out,
+    which is made a Path and created)."""
+    if args.config not in configs:
+        raise ValueError(f"unknown --config '{args.config}'; choose one of: {', '.join(configs)}")
+    chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in parts]
+    if unknown or not chosen:
+        raise ValueError(f"unknown --parts {', '.join(unknown) or '(none)'}; choose from: {', '.join(parts)}")
+    args.out = Path(args.out or ROOT / "runs" / f"{name}_{args.config}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    return chosen, Results(args.out / "results.json")
+
+
 # ----------------------------------------------------------------------------- training
 
 def dataset_options(config: Config, args: argparse.Namespace) -> dict:
@@ -180,14 +209,13 @@ class Evaluator:
                                     args.seed, self.device, min(10_000, config.ref_images))
         ref = args.out / f"ref_{features}.npz"
         if not ref.is_file():
-            extractor = eval_fid.build_extractor(features, str(clf) if features == "clf" else None, device=args.device)
+            extractor = build_extractor(features, str(clf) if features == "clf" else None, device=args.device)
             total = min(len(train_set), config.ref_images)
             shape = (train_set.channels, train_set.image_size, train_set.image_size)
             eval_fid.write_reference(ref, extractor, (images for images, _ in train_set.batches(100)), total, shape,
                                      f"{args.dataset}:train", args.seed)
         self.ref = eval_fid.load_ref(ref)
-        self.extractor = eval_fid.build_extractor(features, str(clf) if features == "clf" else None,
-                                                  device=args.device)
+        self.extractor = build_extractor(features, str(clf) if features == "clf" else None, device=args.device)
         self.metric = self.extractor.metric
 
     def load(self, ckpt: Path):
@@ -200,7 +228,7 @@ class Evaluator:
         return checks.resolve_device(self.args.device)
 
     def balanced(self, num_classes: int, n: int, seed: int | None = None) -> tuple[torch.Tensor, list[int]]:
-        return sample.balanced_classes(num_classes, n, self.args.seed if seed is None else seed)
+        return conditions.balanced_classes(num_classes, n, self.args.seed if seed is None else seed)
 
     def real_images(self) -> dict:
         """The first n test images against the (training) reference: the metric's floor at this n."""

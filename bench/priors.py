@@ -45,7 +45,7 @@ import experiment  # noqa: E402
 import sample  # noqa: E402
 import shapes  # noqa: E402
 import sweep  # noqa: E402
-from experiment import Evaluator, Results, side_by_side, table, timed  # noqa: E402
+from experiment import Evaluator, Results, driver_parser, driver_setup, side_by_side, table, timed  # noqa: E402
 
 METHODS = {  # part -> label -> (slug, train.Config fields of the method)
     "mnist": {
@@ -286,9 +286,8 @@ def write_report(args: argparse.Namespace, results: Results, done: dict) -> Path
     points = results.points
     times = ", ".join(f"{k.removeprefix('time/')} {v['seconds'] / 60:.1f} min" for k, v in points.items()
                       if k.startswith("time/"))
-    cpu = f"CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     lines = [f"# Priors beyond the paper: `python bench/priors.py --config {args.config}`", "",
-             f"{time.strftime('%Y-%m-%d')}, {cpu}, torch {torch.__version__}, seed {args.seed}. "
+             f"{time.strftime('%Y-%m-%d')}, {checks.describe_device(checks.resolve_device(args.device))}, torch {torch.__version__}, seed {args.seed}. "
              f"Wall time: {times}.", ""]
     for part, (config, pargs) in done.items():
         lines += {"mnist": report_mnist, "shapes_attributes": report_shapes}[part](config, pargs, points)
@@ -300,22 +299,8 @@ def write_report(args: argparse.Namespace, results: Results, done: dict) -> Path
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = checks.Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="cpu", help=f"one of: {', '.join(CONFIGS)}")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="default: runs/priors_CONFIG")
-    args = parser.parse_args(argv)
-    if args.config not in CONFIGS:
-        raise ValueError(f"unknown --config '{args.config}'; choose one of: {', '.join(CONFIGS)}")
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown or not parts:
-        raise ValueError(f"unknown --parts {', '.join(unknown) or '(none)'}; choose from: {', '.join(PARTS)}")
-    args.out = Path(args.out or ROOT / "runs" / f"priors_{args.config}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = Results(args.out / "results.json")
+    args = driver_parser(__doc__.split("\n\n")[0], CONFIGS, PARTS, "priors").parse_args(argv)
+    parts, results = driver_setup(args, CONFIGS, PARTS, "priors")
     done = {}
     for part in PARTS:  # every part measured so far in this folder goes into the report
         config, max_images = CONFIGS[args.config][part]

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,8 @@ import checks  # noqa: E402
 import data  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
 import toy2d  # noqa: E402
-from experiment import CONFIGS, Config, Evaluator, Results, side_by_side, table, timed, train_method  # noqa: E402
+from experiment import (CONFIGS, Config, Evaluator, Results, driver_parser, driver_setup, side_by_side, table,  # noqa: E402
+                        timed, train_method)
 
 # label -> (slug: the run's folder, train.Config fields of the method)
 METHODS = {
@@ -162,9 +162,7 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
     config, points, metric, figures = ev.config, results.points, ev.metric, args.out / "figures"
     # KID of Inception features is quoted x 1e3 by convention; the classifier's features are on another scale
     kid_name, kid_scale = ("KID x1e3", 1e3) if metric == "FID" else ("KID-clf", 1.0)
-    cpu = platform.processor() or platform.machine()
-    device = (torch.cuda.get_device_name() if ev.device.type == "cuda"
-              else f"CPU ({cpu}, {torch.get_num_threads()} threads)")
+    device = checks.describe_device(ev.device)
     command = f"python bench/reproduce.py --config {args.config}" + (
         f" --data-dir {args.data_dir}" if args.data_dir and args.config != "cpu" else "")
     lines = [f"# Reproduction: `{command}`", "",
@@ -301,25 +299,16 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> None:
-    parser = checks.Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="cpu", help=f"one of: {', '.join(CONFIGS)}")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
+    parser = driver_parser(__doc__.split("\n\n")[0], CONFIGS, PARTS, "reproduce")
     parser.add_argument("--dataset", default=None, help="override the configuration's dataset")
     parser.add_argument("--data-dir", default=None, help="the dataset's folder (required for --config gpu)")
     parser.add_argument("--steps", type=int, default=None, help="override the training steps per method")
     parser.add_argument("--n", type=int, default=None, help="override the samples per measured point")
     parser.add_argument("--features", default=None, choices=["auto", "inception", "clf"])
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks in training")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="default: runs/reproduce_CONFIG")
     args = parser.parse_args(argv)
-    if args.config not in CONFIGS:
+    if args.config not in CONFIGS:  # checked again by driver_setup; needed here for the overrides
         raise ValueError(f"unknown --config '{args.config}'; choose one of: {', '.join(CONFIGS)}")
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown or not parts:
-        raise ValueError(f"unknown --parts {', '.join(unknown) or '(none)'}; choose from: {', '.join(PARTS)}")
     overrides = {k: v for k, v in (("steps", args.steps), ("n", args.n), ("features", args.features)) if v}
     config = dataclasses.replace(CONFIGS[args.config], **overrides)
     args.dataset = args.dataset or config.dataset
@@ -328,9 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"no MNIST at {args.data_dir}: using the built-in shapes dataset")
         args.dataset, args.data_dir = "shapes", None
     data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now, with its message
-    args.out = Path(args.out or ROOT / "runs" / f"reproduce_{args.config}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = Results(args.out / "results.json")
+    parts, results = driver_setup(args, CONFIGS, PARTS, "reproduce")
     # cached points are only valid for the configuration that measured them
     setup = json.loads(json.dumps({**dataclasses.asdict(config), "dataset": args.dataset, "seed": args.seed}))
     if results.get("config", lambda: setup) != setup:

@@ -26,8 +26,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import checks  # noqa: E402
+import conditions  # noqa: E402
 import data  # noqa: E402
 import eval_fid  # noqa: E402
+import features  # noqa: E402
 import flow  # noqa: E402
 import sample  # noqa: E402
 import shapes  # noqa: E402
@@ -67,7 +69,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     paths = sweep_paths(args.out)
     ref = eval_fid.load_ref(args.ref)
     eval_fid.check_enough(args.n, len(ref["mu"]), "raise --n (samples per point)")
-    extractor = eval_fid.extractor_for_ref(ref, args)
+    extractor = features.extractor_for_ref(ref, args.features, args.clf, args.inception_weights, args.device)
     rows = []
     for index, ckpt in enumerate(args.ckpt):
         model, prior, config = sample.load_checkpoint(ckpt, args.device)
@@ -85,8 +87,17 @@ def run_sweep(args: argparse.Namespace) -> None:
                    "solver": args.solver, "nfe": nfe, "cfg": args.cfg, **result, "transport_cost": cost}
             rows.append(row)
             print(json.dumps(row))
-            print(f"{label} NFE {nfe}: {eval_fid.summary(result)}, transport cost {cost:.2f}")
+            print(f"{label} NFE {nfe}: {eval_fid.summary(result, attribute_summary(result))}, "
+                  f"transport cost {cost:.2f}")
     write_sweep(rows, paths, extractor.metric, args.solver)
+
+
+def attribute_summary(result: dict) -> list[str]:
+    """The readable part of shapes.attribute_errors, for eval_fid.summary (none without them)."""
+    if "colour_error" not in result:
+        return []
+    return [f"attribute errors: colour {result['colour_error']:.1f} levels, position "
+            f"{result['position_error_px']:.2f} px, size rank correlation {result['size_rank_correlation']:.2f}"]
 
 
 def evaluation_conditions(config: dict, n: int, seed: int) -> tuple[torch.Tensor, list[int], np.ndarray | None]:
@@ -99,8 +110,8 @@ def evaluation_conditions(config: dict, n: int, seed: int) -> tuple[torch.Tensor
         if len(held_out) < n:
             raise ValueError(f"the held-out split has {len(held_out)} conditions, fewer than --n {n}")
         _, cond = held_out.get(np.arange(n))
-        return cond, [sample.image_seed(seed, i, 0) for i in range(n)], None
-    classes, seeds = sample.balanced_classes(config["num_classes"], n, seed)
+        return cond, [conditions.image_seed(seed, i, 0) for i in range(n)], None
+    classes, seeds = conditions.balanced_classes(config["num_classes"], n, seed)
     return classes, seeds, classes.numpy()
 
 

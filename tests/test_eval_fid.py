@@ -1,7 +1,7 @@
 """eval_fid: closed-form Frechet distances (and its sqrtm fallback, against numpy's eigenvalues),
 KID against a double loop, the Inception layout of the published weights file, pytorch-fid's
-preprocessing, damaged input files, and ref/calc/sweep end to end with the classifier features
-(CPU, no weights file, no network). The command-line error lines: test_bad_input_eval.py."""
+preprocessing, damaged input files, and ref/calc/sweep end to end with the classifier features of
+features.py (CPU, no weights file, no network). The command-line error lines: test_bad_input.py."""
 from __future__ import annotations
 
 import csv
@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import classifier
+import conditions
 import eval_fid
 import sample
 
@@ -567,7 +568,7 @@ def test_sweep_writes_table_csv_and_plot(workdir, capsys):
     # the accuracy is the classifier's on those draws: image i of class i % 10 from image_seed(0, c, i // 10)
     model, prior, _ = sample.load_checkpoint(ckpts[1], "cpu")
     classes = np.arange(20) % 10
-    seeds = [sample.image_seed(0, int(c), i // 10) for i, c in enumerate(classes)]
+    seeds = [conditions.image_seed(0, int(c), i // 10) for i, c in enumerate(classes)]
     images = sample.generate(model, prior, torch.from_numpy(classes), seeds, 1)
     expected = np.mean(predict(load_classifier(workdir / "clf.pt"), images) == classes)
     assert float(rows[2]["accuracy"]) == pytest.approx(expected, abs=1e-12)
@@ -597,7 +598,7 @@ def test_plot_places_points_on_linear_or_log_axes(tmp_path, log_y):
         assert lower > 5 * upper
 
 
-def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workdir):
+def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workdir, capsys):
     """Conditions: the held-out split's first n attribute vectors, image i from image_seed(0, i, 0);
     faithfulness measured from the pixels (shapes.attribute_errors)."""
     import data
@@ -617,14 +618,18 @@ def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workd
     torch.save({"model": model.state_dict(), "ema": model.state_dict(), "optimizer": {}, "step": 0, "rng": None,
                 "config": config, "prior": {"name": "mapper", "state": prior.state_dict()}}, path)
     out = workdir / "sweep_attributes"
+    capsys.readouterr()
     sweep.main(["--ckpt", str(path), "--ref", str(workdir / "ref.npz"), "--nfe", "1", "--n", "20",
                    "--out", str(out), "--device", "cpu"])
     row = next(csv.DictReader(out.with_suffix(".csv").read_text().splitlines()))
+    readable = capsys.readouterr().out.strip().splitlines()[-2]  # the last line: the files written
+    assert ", attribute errors: colour " in readable  # before the sample count, as eval_fid.summary puts it
+    assert readable.endswith(f" (20 samples), transport cost {float(row['transport_cost']):.2f}")
     assert row["accuracy"] == ""  # no class was asked for
     held_out = data.load_dataset("shapes", None, "test", image_size=16, cond="attributes")
     _, cond = held_out.get(np.arange(20))
     loaded, loaded_prior, _ = sample.load_checkpoint(path, "cpu")
-    images = sample.generate(loaded, loaded_prior, cond, [sample.image_seed(0, i, 0) for i in range(20)], 1)
+    images = sample.generate(loaded, loaded_prior, cond, [conditions.image_seed(0, i, 0) for i in range(20)], 1)
     expected = shapes.attribute_errors(images.numpy(), cond.numpy())
     for key, value in expected.items():
         assert float(row[key]) == pytest.approx(value, rel=1e-9)

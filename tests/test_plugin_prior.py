@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import conditions
 import prior
 import sample
 import train
@@ -46,7 +47,7 @@ class ShiftPrior(prior.Prior):
         return self
 
     def sample(self, cond, generator=None, null=None, x1=None):
-        prior.check_cond(cond, self.num_classes, vectors=False)
+        conditions.check_cond(cond, self.num_classes, vectors=False)
         x0 = torch.randn((len(cond), *self.shape), generator=generator, device=cond.device)
         x0 = x0 + self.shift * cond.view(-1, *[1] * len(self.shape)).float()
         return x0 if x1 is None or not self.pull else 0.5 * (x0 + x1)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import prior as prior_module
 from config import parse_prior_options
 from prior import PRIORS, ClassPrior, GaussianPrior, KMeansPrior, MapperPrior, build_prior, prior_from_state
 
@@ -117,7 +118,8 @@ def test_save_load_round_trips_exactly(tmp_path, name):
 
 
 def test_gaussian_prior_is_standard_normal_whatever_the_label():
-    prior = GaussianPrior((1, 4, 4), num_classes=3)
+    prior = GaussianPrior().fit([(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64))], 3)
+    assert prior.shape == (1, 4, 4) and prior.num_classes == 3
     x0 = prior.sample(torch.zeros(20000, dtype=torch.int64), torch.Generator().manual_seed(0))
     assert abs(float(x0.mean())) < 0.01 and abs(float(x0.std()) - 1) < 0.01
 
@@ -216,3 +218,27 @@ def test_mapper_learns_the_conditional_mean_and_the_residual_spread():
         prior.global_std.max()))
     with pytest.raises(ValueError, match="needs condition vectors"):
         prior.sample(torch.tensor([0, 1]))
+
+
+def test_a_prior_that_lists_its_fitted_arrays_saves_and_loads_without_writing_either(tmp_path):
+    """The base class saves the options (read back from attributes of the same names) and the
+    arrays named in `fitted`; loading types each option again by its default, through an .npz."""
+
+    class Offsets(prior_module.Prior):
+        name = "offsets"
+        fitted = ("offset",)
+
+        def __init__(self, k: int = 2, scale: float = 1.0, mode: str = "add", signed: bool = False):
+            self.k, self.scale, self.mode, self.signed = k, scale, mode, signed
+            self.offset: np.ndarray | None = None
+
+    with pytest.raises(ValueError, match="the offsets prior has not been fitted"):
+        Offsets().state_dict()
+    fitted = Offsets(k=5, scale=0.25, mode="mul", signed=True)
+    fitted.offset, fitted.dataset = np.arange(6.0).reshape(2, 3), "toy"
+    fitted.save(tmp_path / "offsets.npz")
+    loaded = Offsets.load(tmp_path / "offsets.npz")
+    assert (loaded.k, loaded.scale, loaded.mode, loaded.signed, loaded.dataset) == (5, 0.25, "mul", True, "toy")
+    assert [type(v) for v in (loaded.k, loaded.scale, loaded.mode, loaded.signed)] == [int, float, str, bool]
+    np.testing.assert_array_equal(loaded.offset, fitted.offset)
+    assert Offsets.defaults() == {"k": 2, "scale": 1.0, "mode": "add", "signed": False}

@@ -1,0 +1,109 @@
+"""A condition is data: what the model is asked for, checked here once for every script.
+
+Two kinds, and the rest of the code passes them along without looking inside:
+
+    class ids          int64 (N,),   each in 0..K-1         (a dataset's labels)
+    condition vectors  float (N, E), each finite            (attributes, a text or image embedding)
+
+plus a `null` mask (N,) bool for the rows classifier-free guidance asks unconditionally (the
+network's learned null vector, the prior's dataset-wide component). Only unet.ConditionEncoder
+turns a condition into features, and only a prior decides what a condition means for x0.
+
+Which images a run draws is also decided here, so that every number can be reproduced: image j
+of condition c starts from the seed
+
+    image_seed(run_seed, c, j) = (run_seed * 1000003 + c) * 1000033 + j,
+
+whatever else the run samples and however it is batched.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import checks
+
+
+def check_cond(cond: torch.Tensor, num_classes: int, vectors: bool | None = None) -> None:
+    """Class ids: int64 in 0..num_classes-1; vectors: float (N, E). vectors=False/True: only that kind
+    (what a prior calls in sample(); it runs every training step, so it never syncs a GPU)."""
+    if cond.dtype == torch.int64 and cond.ndim == 1:
+        if vectors:
+            raise ValueError("this prior needs condition vectors (N, E), got class ids; use --prior class or kmeans")
+        # Only on CPU: there a bad id would index past the table silently, while on CUDA the
+        # check would cost a host sync every training step (and indexing asserts on device).
+        if cond.device.type == "cpu" and len(cond) and (int(cond.min()) < 0 or int(cond.max()) >= num_classes):
+            raise ValueError(f"class ids must be in 0..{num_classes - 1}, got {int(cond.min())}..{int(cond.max())}")
+    elif cond.is_floating_point() and cond.ndim == 2:
+        if vectors is False:
+            raise ValueError("this prior needs class ids, got condition vectors; use --prior mapper or gaussian")
+    else:
+        raise ValueError(f"a condition is int64 class ids (N,) or float vectors (N, E), got {cond.dtype} "
+                         f"of shape {tuple(cond.shape)}")
+
+
+def as_condition(cond, num_classes: int, cond_dim: int) -> torch.Tensor:
+    """What a user hands to a model taking K classes (cond_dim 0) or cond_dim-d vectors, made one:
+    class ids -> int64 (N,) in 0..K-1; vectors -> float32 (N, cond_dim); anything else an error."""
+    cond = torch.as_tensor(cond)
+    if cond_dim:
+        if cond.ndim != 2 or cond.shape[1] != cond_dim:
+            raise ValueError(f"this model takes {cond_dim}-d condition vectors, got shape {tuple(cond.shape)}")
+        cond = cond.float()
+        checks.check_finite(cond, "the condition vectors")
+        return cond.cpu()
+    if cond.ndim != 1 or cond.is_floating_point():
+        raise ValueError(f"this model takes class ids (N,), got {cond.dtype} of shape {tuple(cond.shape)}")
+    cond = cond.long().cpu()
+    if len(cond) and not 0 <= int(cond.min()) <= int(cond.max()) < num_classes:
+        raise ValueError(f"class ids must lie in 0..{num_classes - 1}, got {int(cond.min())}..{int(cond.max())}")
+    return cond
+
+
+def image_seed(run_seed: int, class_id: int, index: int) -> int:
+    """Seed of image `index` of class (or condition row) `class_id`."""
+    return (run_seed * 1_000_003 + class_id) * 1_000_033 + index
+
+
+def per_condition(conditions: torch.Tensor, ids: list[int], n: int, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """n images of each condition, condition by condition: (cond, id of each image's condition,
+    seeds), image j of condition id c seeded image_seed(seed, c, j). Grids and sample.py use this."""
+    rows = torch.arange(len(ids)).repeat_interleave(n)
+    row_ids = torch.tensor(ids, dtype=torch.long)[rows]
+    return conditions[rows], row_ids, [image_seed(seed, int(c), j % n) for j, c in enumerate(row_ids)]
+
+
+def balanced_classes(num_classes: int, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+    """n class ids cycling 0..K-1 (class-balanced, for metrics) and their seeds: image i is image
+    i // K of class i % K, seeded image_seed(seed, class, i // K) as in per_condition."""
+    classes = torch.arange(n) % num_classes
+    return classes, [image_seed(seed, int(c), i // num_classes) for i, c in enumerate(classes)]
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int]:
+    """--classes "0,3,7" -> [0, 3, 7] (all classes when None); ids checked, repeats dropped."""
+    if text is None:
+        return list(range(num_classes))
+    try:
+        classes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--classes must be comma-separated class ids like 0,3,7, got {text!r}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad or not classes:
+        raise ValueError(f"--classes {text!r}: valid class ids are 0..{num_classes - 1} "
+                         f"(this checkpoint has {num_classes} classes)")
+    return list(dict.fromkeys(classes))  # a repeated id would only repeat the same seeds
+
+
+def read_vectors(path: str, cond_dim: int) -> torch.Tensor:
+    """--cond-file: an .npy of (M, cond_dim) condition vectors, checked like any condition."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--cond-file {path} not found: give an .npy of (M, {cond_dim}) vectors")
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise ValueError(f"--cond-file {path}: not a readable .npy ({checks.first_line(err)})") from None
+    return as_condition(np.asarray(vectors, dtype=np.float32), 0, cond_dim)

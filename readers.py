@@ -1,0 +1,193 @@
+"""Reading the published datasets' files, exactly and safely: idx, CIFAR pickles, npz, images.
+
+data.py knows which files a dataset needs; this file turns their bytes into uint8 arrays.
+
+Formats
+- idx (MNIST, Fashion-MNIST), optionally gzipped: a big-endian int32 magic (0x08 = ubyte, low
+  byte = ndim), ndim big-endian int32 sizes, then the bytes; sizes must account for every byte.
+- CIFAR-10 python batches: a pickled dict, b'data' uint8 (N, 3072) whose rows are planar (1024
+  red values, row-major 32x32, then green, then blue) and b'labels'.
+- npz (downsampled ImageNet): np.savez writes a ZIP_STORED zip of .npy members, so a member is
+  memory-mapped by skipping the zip local header and the .npy header; 15.7 GB is never read.
+- images pillow can read: RGB, centre-cropped to a square, bicubic-resized.
+
+Safety
+- Pickles go through a restricted unpickler (numpy arrays only), npz members never allow pickles:
+  a hostile file runs no code.
+- Every failure is ONE ValueError line naming the file and the fix ("PATH: what; re-download
+  it"): library errors are caught by `reading`, and our own checks name the file themselves.
+- Labels must be whole numbers, one per image, in range (checked_labels).
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+import checks
+
+
+@contextlib.contextmanager
+def reading(path: Path, problem: str, hint: str = "re-download it") -> Iterator[None]:
+    """Any failure inside the block becomes ValueError("PATH: PROBLEM (why); HINT"), one line.
+
+    A damaged download fails deep inside gzip/zlib (zlib.error, EOFError), zipfile (BadZipFile,
+    KeyError, NotImplementedError), numpy's .npy header parser (ValueError, SyntaxError, even
+    tokenize.TokenError), struct, pickle or pillow, with types no one can list in advance; to
+    the user they all mean the same thing. So every read of a dataset file goes through here,
+    and only our own checks, which already name the file, run outside these blocks."""
+    try:
+        yield
+    except Exception as err:
+        raise ValueError(f"{path}: {problem} ({checks.first_line(err)}); {hint}") from None
+
+
+def checked_labels(labels: np.ndarray, num_classes: int, count: int, source: object,
+                   first: int = 0) -> np.ndarray:
+    """Labels first..first + num_classes - 1 as int64 0..num_classes - 1, one per image."""
+    labels = np.asarray(labels).reshape(-1)
+    # integers, or floats holding integers; anything else (strings, NaN, 2.5) is not a label file
+    whole = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and bool(
+        np.isfinite(labels).all() and (labels == np.round(labels)).all()))
+    if not whole:
+        raise ValueError(f"{source}: labels must be whole numbers, got {labels.dtype}; re-download it")
+    labels = labels.astype(np.int64) - first
+    if len(labels) != count:
+        raise ValueError(f"{source}: {len(labels)} labels for {count} images; re-download it")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{source}: labels out of range {labels.min() + first}..{labels.max() + first}, "
+                         f"expected {first}..{num_classes - 1 + first}; re-download it")
+    return labels
+
+
+# ---------------------------------------------------------------- idx (MNIST / Fashion-MNIST)
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """An idx file: big-endian int32 magic (0x08 = ubyte, low byte = ndim), ndim sizes, bytes."""
+    gz = path.suffix == ".gz"
+    # not gzip at all (BadGzipFile), a corrupt deflate stream (zlib.error), cut short (EOFError)
+    with reading(path, "cannot decompress this .gz file" if gz else "cannot read this idx file"):
+        raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    found = int.from_bytes(raw[:4], "big")
+    if len(raw) >= 4 and found != magic:
+        raise ValueError(f"{path}: wrong magic number {found}, expected {magic}; not the idx file "
+                         "this name promises, re-download it")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated ({len(raw)} bytes, shorter than the idx header); "
+                         "re-download it")
+    shape = struct.unpack(f">{ndim}i", raw[4:header])
+    if len(raw) - header != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} = {int(np.prod(shape))} bytes but "
+                         f"{len(raw) - header} follow; truncated or corrupt, re-download it")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def bilinear(images: np.ndarray, size: int) -> np.ndarray:
+    """Grey uint8 (N, H, W) -> (N, size, size), bilinear (no antialiasing), rounded back to uint8."""
+    grey = torch.tensor(images, dtype=torch.float32)[:, None]
+    resized = torch.nn.functional.interpolate(grey, size=size, mode="bilinear", align_corners=False)
+    return resized[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# ---------------------------------------------------------------- CIFAR-10 (python pickles)
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The CIFAR batches are pickles; allow only what they need so a hostile file runs no code."""
+
+    numpy_names = {"_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar"}
+
+    def find_class(self, module: str, name: str) -> object:
+        numpy_part = module.split(".")[0] == "numpy" and name in self.numpy_names
+        if numpy_part or (module, name) == ("_codecs", "encode"):  # _codecs: protocol-2 bytes
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: pixels uint8 (N, 3, 32, 32) and its labels int64 0..9."""
+    with reading(path, "not a CIFAR-10 python batch"):  # truncated, garbage, not a dict, ...
+        batch = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3072):
+        raise ValueError(f"{path}: b'data' should be uint8 (N, 3072), got "
+                         f"{getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}; "
+                         "re-download it")
+    # a damaged pickle can carry a dtype equal to uint8 with corrupt internal flags (numpy then
+    # prints internal errors on every copy): keep only the raw bytes, under numpy's own uint8.
+    # Rows are planar: 1024 red values (row-major 32x32), then green, then blue.
+    pixels = np.frombuffer(data.tobytes(), np.uint8).reshape(-1, 3, 32, 32)
+    return pixels, checked_labels(labels, 10, len(data), path)
+
+
+# ---------------------------------------------------------------- npz (downsampled ImageNet)
+
+def npz_array(path: Path, key: str) -> np.ndarray:
+    """Array `key` of an .npz, memory-mapped when stored uncompressed.
+
+    np.savez (the official files) writes a plain ZIP_STORED zip of .npy members, so the member's
+    bytes sit contiguously in the file: skip the zip local header and the .npy header and map
+    the rest. A compressed member (np.savez_compressed) cannot be mapped and is loaded instead.
+    A damaged zip directory or .npy header is an error naming the file; a flipped byte inside
+    a mapped member's pixels is not caught (its CRC would mean reading all 15.7 GB up front).
+    """
+    damaged = "not a readable .npz archive (truncated or corrupt)"
+    with reading(path, damaged):  # not a zip, cut inside the central directory, ...
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            info = archive.getinfo(f"{key}.npy") if f"{key}.npy" in names else None
+    if info is None:
+        raise ValueError(f"{path}: has no '{key}' array (it holds {', '.join(names) or 'nothing'}); "
+                         "not a downsampled ImageNet file, re-download it")
+    with reading(path, damaged):  # a directory entry pointing at garbage, a bad .npy header
+        if info.compress_type != zipfile.ZIP_STORED:
+            return load_member(path, key)
+        with open(path, "rb") as file:
+            file.seek(info.header_offset)
+            local_header = file.read(30)
+            if local_header[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"no local header for {key}.npy where the directory says")
+            name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+            file.seek(info.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(file)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:  # a newer .npy header version: let numpy read it
+                return load_member(path, key)
+            shape, fortran_order, dtype = read_header(file)
+            offset = file.tell()
+        if fortran_order or dtype.hasobject:
+            return load_member(path, key)
+    if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
+        raise ValueError(f"{path}: truncated ({path.stat().st_size} bytes, '{key}' needs more); "
+                         "re-download it")
+    with reading(path, damaged):
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def load_member(path: Path, key: str) -> np.ndarray:
+    """Array `key` read whole; no pickles (an object array in a pixel file is never right)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return archive[key]
+
+
+# ---------------------------------------------------------------- images (pillow)
+
+def read_image_square(path: Path, size: int) -> np.ndarray:
+    """An image file as uint8 RGB (3, size, size): centre-cropped to a square, bicubic-resized."""
+    # UnidentifiedImageError, truncated files, DecompressionBombError, a decoder's own errors
+    with reading(path, "pillow cannot read this image", "remove or replace it"):
+        with Image.open(path) as image:
+            square = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+    return np.asarray(square).transpose(2, 0, 1)
