@@ -60,11 +60,11 @@ def timed(fn, steps: int, device: torch.device, warmup: int = 2) -> float:
 
 def bench_preset(preset: str, dataset_name: str, batch_size: int, steps: int, compile_: bool, device: torch.device,
                  coupling: str) -> dict:
-    args = train.parse_args(["--dataset", dataset_name, "--preset", preset, "--batch-size", str(batch_size),
-                             "--coupling", coupling] + (["--compile"] if compile_ else []))
+    config = train.Config(dataset=dataset_name, preset=preset, batch_size=batch_size, coupling=coupling,
+                          compile=compile_, device=str(device))
     dataset = data.load_dataset(dataset_name) if dataset_name == "shapes" else SyntheticImageNet64()
     prior = train.priors.ClassPrior().fit([dataset.get(np.arange(2 * dataset.num_classes))], dataset.num_classes)
-    run = train.build_run(args, dataset, prior, device)
+    run = train.build_run(config, dataset, prior, device)
     images, labels = dataset.get(np.arange(batch_size) % len(dataset))
     if device.type == "cuda":
         images, labels = images.pin_memory(), labels.pin_memory()
@@ -101,12 +101,11 @@ def bench_x0(preset: str, prior_name: str, batch_size: int, steps: int, rounds: 
     cond_kind = "attributes" if prior_name == "mapper" else "class"
     dataset = data.load_dataset("shapes", cond=cond_kind)
     prior = fitted_prior(prior_name, dataset, fit_images, kmeans_k)
-    args = train.parse_args(["--preset", preset, "--batch-size", str(batch_size), "--prior", prior_name,
-                             "--cond", cond_kind])
-    run = train.build_run(args, dataset, prior, device)
+    config = train.Config(preset=preset, batch_size=batch_size, prior=prior_name, cond=cond_kind, device=str(device))
+    run = train.build_run(config, dataset, prior, device)
     images, cond = dataset.get(np.arange(batch_size) % len(dataset))
     x1, cond_device = data.to_model(images.to(device)), cond.to(device)
-    null = torch.rand(len(cond), device=device, generator=run.generator) < args.label_dropout
+    null = torch.rand(len(cond), device=device, generator=run.generator) < config.label_dropout
 
     def draw() -> torch.Tensor:  # what train_step does for x0 (--null-source global)
         return run.prior.sample(cond_device, run.generator, null, x1)
