@@ -25,15 +25,16 @@ The statistics are fitted in streamed passes (stats.py: Chan's merge, per-class 
 
 A prior is one class here and one name in PRIORS; train.py and sample.py need nothing else:
 
-    __init__(**options)    plain keyword options with defaults: `--prior-opt key=value` on the
-                           command line, checked against this signature, saved with the prior
+    __init__(**options)    keyword options with defaults: `--prior-opt key=value`, checked
+                           against this signature, typed by the defaults, saved with the prior
     fit(batches, num_classes, dataset)   batches: (uint8 images, cond) pairs; iterating it again
                            starts a new pass over the data (for priors that need several)
     sample(cond, generator, null=None, x1=None) -> x0     x1: the training images, for priors
                            that couple with them; None at sampling time
-    groups(cond, null)     which rows `class_ot` may pair with each other
-    fitted = ("means", ...)   the numpy arrays fit() sets: with the options, they are the saved
-                           state (state_dict / from_state_dict; extend both for anything else)
+    groups(cond, null)     which rows `class_ot` may pair with each other (default: one class)
+    fitted = ("means", ...)   the numpy arrays fit() sets: with the options (read back from the
+                           attributes of the same names) they are the saved state; a prior with
+                           other fitted state extends state_dict / from_state_dict
 """
 from __future__ import annotations
 
@@ -53,10 +54,7 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Prior:
-    """What every prior shares. A new prior overrides fit and sample (and groups when `class_ot`
-    should pair other rows than those of one class) and lists in `fitted` the numpy arrays its fit
-    sets: state_dict / from_state_dict then save and restore it with its options (the constructor's
-    keywords, read back from attributes of the same name). Other fitted state: extend both."""
+    """What every prior shares: the interface above, its defaults, saving and loading."""
 
     name = ""
     shape: tuple[int, ...] = ()
