@@ -202,7 +202,7 @@ def parse_prior_options(name: str, pairs: list[str]) -> dict[str, object]:
     the type of each option's default (int, float, bool, str)."""
     if name not in priors.PRIORS:
         raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(priors.PRIORS)}")
-    accepted, options = priors.prior_options(name), {}
+    accepted, options = priors.PRIORS[name].defaults(), {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip().replace("-", "_")

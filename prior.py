@@ -404,19 +404,15 @@ PRIORS: dict[str, type[Prior]] = {"gaussian": GaussianPrior, "class": ClassPrior
                                   "mapper": MapperPrior}
 
 
-def prior_options(name: str) -> dict[str, object]:
-    """The options prior `name` takes (its constructor's keywords) with their defaults."""
-    return PRIORS[name].defaults()
-
-
 def build_prior(name: str, **options) -> Prior:
     """An unfitted prior from its command-line name and options (unknown options are an error)."""
     if name not in PRIORS:
         raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(PRIORS)}")
-    unknown = sorted(set(options) - set(prior_options(name)))
+    accepted = PRIORS[name].defaults()
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"prior '{name}' has no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(prior_options(name)) or 'none'}")
+                         f"{', '.join(accepted) or 'none'}")
     return PRIORS[name](**options)
 
 
