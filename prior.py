@@ -85,6 +85,10 @@ class Prior:
     def state_dict(self) -> dict:
         if any(getattr(self, key, None) is None for key in self.fitted):
             raise ValueError(f"the {self.name} prior has not been fitted; call fit() or load a statistics file")
+        missing = [key for key in self.defaults() if not hasattr(self, key)]
+        if missing:  # a fork's prior that renamed an option on the way in
+            raise ValueError(f"prior '{self.name}' keeps option {missing[0]} under another name: store it as "
+                             f"self.{missing[0]} (state_dict saves options by name) or override state_dict")
         return {"name": self.name, "dataset": self.dataset, **{key: getattr(self, key) for key in self.defaults()},
                 **{key: getattr(self, key) for key in self.fitted}}
 

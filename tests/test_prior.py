@@ -242,3 +242,12 @@ def test_a_prior_that_lists_its_fitted_arrays_saves_and_loads_without_writing_ei
     assert [type(v) for v in (loaded.k, loaded.scale, loaded.mode, loaded.signed)] == [int, float, str, bool]
     np.testing.assert_array_equal(loaded.offset, fitted.offset)
     assert Offsets.defaults() == {"k": 2, "scale": 1.0, "mode": "add", "signed": False}
+
+    class Renamed(prior_module.Prior):  # an option stored under another name cannot be saved by name
+        name = "renamed"
+
+        def __init__(self, width: int = 3):
+            self.w = width
+
+    with pytest.raises(ValueError, match="keeps option width under another name: store it as self.width"):
+        Renamed().state_dict()
