@@ -139,8 +139,7 @@ def learning_rate(step: int, config: Config) -> float:
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
     decay = min(decay, (1 + step) / (10 + step))  # early on, follow the model closely
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
 def grid_conditions(dataset, seed: int, per_row: int = 8, rows: int = 10) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
