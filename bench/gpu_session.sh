@@ -4,8 +4,9 @@
 # or more and give the machine back):
 #   1. the CUDA path end to end: train.py in bf16 with --compile to step 40, then resumed to 60
 #      (RESUMABLE --steps), then sample.py from the result (correctness, not speed);
-#   2. bench/bench_gpu.py: img/s, TFLOP/s, MFU against a matmul peak measured in the same run,
-#      peak memory, eager and compiled, for imagenet64 and small; sampling at NFE 8;
+#   2. bench/bench_train.py: img/s, TFLOP/s, MFU against a matmul peak measured in the same run,
+#      peak memory, eager then compiled, for imagenet64 and small; bench/bench_sample.py: sampling
+#      img/s and the share outside the network at NFE 8;
 #   3. bench/bench_peer.py: our network and OT coupling against torchcfm's ADM UNetModel configured as
 #      our presets and its exact OT (POT), interleaved in the same run (eager; PEER_COMPILE=1 adds
 #      --compile). torchcfm and POT come as wheels in the git-ignored peer_wheels/ (the device tool's
@@ -13,7 +14,7 @@
 #      torchcfm wheel (pure Python, a zip) goes on the path as it is. POT's wheel is for one Python
 #      version (cp311): on another the OT part is skipped with a note. At most 5 minutes.
 #      PEER=0 skips step 3; PEER=only runs step 3 alone (about 2 minutes).
-# Everything lands in $OUT (log.txt, bench_gpu.md, bench_peer.md); a CPU dry run:
+# Everything lands in $OUT (log.txt, bench_train*.md, bench_peer.md); a CPU dry run:
 #   OUT=/tmp/o DRY=1 bash bench/gpu_session.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_session}
@@ -31,8 +32,13 @@ export PYTHONUNBUFFERED=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CH
     python3 train.py $size $compile --steps 60 --ckpt-every 20 --log-every 10 --out "$run" --resume &&
       python3 sample.py --ckpt "$run/ckpt.pt" --nfe 8 --n 4 --out-png "$OUT/samples.png" &&
       echo "CUDA path: train (compile) -> resume -> sample OK"
-    python3 bench/bench_gpu.py --presets $presets --batch-size $batch --steps 10 $compile --out "$OUT/bench_gpu.md" \
-      $( [ -n "${DRY:-}" ] && echo --device cpu --sample-n 8 --steps 2 )
+    dev=$( [ -n "${DRY:-}" ] && echo --device cpu )
+    steps=$( [ -n "${DRY:-}" ] && echo 2 || echo 10 )
+    python3 bench/bench_train.py --presets $presets --batch-size $batch --steps $steps --priors none $dev \
+      --out "$OUT/bench_train.md"
+    [ -n "$compile" ] && python3 bench/bench_train.py --presets $presets --batch-size $batch --steps $steps \
+      --priors none --compile --out "$OUT/bench_train_compile.md"
+    python3 bench/bench_sample.py --presets $presets --n $( [ -n "${DRY:-}" ] && echo 8 || echo 256 ) --nfe 8 $dev
   fi
   if [ "$PEER" != 0 ]; then
     echo "== step 3: bench/bench_peer.py (torchcfm side by side)"
