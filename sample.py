@@ -24,7 +24,7 @@ w != 1 the NFE budget must be a multiple of 2 x evaluations-per-step.
 
 The .npz follows the guided-diffusion evaluation suite: arr_0 uint8 (N, H, W, C), arr_1 int64 labels
 (for vectors: the condition's row, and `cond` holds the vectors). Image j of class c (or of
-condition row c) is drawn with the seed image_seed(--seed, c, j), so it does not change with
+condition row c) is drawn with the seed conditions.image_seed(--seed, c, j), so it does not change with
 the batch size, the device count or which other conditions are sampled in the same run.
 """
 from __future__ import annotations
