@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_train  # noqa: E402 (bench/bench_train.py: timed)
 import checks  # noqa: E402
 import experiment  # noqa: E402 (bench/experiment.py: table)
 import flow  # noqa: E402
@@ -76,17 +77,11 @@ def import_peer(peer_path: str) -> types.ModuleType:
         stand_in.__path__ = list(spec.submodule_search_locations)
         sys.modules["torchcfm"] = stand_in
     try:
+        importlib.import_module("torchcfm.version")  # for the header
         return importlib.import_module("torchcfm.models.unet.unet")
     except ImportError as err:
         raise ValueError(f"torchcfm's UNet did not import from --peer-path {peer_path!r} "
                          f"({checks.first_line(err)}): {INSTALL_HINT}") from None
-
-
-def peer_version() -> str:
-    try:
-        return importlib.import_module("torchcfm.version").__version__
-    except Exception:  # noqa: BLE001 - only for the header
-        return "?"
 
 
 def import_peer_ot() -> tuple[types.ModuleType | None, str]:
@@ -100,18 +95,9 @@ def import_peer_ot() -> tuple[types.ModuleType | None, str]:
 
 # ----------------------------------------------------------------------------- timing
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_call(fn, device: torch.device) -> float:
     """Seconds of one call of fn, the device's queue drained before and after."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
+    return bench_train.timed(fn, 1, device, warmup=0)
 
 
 def spread(seconds: list[float]) -> str:
@@ -365,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     peer_unet = import_peer(args.peer_path)
     peer_ot, ot_status = import_peer_ot() if "ot" in parts else (None, "OT part not run")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    lines = [f"{checks.describe_device(device)}; torch {torch.__version__}; torchcfm {peer_version()}; {ot_status}; "
+    version = getattr(sys.modules.get("torchcfm.version"), "__version__", "?")
+    lines = [f"{checks.describe_device(device)}; torch {torch.__version__}; torchcfm {version}; {ot_status}; "
              f"Python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d %H:%M')}; load {load}", ""]
     print("\n".join(lines), flush=True)
 
