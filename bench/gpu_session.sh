@@ -16,6 +16,11 @@
 #      PEER=0 skips step 3; PEER=only runs step 3 alone (about 2 minutes).
 # Everything lands in $OUT (log.txt, bench_train*.md, bench_peer.md); a CPU dry run:
 #   OUT=/tmp/o DRY=1 bash bench/gpu_session.sh
+# Before a session, on this machine (peer_wheels/ is git-ignored, so a fresh checkout lacks it;
+# pick POT's wheel for the GPU machine's Python, e.g. --python-version 3.12 --only-binary=:all:):
+#   python -m pip download --no-deps -d peer_wheels torchcfm==1.0.7 pot==0.9.7.post1
+# The device tool allows 600 s a command and 15 min in all, start-up included: run PEER=0 first
+# (steps 1-2), then PEER=only in a second call on the still-warm machine, then give it back.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_session}
 PEER=${PEER:-1}
