@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 import checks
 import prior as priors
-from config import RESUMABLE, RUN_KEYS, Config
+from config import RESUMABLE, RUN_KEYS, Config, build_prior
 
 
 def data_fingerprint(dataset, num_images: int) -> str:
@@ -61,6 +61,15 @@ def cache_key(name: str, options: dict, fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def prior_from_state(state: dict) -> priors.Prior:
+    """A saved prior (checkpoint or statistics file) as the class its name says."""
+    name = str(state["name"])
+    if name not in priors.PRIORS:
+        raise ValueError(f"the statistics were saved by prior '{name}', which this code does not know; "
+                         f"known: {', '.join(priors.PRIORS)}")
+    return priors.PRIORS[name].from_state_dict(state)
+
+
 def make_prior(config: Config, dataset, num_images: int, fingerprint: str, device: torch.device,
                rank: int, world: int):
     """Fit the prior (one streaming pass) and cache it in OUT/prior_stats.npz under a key of the
@@ -81,13 +90,13 @@ def make_prior(config: Config, dataset, num_images: int, fingerprint: str, devic
                 print(f"{path} was fitted on other data or prior options: fitting again")
                 stored = None
         if stored is None:
-            fitted = priors.build_prior(config.prior, **options)
+            fitted = build_prior(config.prior, **options)
             print(f"fitting the {config.prior} prior on {num_images} images ({options or 'default options'})")
             fitted.fit(Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
             checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
     if world > 1:
         dist.barrier()  # the other processes wait for rank 0's file
-    fitted = priors.prior_from_state(priors.load_npz(str(path)))
+    fitted = prior_from_state(priors.load_npz(str(path)))
     expected = (dataset.channels, dataset.image_size, dataset.image_size)
     if tuple(fitted.shape) != expected:
         raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)}, but {config.dataset} has "

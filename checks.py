@@ -126,6 +126,10 @@ def atomic_write(path: str | Path, write: Callable[[object], None]) -> None:
     os.replace(tmp, path)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda file: file.write(text.encode()))
+
+
 def save_torch(path: str | Path, obj: object) -> None:
     atomic_write(path, lambda file: torch.save(obj, file))
 

@@ -171,7 +171,7 @@ def check_config(config: Config) -> None:
                           ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
                           ("resize_to", 8), ("seed", 0)):
         checks.check_at_least(getattr(config, name), minimum, "--" + name.replace("_", "-"))
-    priors.build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
+    build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
     for name in ("lr", "grad_clip"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value > 0):
@@ -195,6 +195,18 @@ def dataset_options(config: Config) -> dict:
                 raise ValueError(f"{flag} applies to {', '.join(takers)} only, not {config.dataset}")
             options[key] = value
     return options
+
+
+def build_prior(name: str, **options) -> priors.Prior:
+    """An unfitted prior from its command-line name and options (unknown options are an error)."""
+    if name not in priors.PRIORS:
+        raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(priors.PRIORS)}")
+    accepted = priors.PRIORS[name].defaults()
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"prior '{name}' has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(accepted) or 'none'}")
+    return priors.PRIORS[name](**options)
 
 
 def parse_prior_options(name: str, pairs: list[str]) -> dict[str, object]:

@@ -382,10 +382,9 @@ class MapperPrior(Prior):
                                        for a in (self.global_mean, self.global_std, self.pixel_std)))
 
     def state_dict(self) -> dict:
-        if self.net is None:
-            raise ValueError("the mapper prior has not been fitted; call fit() or load a statistics file")
+        state = super().state_dict()  # refuses an unfitted prior (its fitted arrays are None)
         weights = {f"net.{key}": value.detach().cpu().numpy() for key, value in self.net.state_dict().items()}
-        return super().state_dict() | {"cond_dim": self.cond_dim, "shape": np.array(self.shape), **weights}
+        return state | {"cond_dim": self.cond_dim, "shape": np.array(self.shape), **weights}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> MapperPrior:
@@ -406,23 +405,3 @@ def load_npz(path: str) -> dict:
 
 PRIORS: dict[str, type[Prior]] = {"gaussian": GaussianPrior, "class": ClassPrior, "kmeans": KMeansPrior,
                                   "mapper": MapperPrior}
-
-
-def build_prior(name: str, **options) -> Prior:
-    """An unfitted prior from its command-line name and options (unknown options are an error)."""
-    if name not in PRIORS:
-        raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(PRIORS)}")
-    accepted = PRIORS[name].defaults()
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"prior '{name}' has no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(accepted) or 'none'}")
-    return PRIORS[name](**options)
-
-
-def prior_from_state(state: dict) -> Prior:
-    name = str(state["name"])
-    if name not in PRIORS:
-        raise ValueError(f"the statistics were saved by prior '{name}', which this code does not know; "
-                         f"known: {', '.join(PRIORS)}")
-    return PRIORS[name].from_state_dict(state)

@@ -40,8 +40,8 @@ from tqdm import tqdm
 
 import checks
 import data
+from checkpoint import prior_from_state
 from conditions import as_condition, parse_classes, per_condition, read_vectors
-import prior as prior_module
 import unet
 
 # what the solver integrates: dx/dt = field(x, t), one batch's conditions already bound (guided_field)
@@ -193,7 +193,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch
                          f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}: the run diverged before "
                          f"it was saved; use an earlier checkpoint or retrain with a lower --lr")
     try:
-        prior = prior_module.prior_from_state(checkpoint["prior"]["state"])
+        prior = prior_from_state(checkpoint["prior"]["state"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"checkpoint {path}: its prior state is incomplete ({checks.first_line(err)}); {hint}") from None
     model = model.to(device).eval()

@@ -46,10 +46,10 @@ import checks
 import conditions
 import data
 import flow
-import prior as priors
 import sample
 import unet
-from checkpoint import data_fingerprint, load_resume, make_prior, rng_state, save_checkpoint, set_rng_state, trim_log
+from checkpoint import (data_fingerprint, load_resume, make_prior, prior_from_state, rng_state, save_checkpoint,
+                        set_rng_state, trim_log)
 from config import Config, check_config, dataset_options, parse_args, with_preset
 
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
@@ -284,7 +284,7 @@ def train(config: Config) -> list[float]:
             raise ValueError(f"--resume: the images under --data-dir {config.data_dir} are not the ones this run was "
                              f"trained on (data fingerprint {fingerprint}, checkpoint {saved}); point --data-dir at "
                              f"the original data")
-        prior = priors.prior_from_state(checkpoint["prior"]["state"])
+        prior = prior_from_state(checkpoint["prior"]["state"])
     run = build_run(config, dataset, prior, device, rank, world)
     model, ema, optimizer, generator = run.model, run.ema, run.optimizer, run.generator
     saved_config = {**config.saved(), "dataset_options": options,

@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                     print_row(rows)
             lines += [title, "", table(rows), ""]
     if args.out:
-        checks.atomic_write(args.out, lambda file: file.write(("\n".join(lines) + "\n").encode()))
+        checks.write_text(args.out, "\n".join(lines) + "\n")
         print(f"\nwrote {args.out}")
 
 

@@ -91,7 +91,7 @@ def bench_preset(preset: str, dataset_name: str, batch_size: int, steps: int, co
     config = train.Config(dataset=dataset_name, preset=preset, batch_size=batch_size, coupling=coupling,
                           compile=compile_, device=str(device))
     dataset = data.load_dataset(dataset_name) if dataset_name == "shapes" else SyntheticImageNet64()
-    prior = train.priors.ClassPrior().fit([dataset.get(np.arange(2 * dataset.num_classes))], dataset.num_classes)
+    prior = ClassPrior().fit([dataset.get(np.arange(2 * dataset.num_classes))], dataset.num_classes)
     run = train.build_run(config, dataset, prior, device)
     images, labels = dataset.get(np.arange(batch_size) % len(dataset))
     if device.type == "cuda":
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['step_ms']:.0f} | {100 * r['share']:.2f}% ({100 * r['share_p90']:.2f}%) | "
                     f"{r['load_before']:.2f} -> {r['load_after']:.2f} |")
     if args.out:
-        checks.atomic_write(args.out, lambda file: file.write(("\n".join(lines) + "\n").encode()))
+        checks.write_text(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -106,9 +104,7 @@ class Results:
 
     def put(self, key: str, value: dict) -> None:
         self.points[key] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.points, indent=1))
-        os.replace(tmp, self.path)
+        checks.write_text(self.path, json.dumps(self.points, indent=1))
 
 
 def timed(results: Results, part: str, work) -> None:
@@ -181,8 +177,7 @@ def train_method(config: Config, args: argparse.Namespace, slug: str, method: di
             run = train_config(config, args, run_dir, step, method)
             # a resume may change only the steps and the checkpoint cadence: say so, as the command line would
             train.train(replace(run, resume=resume, given=("steps", "ckpt_every")))
-            shutil.copyfile(run_dir / "ckpt.pt", keep.with_suffix(".tmp"))
-            os.replace(keep.with_suffix(".tmp"), keep)
+            checks.atomic_write(keep, lambda file: file.write((run_dir / "ckpt.pt").read_bytes()))
         saved[step] = keep
     return saved
 

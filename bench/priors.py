@@ -292,7 +292,7 @@ def write_report(args: argparse.Namespace, results: Results, done: dict) -> Path
     for part, (config, pargs) in done.items():
         lines += {"mnist": report_mnist, "shapes_attributes": report_shapes}[part](config, pargs, points)
     report = args.out / "report.md"
-    sweep.write_text(report, "\n".join(lines) + "\n")
+    checks.write_text(report, "\n".join(lines) + "\n")
     return report
 
 

@@ -292,7 +292,7 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
         lines += ["", "![toy2d interleaved](figures/toy2d_interleaved.png)", ""]
 
     report = args.out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    checks.write_text(report, "\n".join(lines) + "\n")
     return report
 
 

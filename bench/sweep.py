@@ -115,10 +115,6 @@ def evaluation_conditions(config: dict, n: int, seed: int) -> tuple[torch.Tensor
     return classes, seeds, classes.numpy()
 
 
-def write_text(path: Path, text: str) -> None:
-    checks.atomic_write(path, lambda file: file.write(text.encode()))
-
-
 def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -> None:
     """paths = OUT.csv (every field), OUT.md (the readable table), OUT.png (metric against NFE)."""
     csv_path, md_path, png_path = paths
@@ -126,7 +122,7 @@ def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -
     writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
-    write_text(csv_path, table.getvalue())
+    checks.write_text(csv_path, table.getvalue())
     kid_name = "KID" if metric == "FID" else "KID-clf"
     lines = [f"| checkpoint | NFE | {metric} | {kid_name} x1e3 | accuracy | transport cost |", "|---" * 6 + "|"]
     for row in rows:
@@ -134,7 +130,7 @@ def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -
         acc_text = "" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
         lines.append(f"| {row['label']} | {row['nfe']} | {row['value']:.2f} | {kid_text} | {acc_text} | "
                      f"{row['transport_cost']:.2f} |")
-    write_text(md_path, "\n".join(lines) + "\n")
+    checks.write_text(md_path, "\n".join(lines) + "\n")
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         series.setdefault(row["label"], []).append((row["nfe"], row["value"]))

@@ -433,13 +433,13 @@ def write_checkpoint(path: Path, prior_name: str, coupling: str) -> Path:
     """A tiny untrained checkpoint in the format of the team spec (shapes at 16x16). Its network
     outputs v = 0 (zero-initialised last layer), so its samples are prior draws."""
     import data
-    import prior as prior_module
+    from config import build_prior
     import unet
 
     torch.manual_seed(0)
     dataset = data.load_dataset("shapes", image_size=16)
     model = unet.build_unet("tiny", dataset.image_size, dataset.channels, dataset.num_classes)
-    prior = prior_module.build_prior(prior_name).fit([dataset.get(np.arange(200))], dataset.num_classes)
+    prior = build_prior(prior_name).fit([dataset.get(np.arange(200))], dataset.num_classes)
     config = {"dataset": "shapes", "data_dir": None, "dataset_options": {"image_size": 16}, "preset": "tiny",
               "image_size": dataset.image_size,
               "channels": dataset.channels, "num_classes": dataset.num_classes, "prior": prior_name,
@@ -602,14 +602,14 @@ def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workd
     """Conditions: the held-out split's first n attribute vectors, image i from image_seed(0, i, 0);
     faithfulness measured from the pixels (shapes.attribute_errors)."""
     import data
-    import prior as prior_module
+    from config import build_prior
     import shapes
     import unet
 
     torch.manual_seed(0)
     dataset = data.load_dataset("shapes", image_size=16, cond="attributes")
     model = unet.build_unet("tiny", 16, 3, dataset.num_classes, dataset.cond_dim)
-    prior = prior_module.build_prior("mapper", epochs=1, hidden=16).fit([dataset.get(np.arange(200))], 0)
+    prior = build_prior("mapper", epochs=1, hidden=16).fit([dataset.get(np.arange(200))], 0)
     config = {"dataset": "shapes", "data_dir": None, "dataset_options": {"image_size": 16, "cond": "attributes"},
               "cond": "attributes", "preset": "tiny", "image_size": 16, "channels": 3, "num_classes": 10,
               "cond_dim": 8, "prior": "mapper", "prior_options": {}, "coupling": "independent", "seed": 0,

@@ -159,14 +159,14 @@ NUM_CLASSES = 3
 
 
 def write_checkpoint(path: Path, preset: str = "tiny", weights_preset: str = "tiny") -> Path:
-    import prior as prior_module
+    from config import build_prior
     import unet
 
     torch.manual_seed(0)
     model = unet.build_unet(weights_preset, 32, 3, NUM_CLASSES)
     images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(12) % NUM_CLASSES
-    prior = prior_module.build_prior("class").fit([(images, labels)], NUM_CLASSES)
+    prior = build_prior("class").fit([(images, labels)], NUM_CLASSES)
     config = {"dataset": "random", "data_dir": None, "preset": preset, "image_size": 32, "channels": 3,
               "num_classes": NUM_CLASSES, "prior": "class", "prior_options": {}, "coupling": "independent",
               "seed": 0}

@@ -11,6 +11,7 @@ import torch
 
 import sample
 import train
+from prior import ClassPrior
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "tiny", "--max-images", "64", "--batch-size", "8", "--log-every", "1",
@@ -253,7 +254,7 @@ def test_grad_accumulation_gives_the_update_of_one_batch():
     import data
     dataset = data.load_dataset("shapes", None, "train")
     images, labels = dataset.get(torch.arange(20).numpy())
-    prior = train.priors.ClassPrior().fit([(images, labels)], 10)
+    prior = ClassPrior().fit([(images, labels)], 10)
     updated = {}
     for accum in (1, 3, 7):  # 3 and 7 do not divide 20: slices of 7, 7, 6 and 3, 3, 3, 3, 3, 3, 2
         args = train.parse_args([*QUICK, "--grad-accum", str(accum), "--weight-decay", "0.01", "--batch-size", "20"])
