@@ -61,8 +61,19 @@ def cache_key(name: str, options: dict, fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def prior_to_checkpoint(prior: priors.Prior) -> dict:
+    """The prior's state as a checkpoint holds it: numpy arrays as tensors, numpy scalars as Python
+    values, so that the checkpoint loads with weights_only=True (no code runs on loading)."""
+    def plain(value):
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(value))
+        return value.item() if isinstance(value, np.generic) else value
+    return {"name": prior.name, "state": {key: plain(value) for key, value in prior.state_dict().items()}}
+
+
 def prior_from_state(state: dict) -> priors.Prior:
     """A saved prior (checkpoint or statistics file) as the class its name says."""
+    state = {key: value.numpy() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
     name = str(state["name"])
     if name not in priors.PRIORS:
         raise ValueError(f"the statistics were saved by prior '{name}', which this code does not know; "
@@ -134,7 +145,7 @@ def load_resume(config: Config) -> tuple[Config, dict | None]:
         return config, None
     path = Path(config.out) / "ckpt.pt" if config.resume == "auto" else Path(config.resume)
     checkpoint = checks.load_torch(path, "checkpoint", "start without --resume, or give a checkpoint's path",
-                                   weights_only=False, keys=CHECKPOINT_KEYS)
+                                   keys=CHECKPOINT_KEYS)
     saved = checkpoint["config"]
     changed = [key for key in RUN_KEYS if key in config.given and getattr(config, key) != saved.get(key)]
     if changed:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import platform
 import sys
 import zipfile
@@ -41,17 +42,27 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def load_torch(path: str | Path, what: str, hint: str, weights_only: bool = True,
-               keys: Iterable[str] = ()) -> dict:
+def load_torch(path: str | Path, what: str, hint: str, keys: Iterable[str] = ()) -> dict:
     """torch.load a dict from `path`; any failure, or a missing key, is one ValueError line.
 
+    Always weights_only=True: tensors and plain Python values (dict, list, str, int, float, bool,
+    None) only. Checkpoints are passed around ("here is my run"); a full unpickler would run any
+    code a hostile file names. Nothing we save needs more (numpy arrays are stored as tensors).
     what: what the file should be ("checkpoint"); hint: what to do when it is not."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}: {hint}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as err:  # truncated zip, garbage bytes, unpickling: the same news for the user
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # garbage bytes, a truncated pickle
+            raise ValueError(f"{path}: not a readable {what} (its pickle is damaged); {hint}") from None
+        # an object other than tensors and plain values: torch's text goes on to advise
+        # weights_only=False, which would run what the file names
+        found = str(err).split("GLOBAL")[1].split()[0].strip(" :.,") if "GLOBAL " in str(err) else "an object"
+        raise ValueError(f"{path}: refused: the {what} holds {found}, which is not a tensor or a plain value, "
+                         f"and loading it could run code (we load with weights_only=True); {hint}") from None
+    except Exception as err:  # truncated zip, garbage bytes: the same news for the user
         raise ValueError(f"{path}: not a readable {what} ({first_line(err)}); {hint}") from None
     return require_keys(obj, keys, path, what, hint)
 

@@ -168,8 +168,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch
     """(model with the EMA weights in eval mode on device, the checkpoint's own prior, config)."""
     path, device = Path(path), torch.device(device)
     hint = "train one first (python train.py) or pass --ckpt PATH"
-    # weights_only=False: our own file, and the prior state holds numpy arrays
-    checkpoint = checks.load_torch(path, "checkpoint", hint, weights_only=False, keys=("ema", "config", "prior"))
+    checkpoint = checks.load_torch(path, "checkpoint", hint, keys=("ema", "config", "prior"))
     config = checks.require_keys(checkpoint["config"], ("preset", "image_size", "channels", "num_classes"),
                                  path, "train.py checkpoint (its config)", hint)
     if config["preset"] not in unet.PRESETS:

@@ -48,8 +48,8 @@ import data
 import flow
 import sample
 import unet
-from checkpoint import (data_fingerprint, load_resume, make_prior, prior_from_state, rng_state, save_checkpoint,
-                        set_rng_state, trim_log)
+from checkpoint import (data_fingerprint, load_resume, make_prior, prior_from_state, prior_to_checkpoint, rng_state,
+                        save_checkpoint, set_rng_state, trim_log)
 from config import Config, check_config, dataset_options, parse_args, with_preset
 
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
@@ -324,7 +324,7 @@ def train(config: Config) -> list[float]:
             save_checkpoint(out / "ckpt.pt", {
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "rng": states, "config": saved_config, "class_names": dataset.class_names,
-                "best_loss": best_loss, "prior": {"name": config.prior, "state": prior.state_dict()}})
+                "best_loss": best_loss, "prior": prior_to_checkpoint(prior)})
 
     prefetch = Prefetcher(dataset, num_images, start, config.batch_size, config.seed, rank, world,
                           pin=device.type == "cuda")

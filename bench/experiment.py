@@ -171,7 +171,7 @@ def train_method(config: Config, args: argparse.Namespace, slug: str, method: di
         keep = run_dir / f"ckpt_{step:07d}.pt"
         if not keep.is_file():
             resume = "auto" if (run_dir / "ckpt.pt").is_file() else None
-            if resume and torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)["step"] > step:
+            if resume and checks.load_torch(run_dir / "ckpt.pt", "checkpoint", "use another --out")["step"] > step:
                 raise ValueError(f"{run_dir / 'ckpt.pt'} is past step {step}: it was trained for other "
                                  "--steps; use another --out")
             run = train_config(config, args, run_dir, step, method)

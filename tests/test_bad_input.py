@@ -35,7 +35,7 @@ def make_files(folder: Path) -> dict[str, str]:
     checkpoint = run / "ckpt.pt"
     (folder / "cut.pt").write_bytes(checkpoint.read_bytes()[:5000])
     torch.save({"model": {}, "ema": {}}, folder / "foreign.pt")  # a torch file, not one of train.py's
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     first = next(iter(state["ema"]))
     state["ema"][first] = torch.full_like(state["ema"][first], float("nan"))
     torch.save(state, folder / "nan.pt")

@@ -24,6 +24,7 @@ import sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import sweep  # noqa: E402 (bench/sweep.py)
+from checkpoint import prior_to_checkpoint
 from eval_fid import frechet_distance, kid
 from classifier import Classifier
 from inception import InceptionV3, inception_preprocess
@@ -445,7 +446,7 @@ def write_checkpoint(path: Path, prior_name: str, coupling: str) -> Path:
               "channels": dataset.channels, "num_classes": dataset.num_classes, "prior": prior_name,
               "prior_options": {}, "coupling": coupling, "seed": 0, "batch_size": 32}
     torch.save({"model": model.state_dict(), "ema": model.state_dict(), "optimizer": {}, "step": 0, "rng": None,
-                "config": config, "prior": {"name": prior_name, "state": prior.state_dict()},
+                "config": config, "prior": prior_to_checkpoint(prior),
                 "class_names": dataset.class_names}, path)
     return path
 
@@ -616,7 +617,7 @@ def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workd
               "batch_size": 32}
     path = workdir / "attributes.pt"
     torch.save({"model": model.state_dict(), "ema": model.state_dict(), "optimizer": {}, "step": 0, "rng": None,
-                "config": config, "prior": {"name": "mapper", "state": prior.state_dict()}}, path)
+                "config": config, "prior": prior_to_checkpoint(prior)}, path)
     out = workdir / "sweep_attributes"
     capsys.readouterr()
     sweep.main(["--ckpt", str(path), "--ref", str(workdir / "ref.npz"), "--nfe", "1", "--n", "20",

@@ -99,7 +99,7 @@ def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, mon
     args = argparse.Namespace(dataset="shapes", data_dir=None, seed=0, device=None, compile=False)
     one_go = tmp_path / "one_go"
     train.train(experiment.train_config(config, args, one_go, config.steps, reproduce.METHODS["CondOT"][1]))
-    segmented = torch.load(out / "condot" / f"ckpt_{config.steps:07d}.pt", weights_only=False)
-    whole = torch.load(one_go / "ckpt.pt", weights_only=False)
+    segmented = torch.load(out / "condot" / f"ckpt_{config.steps:07d}.pt", weights_only=True)
+    whole = torch.load(one_go / "ckpt.pt", weights_only=True)
     for key, value in whole["ema"].items():
         assert torch.equal(value, segmented["ema"][key]), key

@@ -13,6 +13,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sample  # noqa: E402
+from checkpoint import prior_to_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +172,7 @@ def write_checkpoint(path: Path, preset: str = "tiny", weights_preset: str = "ti
               "num_classes": NUM_CLASSES, "prior": "class", "prior_options": {}, "coupling": "independent",
               "seed": 0}
     torch.save({"model": model.state_dict(), "ema": model.state_dict(), "optimizer": {}, "step": 0,
-                "rng": None, "config": config, "prior": {"name": "class", "state": prior.state_dict()},
+                "rng": None, "config": config, "prior": prior_to_checkpoint(prior),
                 "class_names": None}, path)
     return path
 
@@ -193,7 +194,7 @@ def test_cli_writes_grid_and_npz(checkpoint):
 def test_load_checkpoint_uses_ema_and_own_prior(checkpoint):
     model, prior, config = sample.load_checkpoint(checkpoint, "cpu")
     assert not model.training and config["preset"] == "tiny" and prior.num_classes == NUM_CLASSES
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     assert all(torch.equal(value, state["ema"][key]) for key, value in model.state_dict().items())
 
 

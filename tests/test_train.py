@@ -33,8 +33,8 @@ def test_resume_gives_the_losses_of_the_uninterrupted_run(tmp_path):
     assert len(straight) == 6 and all(torch.isfinite(torch.tensor(straight)))
     assert resumed == straight[3:]
     assert logged_losses(tmp_path / "b") == straight
-    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
     for key in a["ema"]:
         assert torch.equal(a["ema"][key], b["ema"][key]), key
@@ -42,7 +42,7 @@ def test_resume_gives_the_losses_of_the_uninterrupted_run(tmp_path):
 
 def test_checkpoint_contents_and_sampling_from_it(tmp_path):
     run(tmp_path, "--steps", "3", "--ckpt-every", "2", "--coupling", "class_ot")
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert {"model", "ema", "optimizer", "step", "rng", "config", "prior"} <= set(ckpt)
     assert ckpt["config"]["coupling"] == "class_ot" and ckpt["prior"]["name"] == "class"
     assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed away
@@ -57,7 +57,7 @@ def test_checkpoint_contents_and_sampling_from_it(tmp_path):
 
 def test_checkpoint_of_another_preset_is_rejected(tmp_path):
     run(tmp_path, "--steps", "1")
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     ckpt["config"]["preset"] = "small"
     torch.save(ckpt, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="does not match preset 'small'"):
@@ -68,7 +68,7 @@ def test_gaussian_prior_and_ot_coupling_train(tmp_path):
     losses = run(tmp_path, "--steps", "2", "--prior", "gaussian", "--coupling", "ot")
     assert losses == logged_losses(tmp_path) and len(losses) == 2
     assert all(0 < l < 10 for l in losses)  # ||x1 - x0||^2 per pixel of images in [-1, 1] against N(0, I)
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["prior"]["name"] == "gaussian"
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["prior"]["name"] == "gaussian"
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -91,7 +91,7 @@ def test_checkpoint_write_killed_midway_keeps_the_old_file(tmp_path, monkeypatch
     monkeypatch.setattr(train.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         train.save_checkpoint(path, {"step": 2})
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert torch.load(path, weights_only=True) == {"step": 1}
 
 
 def test_batches_are_a_function_of_seed_and_step():
@@ -137,7 +137,7 @@ def test_two_processes_with_gloo(tmp_path):
                              "--couple-global", "--grad-accum", "2"],
                             cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ckpt["config"]["world_size"] == 2 and ckpt["step"] == 2 and len(ckpt["rng"]) == 2
     assert ckpt["config"]["couple_global"] and ckpt["config"]["grad_accum"] == 2
     assert len(logged_losses(tmp_path)) == 2
@@ -202,7 +202,7 @@ def test_resume_a_dataset_without_a_size_option(tmp_path):
     run(tmp_path / "run", "--dataset", "mnist", "--data-dir", str(folder), "--steps", "1")
     losses = run(tmp_path / "run", "--dataset", "mnist", "--data-dir", str(folder), "--steps", "2", "--resume")
     assert len(losses) == 1
-    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["config"]["image_size"] == 32
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["config"]["image_size"] == 32
 
 
 @pytest.mark.parametrize("null_source", ["global", "class"])
@@ -239,7 +239,7 @@ def test_resume_takes_the_run_from_its_checkpoint_and_the_given_flags_from_the_c
     assert checkpoint["step"] == 1 and config.steps == 3  # given now
     assert (config.prior_options, config.coupling, config.lr) == ({"sigma": 0.5}, "class_ot", 5e-4)  # kept
     assert (config.preset, config.max_images, config.batch_size) == ("tiny", 64, 8)
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     del ckpt["config"]["null_source"]  # as written before the option existed: Config's default, its behaviour
     torch.save(ckpt, tmp_path / "ckpt.pt")
     config, _ = train.load_resume(train.parse_args([*QUICK, "--out", str(tmp_path), "--resume"]))
@@ -283,7 +283,7 @@ def test_resume_takes_a_new_learning_rate_and_refuses_a_new_prior(tmp_path):
     with pytest.raises(ValueError, match=r"--prior gaussian \(checkpoint: class\).*Start a new run"):
         run(tmp_path, "--steps", "3", "--resume", "--prior", "gaussian")
     run(tmp_path, "--steps", "3", "--resume", "--lr", "2e-4")
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ckpt["config"]["lr"] == 2e-4 and ckpt["config"]["warmup"] == 2  # warmup: the checkpoint's own
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-4)  # step 2 is past the warm-up
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["lr"] == pytest.approx(2e-4)
@@ -358,7 +358,7 @@ def test_a_run_that_diverged_before_its_first_checkpoint_can_start_again(tmp_pat
 def test_vector_conditions_train_and_sample_from_the_held_out_split_or_a_file(tmp_path):
     import numpy as np
     run(tmp_path, "--cond", "attributes", "--prior", "mapper", "--prior-opt", "epochs=1", "--steps", "2")
-    config = torch.load(tmp_path / "ckpt.pt", weights_only=False)["config"]
+    config = torch.load(tmp_path / "ckpt.pt", weights_only=True)["config"]
     assert config["cond_dim"] == 8 and config["prior_options"] == {"epochs": 1}
     sample.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--nfe", "2", "--n", "2", "--conditions", "3",
                  "--out-npz", str(tmp_path / "held_out.npz")])
@@ -379,7 +379,7 @@ def test_vector_conditions_train_and_sample_from_the_held_out_split_or_a_file(tm
 def test_kmeans_prior_trains_with_its_own_options(tmp_path):
     losses = run(tmp_path, "--prior", "kmeans", "--prior-opt", "k=2", "--prior-opt", "passes=1",
                  "--coupling", "class_ot", "--steps", "2")
-    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)["prior"]["state"]
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["prior"]["state"]
     assert len(losses) == 2 and int(state["k"]) == 2 and state["weights"].shape == (10, 2)
 
 
