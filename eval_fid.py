@@ -21,7 +21,7 @@ random subsets of m samples from each set (100 subsets of 1000 by default):
 Reference files are .npz with pytorch-fid's keys mu and sigma (its stats files work here, ours
 there), plus up to 10k features for KID, the feature network's name and id, n and the image shape
 (a calc with other features or sizes is refused). Printed: a JSON line (KID as is), then a readable
-summary (KID x 1e3). `python classifier.py` trains the offline classifier; bench/sweep.py measures
+summary (KID x 1e3). `python -m plumbing.classifier` trains the offline classifier; bench/sweep.py measures
 checkpoints at several NFEs with these functions.
 
     python eval_fid.py ref --dataset cifar10 [--features clf --clf runs/clf.pt]     # runs/ref.npz
@@ -40,11 +40,9 @@ import scipy.linalg
 import torch
 from tqdm import tqdm
 
-import checks
-import data
-import sample
-from features import INCEPTION_ID, Extractor, build_extractor, extractor_for_ref
-from inception import INCEPTION_FILE
+from plumbing import checks, data, samplefiles
+from plumbing.features import INCEPTION_ID, Extractor, build_extractor, extractor_for_ref
+from plumbing.inception import INCEPTION_FILE
 
 KID_KEEP = 10_000  # reference features stored for KID
 SQRTM_TOLERANCE = 1e-5  # ||root^2 - S1 S2|| / ||S1 S2|| above this: the root is not trusted
@@ -251,7 +249,7 @@ def run_ref(args: argparse.Namespace) -> None:
     # the network first: it fails fast (missing weights), reading the images may take long
     extractor = build_extractor(args.features, args.clf, args.inception_weights, args.device)
     if args.images:
-        images, _ = sample.load_samples(args.images)
+        images, _ = samplefiles.load_samples(args.images)
         images = images[:args.max_images]  # None: all
         total, shape, source = len(images), tuple(images.shape[1:]), str(args.images)
         batches: Iterable[torch.Tensor] = images.split(args.batch_size)
@@ -267,7 +265,7 @@ def run_ref(args: argparse.Namespace) -> None:
 
 def run_calc(args: argparse.Namespace) -> None:
     ref = load_ref(args.ref)
-    images, labels = sample.load_samples(args.samples)
+    images, labels = samplefiles.load_samples(args.samples)
     dim = len(ref["mu"])  # known before the feature network is loaded
     check_enough(len(images), dim, f"generate at least {dim + 1} with python sample.py --n N (images per class)")
     extractor = extractor_for_ref(ref, args.features, args.clf, args.inception_weights, args.device)

@@ -31,8 +31,6 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from data import to_model
-
 # v(x_t, t, cond, null): what the network computes (unet.UNet.forward)
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -97,19 +95,3 @@ def transport_cost(x0: torch.Tensor, x1: torch.Tensor, per_dim: bool = False) ->
     """Mean over the batch of ||x1 - x0||^2 (divided by the dimension if per_dim)."""
     squared = (x1 - x0).flatten(1).double().pow(2)
     return squared.mean(1).mean() if per_dim else squared.sum(1).mean()
-
-
-@torch.no_grad()
-def coupling_cost(prior, dataset, batch_size: int, coupling: str, batches: int = 4, seed: int = 0) -> float:
-    """The paper's path length for a prior and a coupling: mean ||x1 - x0||^2 over a few training
-    batches (shuffled by `seed`), x0 drawn and paired as train.py does; no row is null here, so
-    this is the conditional cost."""
-    generator = torch.Generator().manual_seed(seed)
-    costs = []
-    for images, cond in dataset.batches(batch_size, shuffle=True, seed=seed):
-        x1 = to_model(images)
-        x0 = prior.sample(cond, generator, x1=x1)  # x1: the training coupling of data-dependent priors
-        costs.append(float(transport_cost(couple(x0, x1, prior.groups(cond), coupling), x1)))
-        if len(costs) == batches:
-            break
-    return float(np.mean(costs))

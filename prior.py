@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import checks
-from conditions import check_cond
-from stats import RunningClassStats, cluster_stats, kmeans_plus_plus, lloyd_passes, model_space, nearest
+from plumbing import checks
+from plumbing.conditions import check_cond
+from plumbing.stats import RunningClassStats, cluster_stats, kmeans_plus_plus, lloyd_passes, model_space, nearest
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -405,3 +405,25 @@ def load_npz(path: str) -> dict:
 
 PRIORS: dict[str, type[Prior]] = {"gaussian": GaussianPrior, "class": ClassPrior, "kmeans": KMeansPrior,
                                   "mapper": MapperPrior}
+
+
+def build_prior(name: str, **options) -> Prior:
+    """An unfitted prior from its command-line name and options (unknown ones are an error)."""
+    if name not in PRIORS:
+        raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(PRIORS)}")
+    unknown = sorted(set(options) - set(PRIORS[name].defaults()))
+    if unknown:
+        raise ValueError(f"prior '{name}' has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(PRIORS[name].defaults()) or 'none'}")
+    return PRIORS[name](**options)
+
+
+def prior_from_state(state: dict) -> Prior:
+    """A saved prior (a checkpoint's, whose arrays are tensors, or a statistics file's) as the
+    class its name says."""
+    state = {key: value.numpy() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+    name = str(state["name"])
+    if name not in PRIORS:
+        raise ValueError(f"the statistics were saved by prior '{name}', which this code does not know; "
+                         f"known: {', '.join(PRIORS)}")
+    return PRIORS[name].from_state_dict(state)

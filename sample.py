@@ -35,14 +35,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-import checks
-import data
-from checkpoint import prior_from_state
-from conditions import as_condition, parse_classes, per_condition, read_vectors
 import unet
+from prior import prior_from_state
+from plumbing import checks, data, readers, samplefiles
+from plumbing.conditions import as_condition, parse_classes, per_condition, read_vectors
 
 # what the solver integrates: dx/dt = field(x, t), one batch's conditions already bound (guided_field)
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -201,91 +199,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch
     return model, prior, config
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad: int = 2,
-              max_rows: int = 20, max_columns: int = 16) -> None:
-    """PNG grid: one row per class (ascending id), its samples left to right; white padding.
-
-    At most max_rows classes and max_columns samples each are shown (a picture to look at; the
-    .npz keeps every image). Tiles under 64 px are upscaled by an integer factor (nearest).
-    """
-    images, labels = images.cpu().numpy(), np.asarray(torch.as_tensor(labels).cpu())
-    _, channels, height, width = images.shape
-    scale = max(1, 64 // max(height, width))
-    rows = [images[labels == c][:max_columns] for c in np.unique(labels)[:max_rows]]
-    columns = max((len(row) for row in rows), default=0)
-    tile_h, tile_w = height * scale + pad, width * scale + pad
-    canvas = np.full((len(rows) * tile_h + pad, columns * tile_w + pad, channels), 255, dtype=np.uint8)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            tile = image.transpose(1, 2, 0).repeat(scale, axis=0).repeat(scale, axis=1)
-            top, left = pad + r * tile_h, pad + c * tile_w
-            canvas[top:top + height * scale, left:left + width * scale] = tile
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    picture = Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
-    checks.atomic_write(path, lambda file: picture.save(file, format=Image.registered_extensions()[
-        Path(path).suffix.lower()]))
-
-
-def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, cond: torch.Tensor | None = None) -> None:
-    """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,) class ids (for
-    vector conditions: the condition's row), plus `cond` (N, E) float32 when given; atomic."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"arr_0": images.cpu().permute(0, 2, 3, 1).numpy().astype(np.uint8),
-              "arr_1": torch.as_tensor(labels).cpu().numpy().astype(np.int64)}
-    if cond is not None:
-        arrays["cond"] = cond.cpu().numpy().astype(np.float32)
-    checks.save_npz(path, arrays)
-
-
-IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
-SAMPLES_HINT = "make one with python sample.py (arr_0: uint8 images N x H x W x C, arr_1: N labels)"
-
-
-def load_samples(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
-    """What save_samples wrote, read back for a metric: uint8 (N, C, H, W) and labels (or None),
-    from its .npz (arr_0 NHWC uint8, arr_1 labels) or from a folder of images (grey if every
-    image is grey, else RGB)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
-        opened = [read_image(p) for p in files]
-        mode = "L" if all(im.mode in ("1", "L", "I;16", "I") for im in opened) else "RGB"
-        sizes = {im.size for im in opened}
-        if len(sizes) > 1:
-            raise ValueError(f"images in {path} have different sizes {sorted(sizes)[:4]}: resize them to one size")
-        arrays = [np.asarray(im.convert(mode)) for im in opened]
-        images = np.stack(arrays)[..., None] if mode == "L" else np.stack(arrays)
-        labels = None
-    elif path.suffix.lower() == ".npz":
-        arrays = checks.load_npz(path, "sample file", SAMPLES_HINT, keys=("arr_0",))
-        images, labels = arrays["arr_0"], arrays.get("arr_1")
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
-        if labels is not None:  # a label per image, or the accuracy would compare the wrong pairs
-            if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
-                raise ValueError(f"{path}: arr_1 must hold one integer label per image of arr_0 ({len(images)}), "
-                                 f"got {labels.dtype} {labels.shape}")
-            labels = labels.astype(np.int64)
-    elif path.exists():
-        raise ValueError(f"{path} is neither an .npz sample file nor a folder of images")
-    else:
-        raise FileNotFoundError(f"no sample file or image folder at {path}: {SAMPLES_HINT}")
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(), labels
-
-
-def read_image(path: Path) -> Image.Image:
-    """The decoded image, or one line naming the file: Image.open is lazy, so decode now."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except Exception as err:  # UnidentifiedImageError, truncated data, decompression bombs, ...
-        raise ValueError(f"{path}: not a readable image ({checks.first_line(err)}); "
-                         "replace it or remove it from the folder") from None
-    return image
-
-
 def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tensor, list[int]]:
     """(one condition per row, its id for the seeds): class ids from --classes; vectors from
     --cond-file (an .npy of (M, E)) or the first --conditions of the dataset's held-out split."""
@@ -338,13 +251,13 @@ def main(argv: list[str] | None = None) -> None:
     conditions, ids = load_conditions(args, config)
     # both outputs are checked before the sampling starts, not after it
     out_png = checks.check_out_file(args.out_png or Path(args.ckpt).parent / f"{stem}.png", "--out-png",
-                                    checks.IMAGE_SUFFIXES)
+                                    readers.IMAGE_SUFFIXES)
     out_npz = checks.check_out_file(args.out_npz or Path(args.ckpt).parent / f"{stem}.npz", "--out-npz", (".npz",))
     cond, row_ids, seeds = per_condition(conditions, ids, args.n, args.seed)
     images = generate(model, prior, cond, seeds, args.nfe, args.solver, args.cfg, args.batch_size, device,
                       progress=True)
-    save_grid(images, row_ids, out_png)
-    save_samples(out_npz, images, row_ids, cond if config.get("cond_dim", 0) else None)
+    samplefiles.save_grid(images, row_ids, out_png)
+    samplefiles.save_samples(out_npz, images, row_ids, cond if config.get("cond_dim", 0) else None)
     print(f"wrote {out_png} (grid of up to 20 rows x 16) and {out_npz} ({len(ids)} "
           f"{'conditions' if config.get('cond_dim', 0) else 'classes'} x {args.n} = {len(images)} images)")
 

@@ -42,15 +42,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import checks
-import conditions
-import data
 import flow
 import sample
 import unet
-from checkpoint import (data_fingerprint, load_resume, make_prior, prior_from_state, prior_to_checkpoint, rng_state,
-                        save_checkpoint, set_rng_state, trim_log)
-from config import Config, check_config, dataset_options, parse_args, with_preset
+from prior import prior_from_state
+from plumbing import checks, conditions, data, samplefiles
+from plumbing.checkpoint import prior_to_checkpoint, rng_state, save_checkpoint, set_rng_state
+from plumbing.config import (Config, check_config, data_fingerprint, dataset_options, fit_prior, load_resume, parse_args,
+                             trim_log, with_preset)
 
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
 
@@ -157,7 +156,7 @@ def sample_grid(ema: torch.nn.Module, prior, dataset, config, step: int, device:
     images = sample.generate(ema, prior, cond, seeds, config.sample_nfe, "euler", device=device)
     folder = Path(config.out) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    sample.save_grid(images, row, folder / f"step_{step:07d}.png")
+    samplefiles.save_grid(images, row, folder / f"step_{step:07d}.png")
 
 
 @dataclass
@@ -277,7 +276,7 @@ def train(config: Config) -> list[float]:
     num_images = min(len(dataset), config.max_images or len(dataset))
     fingerprint = data_fingerprint(dataset, num_images)
     if checkpoint is None:
-        prior = make_prior(config, dataset, num_images, fingerprint, device, rank, world)
+        prior = fit_prior(config, dataset, num_images, fingerprint, device, rank, world)
     else:  # the checkpoint's own prior, after checking that the data is the same
         saved = checkpoint["config"].get("data_fingerprint")
         if saved is not None and saved != fingerprint:

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import classifier  # noqa: E402
+from plumbing import classifier  # noqa: E402
 import eval_fid  # noqa: E402
-from features import Extractor  # noqa: E402
-from inception import InceptionV3  # noqa: E402
+from plumbing.features import Extractor  # noqa: E402
+from plumbing.inception import InceptionV3  # noqa: E402
 
 
 class RandomImages:

@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train  # noqa: E402 (bench/bench_train.py: timed)
-import checks  # noqa: E402
+from plumbing import checks  # noqa: E402
 import experiment  # noqa: E402 (bench/experiment.py: table)
 import flow  # noqa: E402
 import unet  # noqa: E402

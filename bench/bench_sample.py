@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import checks  # noqa: E402
+from plumbing import checks  # noqa: E402
 import sample  # noqa: E402
 import unet  # noqa: E402
 from prior import ClassPrior  # noqa: E402

@@ -28,16 +28,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import checks  # noqa: E402
-import classifier  # noqa: E402
-import conditions  # noqa: E402
-import data  # noqa: E402
+from plumbing import checks, classifier, conditions, data, inception, samplefiles  # noqa: E402
 import eval_fid  # noqa: E402
-import inception  # noqa: E402
 import sample  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
 import train  # noqa: E402
-from features import build_extractor  # noqa: E402
+from plumbing.features import build_extractor  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -242,7 +238,7 @@ class Evaluator:
         result = eval_fid.score(self.extractor, images, labels.numpy(), self.ref, 256, self.args.seed)
         if grid is not None:
             first = slice(0, self.config.grid_per_class * run["num_classes"])
-            sample.save_grid(images[first], labels[first], grid)
+            samplefiles.save_grid(images[first], labels[first], grid)
         return {"solver": solver, "nfe": nfe, "cfg": cfg, **result}
 
     def transport_cost(self, ckpt: Path) -> float:

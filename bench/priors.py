@@ -38,12 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-import checks  # noqa: E402
-import data  # noqa: E402
+from plumbing import checks, data, samplefiles, shapes  # noqa: E402
 import eval_fid  # noqa: E402
 import experiment  # noqa: E402
 import sample  # noqa: E402
-import shapes  # noqa: E402
 import sweep  # noqa: E402
 from experiment import Evaluator, Results, driver_parser, driver_setup, side_by_side, table, timed  # noqa: E402
 
@@ -157,7 +155,7 @@ def shapes_point(ev: Evaluator, ckpt: Path, nfe: int, grid: Path | None) -> dict
 def save_rows(images: torch.Tensor, path: Path, per_row: int = 8, rows: int = 5) -> None:
     """The first rows x per_row images, in order (conditions are vectors: no class rows)."""
     shown = images[:per_row * rows]
-    sample.save_grid(shown, torch.arange(len(shown)) // per_row, path)
+    samplefiles.save_grid(shown, torch.arange(len(shown)) // per_row, path)
 
 
 def run_shapes(config, max_images, pargs, results: Results) -> Evaluator:

@@ -47,8 +47,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import checks  # noqa: E402
-import data  # noqa: E402
+from plumbing import checks, data  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
 import toy2d  # noqa: E402
 from experiment import (CONFIGS, Config, Evaluator, Results, driver_parser, driver_setup, side_by_side, table,  # noqa: E402

@@ -82,7 +82,7 @@ CASES = {
     "train_out_under_a_file": ("train.py {quick} --steps 1 --out {a_file}/run", "--out"),
     "png_unknown_extension": ("sample.py --ckpt {ckpt} --nfe 1 --n 1 --out-png {tmp}/grid.pgnn", "--out-png"),
     "ref_out_under_a_file": ("eval_fid.py ref --images {samples_npz} --out {a_file}/ref.npz", "--out"),
-    "toy2d_png_under_a_file": ("toy2d.py --png {a_file}/toy.png", "--png"),
+    "toy2d_png_under_a_file": ("bench/toy2d.py --png {a_file}/toy.png", "--png"),
     # non-finite numbers
     "guidance_nan": ("sample.py --ckpt {ckpt} --nfe 2 --cfg nan", "--cfg"),
     "checkpoint_nan_weights": ("sample.py --ckpt {nan_pt} --nfe 1 --n 1 --out-png {tmp}/nan.png", "nan.pt"),
@@ -92,7 +92,7 @@ CASES = {
     "max_images_zero": ("train.py {quick} --steps 1 --out {tmp}/r4 --max-images 0", "--max-images"),
     "batch_size_zero": ("train.py {quick} --steps 1 --out {tmp}/r5 --batch-size 0", "--batch-size"),
     "device_absent": ("train.py {quick} --steps 1 --out {tmp}/r6 --device cuda:7", "--device"),
-    "toy2d_zero_steps": ("toy2d.py --steps 0 --png {tmp}/toy.png", "--steps"),
+    "toy2d_zero_steps": ("bench/toy2d.py --steps 0 --png {tmp}/toy.png", "--steps"),
     # a resume that would change what the run learns
     "resume_with_another_prior": ("train.py {quick} --steps 2 --out {tmp}/run --resume --prior gaussian",
                                   "--prior gaussian"),

@@ -20,8 +20,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data import DATASETS, EXPECTED_FILES, load_dataset, to_model, to_uint8  # noqa: E402
-from shapes import ROTATION_SYMMETRY, SHAPES, measure_attributes  # noqa: E402
+from plumbing.data import DATASETS, EXPECTED_FILES, load_dataset, to_model, to_uint8  # noqa: E402
+from plumbing.shapes import ROTATION_SYMMETRY, SHAPES, measure_attributes  # noqa: E402
 
 
 def planar_to_chw(flat: np.ndarray, size: int) -> np.ndarray:
@@ -616,8 +616,8 @@ def test_data_dir_missing_a_file_or_empty_names_the_expected_files(tmp_path, nam
 
 
 def test_shapes_attribute_condition_is_what_was_drawn():
-    import data
-    import shapes
+    from plumbing import data
+    from plumbing import shapes
     plain, attributed = data.load_dataset("shapes", None, "train"), data.load_dataset("shapes", None, "train",
                                                                                      cond="attributes")
     indices = np.array([3, 17, 256, 4000])
@@ -641,7 +641,7 @@ def test_shapes_attribute_condition_is_what_was_drawn():
 
 
 def test_embeddings_dataset_reads_images_and_vectors(tmp_path):
-    import data
+    from plumbing import data
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     vectors = rng.normal(size=(6, 5)).astype(np.float32)

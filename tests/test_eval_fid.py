@@ -17,17 +17,16 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-import classifier
-import conditions
+from plumbing import classifier, conditions, samplefiles
 import eval_fid
 import sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import sweep  # noqa: E402 (bench/sweep.py)
-from checkpoint import prior_to_checkpoint
+from plumbing.checkpoint import prior_to_checkpoint
 from eval_fid import frechet_distance, kid
-from classifier import Classifier
-from inception import InceptionV3, inception_preprocess
+from plumbing.classifier import Classifier
+from plumbing.inception import InceptionV3, inception_preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -322,18 +321,18 @@ def test_load_images_folder_and_npz(tmp_path):
     arrays = rng.integers(0, 256, size=(3, 6, 5, 3), dtype=np.uint8)
     for i, array in enumerate(arrays):
         Image.fromarray(array).save(folder / f"{i}.png")
-    images, labels = sample.load_samples(folder)
+    images, labels = samplefiles.load_samples(folder)
     assert labels is None and torch.equal(images, torch.from_numpy(arrays).permute(0, 3, 1, 2))
     np.savez(tmp_path / "s.npz", arr_0=arrays, arr_1=np.array([2, 0, 1]))
-    images, labels = sample.load_samples(tmp_path / "s.npz")
+    images, labels = samplefiles.load_samples(tmp_path / "s.npz")
     assert images.shape == (3, 3, 6, 5) and labels.tolist() == [2, 0, 1]
     (folder / "broken.png").write_bytes((folder / "0.png").read_bytes()[:40])  # truncated
     with pytest.raises(ValueError, match="broken.png: not a readable image"):
-        sample.load_samples(folder)
+        samplefiles.load_samples(folder)
     (folder / "broken.png").unlink()
     Image.fromarray(arrays[0][:4]).save(folder / "odd.png")
     with pytest.raises(ValueError, match="different sizes"):
-        sample.load_samples(folder)
+        samplefiles.load_samples(folder)
 
 
 def test_damaged_sample_files(tmp_path):
@@ -344,13 +343,13 @@ def test_damaged_sample_files(tmp_path):
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=f"{name}: {message}"):
-            sample.load_samples(tmp_path / name)
+            samplefiles.load_samples(tmp_path / name)
     np.savez(tmp_path / "other.npz", images=images)
     with pytest.raises(ValueError, match=r"other.npz: not a sample file \(no 'arr_0'\)"):
-        sample.load_samples(tmp_path / "other.npz")
+        samplefiles.load_samples(tmp_path / "other.npz")
     np.savez(tmp_path / "labels.npz", arr_0=images, arr_1=np.array([0, 1]))  # 3 images, 2 labels
     with pytest.raises(ValueError, match=r"labels.npz: arr_1 must hold one integer label per image.*\(3\)"):
-        sample.load_samples(tmp_path / "labels.npz")
+        samplefiles.load_samples(tmp_path / "labels.npz")
 
 
 def test_damaged_reference_files(tmp_path):
@@ -420,12 +419,12 @@ def test_help_shows_defaults(capsys, monkeypatch):
         sweep.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert caught.value.code == 0 and "(default: 10000)" in text and "(default: runs/sweep)" in text
-    # python classifier.py --help: its own options
+    # python -m plumbing.classifier --help: its own options
     monkeypatch.setattr(sys, "argv", ["classifier.py", "--help"])
     with pytest.raises(SystemExit) as caught:
-        runpy.run_path(str(REPO / "classifier.py"), run_name="__main__")
+        runpy.run_module("plumbing.classifier", run_name="__main__")
     text = " ".join(capsys.readouterr().out.split())
-    assert caught.value.code == 0 and "usage: classifier.py" in text and "(default: runs/clf.pt)" in text
+    assert caught.value.code == 0 and "usage: python -m plumbing.classifier" in text and "(default: runs/clf.pt)" in text
 
 
 # ---------------------------------------------------------------- end to end (classifier features)
@@ -433,8 +432,8 @@ def test_help_shows_defaults(capsys, monkeypatch):
 def write_checkpoint(path: Path, prior_name: str, coupling: str) -> Path:
     """A tiny untrained checkpoint in the format of the team spec (shapes at 16x16). Its network
     outputs v = 0 (zero-initialised last layer), so its samples are prior draws."""
-    import data
-    from config import build_prior
+    from plumbing import data
+    from prior import build_prior
     import unet
 
     torch.manual_seed(0)
@@ -477,7 +476,7 @@ def predict(net: Classifier, images: torch.Tensor) -> np.ndarray:
 
 
 def test_classifier_and_reference_files(workdir, capsys):
-    import data
+    from plumbing import data
     saved = torch.load(workdir / "clf.pt", weights_only=True)
     assert saved["width"] == 2 and saved["num_classes"] == 10
     # the stored accuracies are the saved network's on the first --eval-images (100) images of each split
@@ -492,7 +491,7 @@ def test_classifier_and_reference_files(workdir, capsys):
 
 
 def test_calc_on_real_images_gives_a_small_distance(workdir, capsys):
-    import data
+    from plumbing import data
     images, _ = data.load_dataset("shapes", split="test", image_size=16).get(np.arange(100))
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (100, 3, 16, 16), np.uint8))
     # accuracy known by construction: labels = the classifier's own predictions (1) or never them (0)
@@ -602,9 +601,9 @@ def test_plot_places_points_on_linear_or_log_axes(tmp_path, log_y):
 def test_sweep_of_a_vector_conditioned_checkpoint_reports_attribute_errors(workdir, capsys):
     """Conditions: the held-out split's first n attribute vectors, image i from image_seed(0, i, 0);
     faithfulness measured from the pixels (shapes.attribute_errors)."""
-    import data
-    from config import build_prior
-    import shapes
+    from plumbing import data
+    from prior import build_prior
+    from plumbing import shapes
     import unet
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import conditions
+from plumbing import conditions
 import prior
 import sample
 import train

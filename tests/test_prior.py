@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import prior as prior_module
-from checkpoint import prior_from_state
-from config import build_prior, parse_prior_options
+from prior import build_prior, prior_from_state
+from plumbing.config import parse_prior_options
 from prior import PRIORS, ClassPrior, GaussianPrior, KMeansPrior, MapperPrior
 
 K, SHAPE = 4, (2, 3, 3)

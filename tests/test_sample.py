@@ -13,7 +13,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sample  # noqa: E402
-from checkpoint import prior_to_checkpoint  # noqa: E402
+from plumbing import samplefiles
+from plumbing.checkpoint import prior_to_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,8 +142,8 @@ def test_generate_does_not_depend_on_batch_size():
 def test_save_grid_and_npz(tmp_path, channels):
     images = torch.randint(0, 256, (5, channels, 32, 32), dtype=torch.uint8)
     labels = torch.tensor([0, 0, 0, 2, 2])
-    sample.save_grid(images, labels, tmp_path / "grid.png")
-    sample.save_samples(tmp_path / "samples", images, labels)
+    samplefiles.save_grid(images, labels, tmp_path / "grid.png")
+    samplefiles.save_samples(tmp_path / "samples", images, labels)
     with Image.open(tmp_path / "grid.png") as grid:  # 2 rows x 3 columns of 64 px tiles, 2 px padding
         assert grid.size == (3 * 66 + 2, 2 * 66 + 2) and grid.mode == ("L" if channels == 1 else "RGB")
         pixels = np.asarray(grid).reshape(2 * 66 + 2, 3 * 66 + 2, channels)
@@ -160,7 +161,7 @@ NUM_CLASSES = 3
 
 
 def write_checkpoint(path: Path, preset: str = "tiny", weights_preset: str = "tiny") -> Path:
-    from config import build_prior
+    from prior import build_prior
     import unet
 
     torch.manual_seed(0)

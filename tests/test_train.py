@@ -207,7 +207,7 @@ def test_resume_a_dataset_without_a_size_option(tmp_path):
 
 @pytest.mark.parametrize("null_source", ["global", "class"])
 def test_null_source_picks_the_component_of_dropped_labels(null_source, monkeypatch):
-    import data
+    from plumbing import data
     import prior as priors
     args = train.parse_args([*QUICK, "--label-dropout", "0.5", "--null-source", null_source])
     dataset = data.load_dataset("shapes", None, "train")
@@ -251,7 +251,7 @@ def test_resume_takes_the_run_from_its_checkpoint_and_the_given_flags_from_the_c
 def test_grad_accumulation_gives_the_update_of_one_batch():
     """N micro-batches must give one batch's update: the losses, weighted by their share of the
     batch, sum to the batch mean, so the gradients are equal up to float rounding (dropout off)."""
-    import data
+    from plumbing import data
     dataset = data.load_dataset("shapes", None, "train")
     images, labels = dataset.get(torch.arange(20).numpy())
     prior = ClassPrior().fit([(images, labels)], 10)

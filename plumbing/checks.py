@@ -30,8 +30,6 @@ from typing import Callable, Iterable, NoReturn
 import numpy as np
 import torch
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
 
 # ----------------------------------------------------------------------------- reading
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import to_model
+from .data import to_model
 
 
 class RunningClassStats:

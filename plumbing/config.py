@@ -8,21 +8,35 @@ change them. A value comes from Config's default, then the dataset's RECIPES, th
 
     config = parse_args(["--prior", "kmeans", "--prior-opt", "k=8"])   # what train.py does
     config = Config(prior="kmeans", prior_options={"k": 8}, steps=1000)  # what an experiment does
+
+How a run starts or continues is here too (train.py is the only script that imports this file):
+
+    fit_prior    the prior fitted once and cached in OUT/prior_stats.npz under a key of the prior's
+                 name, its options, its code and a fingerprint of the data (data_fingerprint), so
+                 statistics are never reused for other data, options or code
+    load_resume  RUN_KEYS from the checkpoint (a different value given is refused), RESUMABLE from
+                 the command line where given, else from the checkpoint; trim_log cuts the log to
+                 the checkpoint's step so it reads as one run
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
-import checks
-import data
 import flow
 import prior as priors
 import unet
+from . import checks, data
+from .checkpoint import CHECKPOINT_KEYS
 
 
 @dataclass
@@ -171,7 +185,7 @@ def check_config(config: Config) -> None:
                           ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
                           ("resize_to", 8), ("seed", 0)):
         checks.check_at_least(getattr(config, name), minimum, "--" + name.replace("_", "-"))
-    build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
+    priors.build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
     for name in ("lr", "grad_clip"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value > 0):
@@ -195,18 +209,6 @@ def dataset_options(config: Config) -> dict:
                 raise ValueError(f"{flag} applies to {', '.join(takers)} only, not {config.dataset}")
             options[key] = value
     return options
-
-
-def build_prior(name: str, **options) -> priors.Prior:
-    """An unfitted prior from its command-line name and options (unknown options are an error)."""
-    if name not in priors.PRIORS:
-        raise ValueError(f"unknown prior '{name}'; choose one of: {', '.join(priors.PRIORS)}")
-    accepted = priors.PRIORS[name].defaults()
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"prior '{name}' has no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(accepted) or 'none'}")
-    return priors.PRIORS[name](**options)
 
 
 def parse_prior_options(name: str, pairs: list[str]) -> dict[str, object]:
@@ -242,3 +244,96 @@ def convert_option(text: str, default: object, flag: str) -> object:
         raise ValueError(f"{flag}={text!r}: expected a finite {type(default).__name__}, like the default "
                          f"{default!r}") from None
     return text
+
+
+# ----------------------------------------------------------------------------- the data, the prior cache, resume
+
+def data_fingerprint(dataset, num_images: int) -> str:
+    """What identifies the training data: name, count, shape, every label and the pixels and
+    conditions of 64 images spread over the set (a cheap content hash: two folders of equal size
+    differ here)."""
+    probe = np.unique(np.linspace(0, num_images - 1, min(64, num_images)).round().astype(np.int64))
+    images, cond = dataset.get(probe)
+    digest = hashlib.sha256(f"{dataset.name}|{num_images}|{dataset.channels}x{dataset.image_size}|"
+                            f"{dataset.num_classes}|{dataset.cond_dim}".encode())
+    digest.update(np.ascontiguousarray(dataset.labels[:num_images]).tobytes())
+    digest.update(images.numpy().tobytes())
+    digest.update(cond.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(name: str, options: dict, fingerprint: str) -> str:
+    """Statistics are reused only for the same prior, options and data."""
+    text = json.dumps({"prior": name, "options": options, "data": fingerprint}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device: torch.device,
+               rank: int, world: int):
+    """Fit the prior (one streaming pass) and cache it in OUT/prior_stats.npz under a key of the
+    prior, its options and the data; a file with another key is refitted (or, when given by
+    --prior-stats, refused)."""
+    options = config.prior_options
+    key = cache_key(config.prior, options, fingerprint)
+    path = Path(config.prior_stats or Path(config.out) / "prior_stats.npz")
+    hint = "delete it, or pass --prior-stats with another path"
+    if rank == 0:
+        stored = None
+        if path.exists():
+            stored = priors.load_npz(str(path))
+            if str(stored.get("cache_key", "")) != key:
+                if config.prior_stats:
+                    raise ValueError(f"--prior-stats {path} holds {stored.get('name')} prior statistics of other data "
+                                     f"or options (key {stored.get('cache_key', 'none')}, this run needs {key}); {hint}")
+                print(f"{path} was fitted on other data or prior options: fitting again")
+                stored = None
+        if stored is None:
+            fitted = priors.build_prior(config.prior, **options)
+            print(f"fitting the {config.prior} prior on {num_images} images ({options or 'default options'})")
+            fitted.fit(data.Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
+            checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
+    if world > 1:
+        dist.barrier()  # the other processes wait for rank 0's file
+    fitted = priors.prior_from_state(priors.load_npz(str(path)))
+    expected = (dataset.channels, dataset.image_size, dataset.image_size)
+    if tuple(fitted.shape) != expected:
+        raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)}, but {config.dataset} has "
+                         f"{expected}; {hint}")
+    return fitted
+
+
+def load_resume(config: Config) -> tuple[Config, dict | None]:
+    """(the config to run, the checkpoint to continue or None). On --resume, RUN_KEYS come from the
+    checkpoint (a different value on the command line is refused) and RESUMABLE ones from the
+    command line where given there, else from the checkpoint."""
+    if config.resume is None:
+        return config, None
+    path = Path(config.out) / "ckpt.pt" if config.resume == "auto" else Path(config.resume)
+    checkpoint = checks.load_torch(path, "checkpoint", "start without --resume, or give a checkpoint's path",
+                                   keys=CHECKPOINT_KEYS)
+    saved = checkpoint["config"]
+    changed = [key for key in RUN_KEYS if key in config.given and getattr(config, key) != saved.get(key)]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)} (checkpoint: {saved.get(k)})"
+                          for k in changed)
+        raise ValueError(f"--resume {path}: {flags}: a resumed run keeps its data, prior, network and batches; "
+                         f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change. "
+                         f"Start a new run with another --out instead")
+    # a key a checkpoint lacks (saved before the option existed) keeps Config's default: what it did then
+    kept = {key: saved[key] for key in RUN_KEYS + RESUMABLE if key in saved and key not in config.given}
+    return replace(config, **kept), checkpoint
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Keep the log lines up to the checkpoint's step (atomically): lines written after it by the
+    run that was stopped are written again by the resumed one."""
+    if not path.exists():
+        return
+    def step_of(line: str) -> float:  # a line cut by a kill mid-write is dropped too
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return math.inf
+
+    kept = [line for line in path.read_text().splitlines() if step_of(line) <= last_step]
+    checks.atomic_write(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import checks
-from classifier import Classifier
-from inception import InceptionV3
+from . import checks
+from .classifier import Classifier
+from .inception import InceptionV3
 
 INCEPTION_ID = "pt_inception-2015-12-05"  # the feature id in reference files (pytorch-fid's have none)
-CLF_HINT = "train one with python classifier.py --dataset NAME --out runs/clf.pt"
+CLF_HINT = "train one with python -m plumbing.classifier --dataset NAME --out runs/clf.pt"
 CLF_KEYS = ("model", "channels", "image_size", "num_classes", "width")
 
 

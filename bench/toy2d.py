@@ -19,21 +19,24 @@ Gaussian's and a clearly lower distance at NFE 4 and 8; the script prints what i
 `--layout interleaved` is the hard case: class 0's mean falls on class 1's data.
 A PNG shows sample trajectories of each method (pillow).
 
-    python toy2d.py                      # table + runs/toy2d.png
+    python bench/toy2d.py                      # table + runs/toy2d.png
 """
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw
 
-import checks
-from flow import couple, flow_loss, sample_t, transport_cost
-from prior import ClassPrior, GaussianPrior
-from sample import integrate
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from flow import couple, flow_loss, sample_t, transport_cost  # noqa: E402
+from plumbing import checks, readers  # noqa: E402
+from prior import ClassPrior, GaussianPrior  # noqa: E402
+from sample import integrate  # noqa: E402
 
 METHODS = {"gaussian": ("gaussian", "independent"),  # method: (prior, coupling)
            "gaussian+ot": ("gaussian", "ot"),
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     checks.check_finite(args.sigma, "--sigma", "give a positive number such as 0.5")
     if args.sigma <= 0:
         raise ValueError(f"--sigma must be positive, got {args.sigma}")
-    checks.check_out_file(args.png, "--png", checks.IMAGE_SUFFIXES)  # creates runs/ if needed
+    checks.check_out_file(args.png, "--png", readers.IMAGE_SUFFIXES)  # creates runs/ if needed
     torch.set_num_threads(1)  # 2-D points and a small MLP: extra threads only add overhead
     nfes = (1, 2, 4, 8)
     results = run(args.layout, args.classes if args.layout == "ring" else 2, args.steps, args.batch_size,

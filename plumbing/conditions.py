@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import checks
+from . import checks
 
 
 def check_cond(cond: torch.Tensor, num_classes: int, vectors: bool | None = None) -> None:

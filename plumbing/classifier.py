@@ -6,7 +6,7 @@ pool3) give a Frechet distance reported as "FD-clf", never as FID, and its predi
 conditional accuracy, the share of samples classified as the class they were generated for
 (the offline stand-in for the paper's CLIP score). Inputs are images in [0, 1].
 
-    python classifier.py --dataset shapes          # writes runs/clf.pt (options: --help)
+    python -m plumbing.classifier --dataset shapes          # writes runs/clf.pt (options: --help)
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import checks
-import data
+from . import checks
+from . import data
 
 
 class Classifier(nn.Module):
@@ -103,7 +103,7 @@ def fit_and_save(path: str | Path, train_set, test_set, steps: int = 1000, batch
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = checks.Parser(description=__doc__.split("\n\n")[0])
+    parser = checks.Parser(prog="python -m plumbing.classifier", description=__doc__.split("\n\n")[0])
     arg = parser.add_argument
     arg("--dataset", required=True, help="dataset name, as in train.py")
     arg("--data-dir", default=None, help="folder of the dataset's files, as in train.py")

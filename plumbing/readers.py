@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-import checks
+from . import checks
 
 
 @contextlib.contextmanager
@@ -183,6 +183,21 @@ def load_member(path: Path, key: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- images (pillow)
+
+# the image files we read (dataset folders, folders of samples) and write (grids, plots)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def read_image(path: Path) -> Image.Image:
+    """The decoded image, or one line naming the file: Image.open is lazy, so decode now."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as err:  # UnidentifiedImageError, truncated data, decompression bombs, ...
+        raise ValueError(f"{path}: not a readable image ({checks.first_line(err)}); "
+                         "replace it or remove it from the folder") from None
+    return image
+
 
 def read_image_square(path: Path, size: int) -> np.ndarray:
     """An image file as uint8 RGB (3, size, size): centre-cropped to a square, bicubic-resized."""
