@@ -27,17 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import math
 import os
-import queue
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -45,8 +41,9 @@ from tqdm import tqdm
 import flow
 import sample
 import unet
-from prior import prior_from_state
+from prior import Prior, prior_from_state
 from plumbing import checks, conditions, data, samplefiles
+from plumbing.batches import Prefetcher
 from plumbing.checkpoint import prior_to_checkpoint, rng_state, save_checkpoint, set_rng_state
 from plumbing.config import (Config, check_config, data_fingerprint, dataset_options, fit_prior, load_resume, parse_args,
                              trim_log, with_preset)
@@ -54,82 +51,72 @@ from plumbing.config import (Config, check_config, data_fingerprint, dataset_opt
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
 
 
-# ----------------------------------------------------------------------------- processes
+# ----------------------------------------------------------------------------- one step: the method
 
-def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun one process per GPU; plain python: one process."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = checks.resolve_device(device_arg)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-# ----------------------------------------------------------------------------- data
-
-@functools.lru_cache(maxsize=2)
-def epoch_order(dataset_size: int, seed: int, epoch: int) -> np.ndarray:
-    # cached: permuting 1.28M indices every step would cost ~20 ms
-    return np.random.default_rng([seed, epoch]).permutation(dataset_size)
-
-
-def batch_indices(step: int, dataset_size: int, batch_size: int, seed: int) -> np.ndarray:
-    """The global batch of step `step`: epoch e is one permutation drawn from (seed, e)."""
-    per_epoch = dataset_size // batch_size
-    if per_epoch < 1:
-        raise ValueError(f"--batch-size {batch_size} is larger than the dataset ({dataset_size} images)")
-    epoch, position = divmod(step, per_epoch)
-    return epoch_order(dataset_size, seed, epoch)[position * batch_size:(position + 1) * batch_size]
+def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a uint8 batch; returns (loss, grad norm) as device tensors (no sync)."""
+    config, device, generator = run.config, run.device, run.generator
+    x1 = data.to_model(images.to(device, non_blocking=True))
+    if device.type == "cuda":
+        x1 = x1.contiguous(memory_format=torch.channels_last)
+    cond = cond.to(device, non_blocking=True)
+    null = torch.rand(len(cond), device=device, generator=generator) < config.label_dropout
+    # --null-source global: a null row's x0 comes from the dataset-wide component; class: from its own
+    # condition's, so the null field is the flow from the whole mixture, the source CFG starts from
+    x0 = run.prior.sample(cond, generator, null if config.null_source == "global" else None, x1)
+    x0 = couple(run, x0, x1, run.prior.groups(cond, null))
+    t = flow.sample_t(len(cond), device, generator)
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(step, config)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = backward(run, x0, x1, cond, null, t)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.optimizer.step()
+    update_ema(run.ema, run.model, step, config.ema)
+    return loss, grad_norm
 
 
-class Prefetcher:
-    """Reads the batches of steps start, start+1, ... on a thread, ahead of the GPU.
-
-    Each process takes its slice rank::world of the global batch. Pinned memory lets the
-    copy to the GPU overlap with compute."""
-
-    def __init__(self, dataset, num_images: int, start: int, batch_size: int, seed: int, rank: int, world: int,
-                 pin: bool):
-        self.queue: queue.Queue = queue.Queue(maxsize=4)
-        self.stop = threading.Event()
-        self.reading = dataset, num_images, batch_size, seed, rank, world, pin
-        self.thread = threading.Thread(target=self._work, args=(start,), daemon=True)
-        self.thread.start()
-
-    def _work(self, step: int) -> None:
-        dataset, num_images, batch_size, seed, rank, world, pin = self.reading
-        while not self.stop.is_set():
-            try:
-                indices = batch_indices(step, num_images, batch_size, seed)[rank::world]
-                images, cond = dataset.get(indices)
-                item = (images.pin_memory(), cond.pin_memory()) if pin else (images, cond)
-            except Exception as err:  # hand the error to the training loop instead of dying silently
-                item = err
-            while not self.stop.is_set():
-                try:
-                    self.queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    pass
-            step += 1
-
-    def close(self) -> None:
-        """Stop the thread and wait for it: a thread still inside the data path while the
-        interpreter shuts down can abort the process ("terminate called ...", exit 134)."""
-        self.stop.set()
-        self.thread.join()
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        item = self.queue.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
+def backward(run: Run, x0: torch.Tensor, x1: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+             t: torch.Tensor) -> torch.Tensor:
+    """flow.flow_loss and its gradient, in --grad-accum slices of the batch whose losses, weighted
+    by their share of the batch, add up to the whole batch's mean: the same gradient with 1/N of
+    the activations. The random draws above were made for the whole batch, so N changes nothing."""
+    n, k = len(cond), run.config.grad_accum  # k <= n (checked at the start): slices of n // k or n // k + 1 rows
+    bounds = [i * (n // k) + min(i, n % k) for i in range(k + 1)]
+    total = torch.zeros((), device=run.device)
+    for index in range(k):
+        part = slice(bounds[index], bounds[index + 1])  # a view: no copy of the batch, no index tensor
+        # DDP: average the gradients across processes once, after the last slice
+        last = index == k - 1
+        sync = run.network.no_sync() if hasattr(run.network, "no_sync") and not last else contextlib.nullcontext()
+        with sync, torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
+            loss = flow.flow_loss(run.network, x0[part], x1[part], cond[part], null[part], t[part],
+                                  run.config.sigma_min)
+            loss = loss * ((part.stop - part.start) / n)
+            loss.backward()
+        total = total + loss.detach()
+    return total
 
 
-# ----------------------------------------------------------------------------- training
+def couple(run: Run, x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """flow.couple on this process's rows; with --couple-global under torchrun every process gathers
+    the whole batch, solves the same assignment (the solver is deterministic) and keeps its rows."""
+    method = run.config.coupling
+    if not (run.config.couple_global and run.world > 1 and method != "independent"):
+        return flow.couple(x0, x1, groups, method)
+    return couple_global(x0, x1, groups, method, run.rank, run.world)
+
+
+def couple_global(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor, method: str, rank: int,
+                  world: int) -> torch.Tensor:
+    def gather(part: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(part) for _ in range(world)]
+        dist.all_gather(parts, part.contiguous())
+        return torch.cat(parts)
+
+    paired = flow.couple(gather(x0), gather(x1), gather(groups), method)
+    return paired.tensor_split(world)[rank]
+
 
 def learning_rate(step: int, config: Config) -> float:
     return config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
@@ -141,31 +128,86 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
-def grid_conditions(dataset, seed: int, per_row: int = 8, rows: int = 10) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """What the progress grids show: (cond, row of each image, seeds). Class ids: the first 10
-    classes; vectors: the conditions of the first 10 training images. 8 images a row."""
-    if dataset.cond_dim:
-        _, shown = dataset.get(np.arange(min(rows, len(dataset))))
-    else:
-        shown = torch.arange(min(dataset.num_classes, rows))
-    return conditions.per_condition(shown, list(range(len(shown))), per_row, seed)
+# ----------------------------------------------------------------------------- the loop
+
+def train(config: Config) -> list[float]:
+    """Train the run `config` describes (or continue it: config.resume); returns the logged losses."""
+    run, dataset, num_images = start_or_resume(config)
+    config, out, start = run.config, Path(run.config.out), run.step
+    prefetch = Prefetcher(dataset, num_images, start, config.batch_size, config.seed, run.rank, run.world,
+                          pin=run.device.type == "cuda")
+    log = open(out / "log.jsonl", "a" if start else "w") if run.rank == 0 else None
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=run.rank != 0,
+               desc=f"{config.prior} prior, {config.coupling}", dynamic_ncols=True)
+    losses: list[float] = []
+    try:
+        loss_sum = grad_sum = torch.zeros((), device=run.device)  # summed on the device: no sync per step
+        timer, timed_steps = time.perf_counter(), 0
+        for step in bar:
+            images, cond = prefetch.next()
+            loss, grad_norm = train_step(run, images, cond, step)
+            loss_sum, grad_sum, timed_steps = loss_sum + loss, grad_sum + grad_norm, timed_steps + 1
+            done = step + 1
+            save_now = done % config.ckpt_every == 0 or done == config.steps
+            if save_now or done % config.log_every == 0:
+                if run.world > 1:
+                    dist.all_reduce(loss_sum)
+                    loss_sum /= run.world
+                mean_loss, mean_grad = (loss_sum / timed_steps).item(), (grad_sum / timed_steps).item()  # the sync
+                check_progress(run, mean_loss, mean_grad, done)  # a diverged run stops before it saves
+                run.best_loss = min(run.best_loss, mean_loss)
+                rate = timed_steps * config.batch_size / (time.perf_counter() - timer)
+                losses.append(mean_loss)
+                if log:
+                    log.write(json.dumps({"step": done, "loss": mean_loss, "lr": learning_rate(step, config),
+                                          "grad_norm": mean_grad, "img_per_s": rate}) + "\n")
+                    log.flush()
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+                loss_sum = grad_sum = torch.zeros((), device=run.device)
+                timer, timed_steps = time.perf_counter(), 0
+            if save_now:
+                save(run, done)
+            if run.rank == 0 and config.sample_every and (done % config.sample_every == 0 or done == config.steps):
+                sample_grid(run, dataset, done)
+    finally:
+        bar.close()
+        prefetch.close()
+        if log:
+            log.close()
+    if run.world > 1:
+        dist.destroy_process_group()
+    if run.rank == 0:
+        grids = sorted((out / "samples").glob("step_*.png")) if config.sample_every else []
+        print(f"done: {out / 'ckpt.pt'} (step {config.steps}), {out / 'log.jsonl'}"
+              + (f", sample grids in {out / 'samples'}/ (latest {grids[-1].name})" if grids else ""))
+    return losses
 
 
-def sample_grid(ema: torch.nn.Module, prior, dataset, config, step: int, device: torch.device) -> None:
-    cond, row, seeds = grid_conditions(dataset, config.seed)
-    images = sample.generate(ema, prior, cond, seeds, config.sample_nfe, "euler", device=device)
-    folder = Path(config.out) / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    samplefiles.save_grid(images, row, folder / f"step_{step:07d}.png")
+def check_progress(run: Run, mean_loss: float, mean_grad: float, step: int) -> None:
+    """Stop before a checkpoint is written once the loss is non-finite or explodes (DIVERGENCE x
+    the lowest logged loss), or the gradient is non-finite (the weights are already damaged)."""
+    config, best_loss = run.config, run.best_loss
+    if math.isfinite(mean_loss) and math.isfinite(mean_grad) and mean_loss <= DIVERGENCE * best_loss:
+        return
+    what = (f"the gradient norm became {mean_grad}" if math.isfinite(mean_loss) and not math.isfinite(mean_grad)
+            else f"the loss became {mean_loss:.4g}")
+    if run.saved_step is None:
+        raise ValueError(f"{what} at step {step}, before the first checkpoint: start again with a lower --lr "
+                         f"(now {config.lr:g}, e.g. --lr {config.lr / 4:g}) or a longer --warmup")
+    raise ValueError(f"{what} at step {step} (lowest so far {best_loss:.4g}); the last good checkpoint "
+                     f"{Path(config.out) / 'ckpt.pt'} (step {run.saved_step}) is untouched: continue it with a lower "
+                     f"learning rate, e.g. --resume --lr {config.lr / 4:g} (or a longer --warmup)")
 
+
+# ----------------------------------------------------------------------------- starting, saving, resuming
 
 @dataclass
 class Run:
-    """Everything one training step touches."""
+    """Everything one training step touches, and where the run stands."""
     config: Config
     device: torch.device
     precision: str
-    prior: object
+    prior: Prior
     model: torch.nn.Module  # the weights (saved, averaged into the EMA)
     network: torch.nn.Module  # what the step calls: model, DDP-wrapped and/or compiled
     ema: torch.nn.Module
@@ -173,9 +215,14 @@ class Run:
     generator: torch.Generator  # prior noise, t and label dropout
     rank: int = 0
     world: int = 1
+    step: int = 0  # the step the loop starts from (a checkpoint's on resume)
+    best_loss: float = math.inf  # the lowest logged loss (kept across resumes): the divergence check
+    saved_step: int | None = None  # the last checkpoint's step
+    saved_config: dict = field(default_factory=dict)  # what every checkpoint stores as "config"
+    class_names: list = field(default_factory=list)
 
 
-def build_run(config: Config, dataset, prior, device: torch.device, rank: int = 0, world: int = 1) -> Run:
+def build_run(config: Config, dataset, prior: Prior, device: torch.device, rank: int = 0, world: int = 1) -> Run:
     torch.manual_seed(config.seed + rank)  # weights (DDP broadcasts rank 0's) and dropout
     model = unet.build_unet(config.preset, dataset.image_size, dataset.channels, dataset.num_classes,
                             dataset.cond_dim).to(device)
@@ -191,64 +238,9 @@ def build_run(config: Config, dataset, prior, device: torch.device, rank: int = 
     return Run(config, device, precision, prior, model, network, ema, optimizer, generator, rank, world)
 
 
-def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a uint8 batch; returns (loss, grad norm) as device tensors (no sync).
-
-    With --grad-accum N the batch's random draws (null rows, x0, coupling, t) are made for
-    the whole batch first, then the network runs on N slices whose losses, weighted by their
-    share of the batch, add up to the whole batch's mean: the same gradient, 1/N of the activations."""
-    config, device, generator = run.config, run.device, run.generator
-    x1 = data.to_model(images.to(device, non_blocking=True))
-    if device.type == "cuda":
-        x1 = x1.contiguous(memory_format=torch.channels_last)
-    cond = cond.to(device, non_blocking=True)
-    null = torch.rand(len(cond), device=device, generator=generator) < config.label_dropout
-    # --null-source global: a null row's x0 comes from the dataset-wide component; class: from its own
-    # condition's, so the null field is the flow from the whole mixture, the source CFG starts from
-    x0 = run.prior.sample(cond, generator, null if config.null_source == "global" else None, x1)
-    groups = run.prior.groups(cond, null)
-    if config.couple_global and run.world > 1 and config.coupling != "independent":
-        x0 = couple_global(x0, x1, groups, config.coupling, run.rank, run.world)
-    else:
-        x0 = flow.couple(x0, x1, groups, config.coupling)
-    t = flow.sample_t(len(cond), device, generator)
-    for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(step, config)
-    run.optimizer.zero_grad(set_to_none=True)
-    n, k = len(cond), config.grad_accum  # k <= n (train checks): k slices of n // k or n // k + 1 rows
-    bounds = [i * (n // k) + min(i, n % k) for i in range(k + 1)]
-    total = torch.zeros((), device=device)
-    for index in range(k):
-        part = slice(bounds[index], bounds[index + 1])  # a view: no copy of the batch, no index tensor
-        # DDP: average the gradients across processes once, after the last micro-batch
-        last = index == k - 1
-        sync = run.network.no_sync() if hasattr(run.network, "no_sync") and not last else contextlib.nullcontext()
-        with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
-            loss = flow.flow_loss(run.network, x0[part], x1[part], cond[part], null[part], t[part], config.sigma_min)
-            loss = loss * ((part.stop - part.start) / n)
-            loss.backward()
-        total = total + loss.detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
-    run.optimizer.step()
-    update_ema(run.ema, run.model, step, config.ema)
-    return total, grad_norm
-
-
-def couple_global(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor, method: str, rank: int,
-                  world: int) -> torch.Tensor:
-    """--couple-global: every process gathers the whole batch, solves the same assignment (the
-    solver is deterministic) and keeps its own rows: OT over batch pairs, not batch / world."""
-    def gather(part: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(part) for _ in range(world)]
-        dist.all_gather(parts, part.contiguous())
-        return torch.cat(parts)
-
-    paired = flow.couple(gather(x0), gather(x1), gather(groups), method)
-    return paired.tensor_split(world)[rank]
-
-
-def train(config: Config) -> list[float]:
-    """Train the run `config` describes (or continue it: config.resume); returns the logged losses."""
+def start_or_resume(config: Config) -> tuple[Run, object, int]:
+    """(the run, its dataset, the number of training images): the prior fitted (or read from the
+    cache) and a new network, or the checkpoint's prior, weights, optimizer and RNG states."""
     config, checkpoint = load_resume(config)
     config = with_preset(config)
     check_config(config)
@@ -285,110 +277,79 @@ def train(config: Config) -> list[float]:
                              f"the original data")
         prior = prior_from_state(checkpoint["prior"]["state"])
     run = build_run(config, dataset, prior, device, rank, world)
-    model, ema, optimizer, generator = run.model, run.ema, run.optimizer, run.generator
-    saved_config = {**config.saved(), "dataset_options": options,
-              "image_size": dataset.image_size, "channels": dataset.channels, "num_classes": dataset.num_classes,
-              "cond_dim": dataset.cond_dim,
-              "world_size": world, "data_fingerprint": fingerprint}
-    start, best_loss = 0, math.inf
+    run.saved_config = {**config.saved(), "dataset_options": options, "image_size": dataset.image_size,
+                        "channels": dataset.channels, "num_classes": dataset.num_classes,
+                        "cond_dim": dataset.cond_dim, "world_size": world, "data_fingerprint": fingerprint}
+    run.class_names = dataset.class_names
     if checkpoint is not None:
-        try:
-            model.load_state_dict(checkpoint["model"])
-            ema.load_state_dict(checkpoint["ema"])
-        except RuntimeError as err:
-            raise ValueError(f"--resume: the checkpoint does not match preset '{config.preset}': "
-                             f"{str(err).splitlines()[0]}") from None
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        for group in optimizer.param_groups:  # the optimizer state keeps the old values; the flags win
-            group["weight_decay"] = config.weight_decay
-        start, best_loss = checkpoint["step"], checkpoint.get("best_loss", math.inf)
-        states = checkpoint["rng"]
-        set_rng_state(states[rank] if len(states) == world else states[0], generator, device)
-        if rank == 0:
-            trim_log(out / "log.jsonl", start)
+        restore(run, checkpoint)
     if rank == 0:
         what = f"{dataset.cond_dim}-d condition vectors" if dataset.cond_dim else f"{dataset.num_classes} classes"
         print(f"{config.dataset}: {num_images} images, {what}, {dataset.image_size}px | "
               f"prior {config.prior}, coupling {config.coupling} | preset {config.preset} "
-              f"({unet.count_parameters(model):,} parameters) | {device} x{world}, {run.precision} | "
-              f"steps {start}..{config.steps} at batch {config.batch_size}"
+              f"({unet.count_parameters(run.model):,} parameters) | {device} x{world}, {run.precision} | "
+              f"steps {run.step}..{config.steps} at batch {config.batch_size}"
               + (f" in {config.grad_accum} micro-batches" if config.grad_accum > 1 else "") + f" | writing to {out}/")
+    return run, dataset, num_images
 
-    def save(step: int) -> None:
-        states = [rng_state(generator, device)]
-        if world > 1:
-            states = [None] * world
-            dist.all_gather_object(states, rng_state(generator, device))
-        if rank == 0:
-            save_checkpoint(out / "ckpt.pt", {
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "rng": states, "config": saved_config, "class_names": dataset.class_names,
-                "best_loss": best_loss, "prior": prior_to_checkpoint(prior)})
 
-    prefetch = Prefetcher(dataset, num_images, start, config.batch_size, config.seed, rank, world,
-                          pin=device.type == "cuda")
-    log = open(out / "log.jsonl", "a" if checkpoint is not None else "w") if rank == 0 else None
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=rank != 0,
-               desc=f"{config.prior} prior, {config.coupling}", dynamic_ncols=True)
-    losses: list[float] = []
-    saved_step = start if checkpoint is not None else None
+def restore(run: Run, checkpoint: dict) -> None:
+    """The checkpoint's weights, optimizer state, step and RNG states; the log cut to its step."""
     try:
-        loss_sum = grad_sum = torch.zeros((), device=device)
-        timer, timed_steps = time.perf_counter(), 0
-        for step in bar:
-            images, cond = prefetch.next()
-            loss, grad_norm = train_step(run, images, cond, step)
-            loss_sum, grad_sum, timed_steps = loss_sum + loss, grad_sum + grad_norm, timed_steps + 1
-            done = step + 1
-            if done % config.log_every == 0 or done % config.ckpt_every == 0 or done == config.steps:
-                if world > 1:
-                    dist.all_reduce(loss_sum)
-                    loss_sum /= world
-                mean_loss, mean_grad = (loss_sum / timed_steps).item(), (grad_sum / timed_steps).item()  # the sync
-                check_progress(mean_loss, mean_grad, best_loss, done, out, saved_step, config)  # before any save
-                best_loss = min(best_loss, mean_loss)
-                rate = timed_steps * config.batch_size / (time.perf_counter() - timer)
-                losses.append(mean_loss)
-                if log:
-                    log.write(json.dumps({"step": done, "loss": mean_loss, "lr": learning_rate(step, config),
-                                          "grad_norm": mean_grad, "img_per_s": rate}) + "\n")
-                    log.flush()
-                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
-                loss_sum = grad_sum = torch.zeros((), device=device)
-                timer, timed_steps = time.perf_counter(), 0
-            if done % config.ckpt_every == 0 or done == config.steps:
-                save(done)
-                saved_step = done
-            if rank == 0 and config.sample_every and (done % config.sample_every == 0 or done == config.steps):
-                sample_grid(ema, prior, dataset, config, done, device)
-    finally:
-        bar.close()
-        prefetch.close()
-        if log:
-            log.close()
+        run.model.load_state_dict(checkpoint["model"])
+        run.ema.load_state_dict(checkpoint["ema"])
+    except RuntimeError as err:
+        raise ValueError(f"--resume: the checkpoint does not match preset '{run.config.preset}': "
+                         f"{str(err).splitlines()[0]}") from None
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    for group in run.optimizer.param_groups:  # the optimizer state keeps the old values; the flags win
+        group["weight_decay"] = run.config.weight_decay
+    run.step = run.saved_step = checkpoint["step"]
+    run.best_loss = checkpoint.get("best_loss", math.inf)
+    states = checkpoint["rng"]
+    set_rng_state(states[run.rank] if len(states) == run.world else states[0], run.generator, run.device)
+    if run.rank == 0:
+        trim_log(Path(run.config.out) / "log.jsonl", run.step)
+
+
+def save(run: Run, step: int) -> None:
+    """ckpt.pt: written to a temporary file and renamed (a kill mid-write keeps the old one)."""
+    states = [rng_state(run.generator, run.device)]
+    if run.world > 1:
+        states = [None] * run.world
+        dist.all_gather_object(states, rng_state(run.generator, run.device))
+    if run.rank == 0:
+        save_checkpoint(Path(run.config.out) / "ckpt.pt", {
+            "model": run.model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "step": step, "rng": states, "config": run.saved_config, "class_names": run.class_names,
+            "best_loss": run.best_loss, "prior": prior_to_checkpoint(run.prior)})
+    run.saved_step = step
+
+
+def sample_grid(run: Run, dataset, step: int, per_row: int = 8, rows: int = 10) -> None:
+    """EMA samples of the first 10 classes (or the first 10 training images' condition vectors),
+    8 a row, the same noise every time: OUT/samples/step_*.png."""
+    if dataset.cond_dim:
+        _, shown = dataset.get(torch.arange(min(rows, len(dataset))).numpy())
+    else:
+        shown = torch.arange(min(dataset.num_classes, rows))
+    cond, row, seeds = conditions.per_condition(shown, list(range(len(shown))), per_row, run.config.seed)
+    images = sample.generate(run.ema, run.prior, cond, seeds, run.config.sample_nfe, "euler", device=run.device)
+    folder = Path(run.config.out) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    samplefiles.save_grid(images, row, folder / f"step_{step:07d}.png")
+
+
+def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun one process per GPU; plain python: one process."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = checks.resolve_device(device_arg)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if world > 1:
-        dist.destroy_process_group()
-    if rank == 0:
-        grids = sorted((out / "samples").glob("step_*.png")) if config.sample_every else []
-        print(f"done: {out / 'ckpt.pt'} (step {config.steps}), {out / 'log.jsonl'}"
-              + (f", sample grids in {out / 'samples'}/ (latest {grids[-1].name})" if grids else ""))
-    return losses
-
-
-def check_progress(mean_loss: float, mean_grad: float, best_loss: float, step: int, out: Path,
-                   saved_step: int | None, config: Config) -> None:
-    """Stop before a checkpoint is written once the loss is non-finite or explodes (DIVERGENCE x
-    the lowest logged loss), or the gradient is non-finite (the weights are already damaged)."""
-    if math.isfinite(mean_loss) and math.isfinite(mean_grad) and mean_loss <= DIVERGENCE * best_loss:
-        return
-    what = (f"the gradient norm became {mean_grad}" if math.isfinite(mean_loss) and not math.isfinite(mean_grad)
-            else f"the loss became {mean_loss:.4g}")
-    if saved_step is None:
-        raise ValueError(f"{what} at step {step}, before the first checkpoint: start again with a lower --lr "
-                         f"(now {config.lr:g}, e.g. --lr {config.lr / 4:g}) or a longer --warmup")
-    raise ValueError(f"{what} at step {step} (lowest so far {best_loss:.4g}); the last good checkpoint "
-                     f"{out / 'ckpt.pt'} (step {saved_step}) is untouched: continue it with a lower learning rate, "
-                     f"e.g. --resume --lr {config.lr / 4:g} (or a longer --warmup)")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,14 +16,14 @@ fit-class   Writes an ImageNet-64-format dataset (train_data_batch_1..10.npz, pl
             read count in RSS but are page cache, so the peak of anonymous memory is reported.
 ot          Times flow.couple(..., "ot") on 3x64x64 batches of 128, 256 and 512.
 fit-kmeans  KMeansPrior(k) (default options otherwise) on MNIST's 60k training images, for each k
-            of --kmeans-k, fed data.Passes(dataset, 60000, cpu) as train.py does: wall and CPU
+            of --kmeans-k, fed Passes(dataset, 60000, cpu) as train.py does: wall and CPU
             time, the time of each read of the data (k-means++ seeding, the Lloyd passes, the
             final statistics pass), peak anonymous memory and its growth over the loaded dataset,
             and the k-means objective (mean squared distance to the own centroid, model space).
             Skipped with a message when MNIST is not in --mnist-dir (default ../shared/data/mnist
             next to the repository).
 fit-mapper  MapperPrior() (default options) on shapes with cond="attributes", --mapper-images images
-            (50k: what `python train.py --cond attributes --prior mapper` fits), fed data.Passes:
+            (50k: what `python train.py --cond attributes --prior mapper` fits), fed Passes:
             wall and CPU time, the time of each pass (the training epochs, then the statistics
             pass), peak anonymous memory, and the mapper's MSE on 2,000 held-out shapes.
 
@@ -50,6 +50,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from plumbing import data  # noqa: E402
+from plumbing.batches import Passes  # noqa: E402
 import flow  # noqa: E402
 from prior import ClassPrior, KMeansPrior, MapperPrior  # noqa: E402
 from plumbing.stats import model_space  # noqa: E402
@@ -115,10 +116,10 @@ def measured(fit) -> dict:
 
 
 class TimedPasses:
-    """data.Passes that records when each read of the data starts and ends and how many batches
+    """Passes that records when each read of the data starts and ends and how many batches
     it yields (a fit may stop a pass early, as k-means++ seeding does)."""
 
-    def __init__(self, passes: data.Passes):
+    def __init__(self, passes: Passes):
         self.passes, self.log = passes, []
 
     def __len__(self) -> int:
@@ -160,7 +161,7 @@ def fit_class_child(folder: str, limit: int, batch_size: int) -> dict:
 def fit_kmeans_child(mnist_dir: str, k: int) -> dict:
     dataset = data.load_dataset("mnist", mnist_dir)
     num_images = min(len(dataset), 60_000)
-    batches = TimedPasses(data.Passes(dataset, num_images, torch.device("cpu")))
+    batches = TimedPasses(Passes(dataset, num_images, torch.device("cpu")))
     prior = KMeansPrior(k=k)
     begin = time.perf_counter()
     r = measured(lambda: prior.fit(batches, dataset.num_classes, dataset="mnist"))
@@ -175,7 +176,7 @@ def fit_kmeans_child(mnist_dir: str, k: int) -> dict:
 
 def fit_mapper_child(num_images: int) -> dict:
     dataset = data.load_dataset("shapes", cond="attributes")
-    batches = TimedPasses(data.Passes(dataset, num_images, torch.device("cpu")))
+    batches = TimedPasses(Passes(dataset, num_images, torch.device("cpu")))
     prior = MapperPrior()
     begin = time.perf_counter()
     r = measured(lambda: prior.fit(batches, dataset.num_classes, dataset="shapes"))

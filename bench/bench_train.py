@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from plumbing import checks, data  # noqa: E402
+from plumbing.batches import Passes  # noqa: E402
 import train  # noqa: E402
 from prior import ClassPrior, GaussianPrior, KMeansPrior, MapperPrior  # noqa: E402
 
@@ -123,7 +124,7 @@ def fitted_prior(name: str, dataset, fit_images: int, kmeans_k: int):
     (kmeans: one Lloyd pass, mapper: one epoch; a draw costs the same however well they fit)."""
     prior = {"gaussian": GaussianPrior, "class": ClassPrior, "kmeans": lambda: KMeansPrior(k=kmeans_k, passes=1),
              "mapper": lambda: MapperPrior(epochs=1)}[name]()
-    batches = data.Passes(dataset, min(fit_images, len(dataset)), torch.device("cpu"))
+    batches = Passes(dataset, min(fit_images, len(dataset)), torch.device("cpu"))
     return prior.fit(batches, dataset.num_classes, dataset=dataset.name)
 
 

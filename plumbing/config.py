@@ -35,7 +35,7 @@ import torch.distributed as dist
 import flow
 import prior as priors
 import unet
-from . import checks, data
+from . import batches, checks, data
 from .checkpoint import CHECKPOINT_KEYS
 
 
@@ -290,7 +290,7 @@ def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device
         if stored is None:
             fitted = priors.build_prior(config.prior, **options)
             print(f"fitting the {config.prior} prior on {num_images} images ({options or 'default options'})")
-            fitted.fit(data.Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
+            fitted.fit(batches.Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
             checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
     if world > 1:
         dist.barrier()  # the other processes wait for rank 0's file

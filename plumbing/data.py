@@ -24,7 +24,6 @@ This file knows which files each dataset needs and what they must hold; readers.
 from __future__ import annotations
 
 import inspect
-import math
 from pathlib import Path
 from typing import Iterator
 
@@ -368,19 +367,3 @@ def load_dataset(name: str, data_dir: str | None = None, split: str = "train", *
         raise ValueError(f"dataset '{name}' has no option {', '.join(unknown)}; "
                          f"its options: {', '.join(known) or 'none'}")
     return dataset_class(data_dir, split, **options)
-
-
-class Passes:
-    """The training images as (uint8 images, cond) batches on `device`; every iteration is a new
-    pass, so a prior's fit can read the data as often as it needs (k-means, the mapper)."""
-
-    def __init__(self, dataset, num_images: int, device: torch.device, batch_size: int = 1024):
-        self.dataset, self.num_images, self.device, self.batch_size = dataset, num_images, device, batch_size
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_images / self.batch_size)
-
-    def __iter__(self):
-        for start in range(0, self.num_images, self.batch_size):
-            images, cond = self.dataset.get(np.arange(start, min(start + self.batch_size, self.num_images)))
-            yield images.to(self.device), cond.to(self.device)  # the fit's float64 work runs on the GPU

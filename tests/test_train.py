@@ -11,6 +11,7 @@ import torch
 
 import sample
 import train
+from plumbing.batches import batch_indices
 from prior import ClassPrior
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,11 +96,11 @@ def test_checkpoint_write_killed_midway_keeps_the_old_file(tmp_path, monkeypatch
 
 
 def test_batches_are_a_function_of_seed_and_step():
-    first = [train.batch_indices(s, 20, 8, seed=1) for s in range(4)]
+    first = [batch_indices(s, 20, 8, seed=1) for s in range(4)]
     assert all(len(b) == 8 for b in first)
     assert sorted(first[0].tolist() + first[1].tolist()) == sorted(set(first[0].tolist() + first[1].tolist()))
-    assert (first[2] == train.batch_indices(2, 20, 8, seed=1)).all()
-    assert not (first[2] == train.batch_indices(2, 20, 8, seed=2)).all()
+    assert (first[2] == batch_indices(2, 20, 8, seed=1)).all()
+    assert not (first[2] == batch_indices(2, 20, 8, seed=2)).all()
 
 
 @pytest.mark.parametrize("flag,value,message", [
