@@ -247,6 +247,7 @@ def couple_global(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor, meth
     return paired.tensor_split(world)[rank]
 
 
+@checks.holding_folders  # the lock hold_folder takes below is released however train() ends
 def train(config: Config) -> list[float]:
     """Train the run `config` describes (or continue it: config.resume); returns the logged losses."""
     config, checkpoint = load_resume(config)
@@ -261,6 +262,7 @@ def train(config: Config) -> list[float]:
     out = Path(config.out)
     if rank == 0:  # every path we write, checked before any work
         checks.check_out_dir(out, "--out")
+        checks.hold_folder(out, "--out")  # one run per folder: a second one (or a --resume of this one) is refused
         if config.prior_stats:
             checks.check_out_file(config.prior_stats, "--prior-stats", (".npz",))
         if checkpoint is None and (out / "ckpt.pt").exists():
@@ -327,7 +329,7 @@ def train(config: Config) -> list[float]:
 
     prefetch = Prefetcher(dataset, num_images, start, config.batch_size, config.seed, rank, world,
                           pin=device.type == "cuda")
-    log = open(out / "log.jsonl", "a" if checkpoint is not None else "w") if rank == 0 else None
+    log = checks.LogFile(out / "log.jsonl", checkpoint is not None, "--out") if rank == 0 else None
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=rank != 0,
                desc=f"{config.prior} prior, {config.coupling}", dynamic_ncols=True)
     losses: list[float] = []
