@@ -190,7 +190,7 @@ def write_reference(path: str | Path, extractor: Extractor, batches: Iterable[to
     mu, sigma, features, _ = measure(extractor, batches, total, keep, desc="reference")
     checks.save_npz(path, {"mu": mu, "sigma": sigma, "features": features, "feature_name": extractor.name,
                            "extractor_id": extractor.id, "clf_path": extractor.clf_path, "n": total,
-                           "image_shape": np.asarray(shape, np.int64), "source": source})
+                           "image_shape": np.asarray(shape, np.int64), "source": source}, "--out")
     return len(features)
 
 

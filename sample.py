@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     cond, row_ids, seeds = per_condition(conditions, ids, args.n, args.seed)
     images = generate(model, prior, cond, seeds, args.nfe, args.solver, args.cfg, args.batch_size, device,
                       progress=True)
-    samplefiles.save_grid(images, row_ids, out_png)
-    samplefiles.save_samples(out_npz, images, row_ids, cond if config.get("cond_dim", 0) else None)
+    samplefiles.save_grid(images, row_ids, out_png, flag="--out-png")
+    samplefiles.save_samples(out_npz, images, row_ids, cond if config.get("cond_dim", 0) else None, "--out-npz")
     print(f"wrote {out_png} (grid of up to 20 rows x 16) and {out_npz} ({len(ids)} "
           f"{'conditions' if config.get('cond_dim', 0) else 'classes'} x {args.n} = {len(images)} images)")
 

@@ -130,13 +130,14 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
 
 # ----------------------------------------------------------------------------- the loop
 
+@checks.holding_folders  # the --out lock that start_or_resume takes is released however train() ends
 def train(config: Config) -> list[float]:
     """Train the run `config` describes (or continue it: config.resume); returns the logged losses."""
     run, dataset, num_images = start_or_resume(config)
     config, out, start = run.config, Path(run.config.out), run.step
     prefetch = Prefetcher(dataset, num_images, start, config.batch_size, config.seed, run.rank, run.world,
                           pin=run.device.type == "cuda")
-    log = open(out / "log.jsonl", "a" if start else "w") if run.rank == 0 else None
+    log = checks.LogFile(out / "log.jsonl", start > 0, "--out") if run.rank == 0 else None
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=run.rank != 0,
                desc=f"{config.prior} prior, {config.coupling}", dynamic_ncols=True)
     losses: list[float] = []
@@ -253,6 +254,7 @@ def start_or_resume(config: Config) -> tuple[Run, object, int]:
     out = Path(config.out)
     if rank == 0:  # every path we write, checked before any work
         checks.check_out_dir(out, "--out")
+        checks.hold_folder(out, "--out")  # one run per folder: a second one (or a --resume of this one) is refused
         if config.prior_stats:
             checks.check_out_file(config.prior_stats, "--prior-stats", (".npz",))
         if checkpoint is None and (out / "ckpt.pt").exists():

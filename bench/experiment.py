@@ -293,7 +293,7 @@ def side_by_side(left: Path, right: Path, out: Path, captions: tuple[str, str]) 
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     draw.text((2, 3), captions[0], fill="black", font=font)
     draw.text((a.width + gap + 2, 3), captions[1], fill="black", font=font)
-    canvas.save(out)
+    checks.atomic_write(out, lambda file: canvas.save(file, format=Image.registered_extensions()[out.suffix.lower()]))
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

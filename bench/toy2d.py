@@ -168,7 +168,8 @@ def draw_trajectories(runs: dict, centres: np.ndarray, path: str, per_class: int
             draw.line([to_pixel(p, i) for p in trajectory], fill=COLOURS[c % 8], width=1)
             x0 = to_pixel(trajectory[0], i)
             draw.ellipse((x0[0] - 2, x0[1] - 2, x0[0] + 2, x0[1] + 2), outline="black")
-    image.save(path)
+    checks.atomic_write(path, lambda file: image.save(file, format=Image.registered_extensions()[
+        Path(path).suffix.lower()]), "--png")
 
 
 def run(layout: str = "ring", num_classes: int = 4, steps: int = 2000, batch_size: int = 128,

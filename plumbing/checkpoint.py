@@ -1,7 +1,7 @@
 """What a checkpoint holds, written so that a kill never loses one and read so that it runs no code.
 
     checkpoint   model, EMA, optimizer, step, every process's RNG states, the run's config and
-                 the fitted prior; written to a temporary file, fsynced and renamed
+                 the fitted prior; written to a new temporary file, fsynced and renamed
                  (checks.save_torch), read back with weights_only=True (checks.load_torch): tensors
                  and plain Python values only, so the prior's numpy arrays are stored as tensors
 """
@@ -27,7 +27,7 @@ def prior_to_checkpoint(prior) -> dict:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary file, then rename: a run killed mid-write keeps the old file."""
-    checks.save_torch(path, state)
+    checks.save_torch(path, state, "--out")  # a full disk: one line naming the file and --out
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict:

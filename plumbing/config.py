@@ -291,7 +291,8 @@ def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device
             fitted = priors.build_prior(config.prior, **options)
             print(f"fitting the {config.prior} prior on {num_images} images ({options or 'default options'})")
             fitted.fit(batches.Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
-            checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
+            checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key},
+                            "--prior-stats" if config.prior_stats else "--out")
     if world > 1:
         dist.barrier()  # the other processes wait for rank 0's file
     fitted = priors.prior_from_state(priors.load_npz(str(path)))
@@ -336,4 +337,4 @@ def trim_log(path: Path, last_step: int) -> None:
             return math.inf
 
     kept = [line for line in path.read_text().splitlines() if step_of(line) <= last_step]
-    checks.atomic_write(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
+    checks.atomic_write(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()), "--out")

@@ -17,12 +17,15 @@ Safety
 - Every failure is ONE ValueError line naming the file and the fix ("PATH: what; re-download
   it"): library errors are caught by `reading`, and our own checks name the file themselves.
 - Labels must be whole numbers, one per image, in range (checked_labels).
+- idx files are read as a stream bounded by the sizes their header declares (read_idx): a small
+  .gz that inflates to gigabytes (a decompression bomb) is refused after declared + 1 bytes.
 """
 from __future__ import annotations
 
 import contextlib
 import gzip
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -71,26 +74,75 @@ def checked_labels(labels: np.ndarray, num_classes: int, count: int, source: obj
 
 # ---------------------------------------------------------------- idx (MNIST / Fashion-MNIST)
 
+# the largest payload an idx header may declare: MNIST's training images are 47 MB, EMNIST's
+# largest file 0.7 GB; a header asking for more is damaged or hostile, not a dataset
+MAX_IDX_BYTES = 2 ** 32
+
+
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """An idx file: big-endian int32 magic (0x08 = ubyte, low byte = ndim), ndim sizes, bytes."""
+    """An idx file: big-endian int32 magic (0x08 = ubyte, low byte = ndim), ndim sizes, bytes.
+
+    Read as a stream bounded by what the header declares, never whole: a 1 MB .gz can hold
+    gigabytes of zeros (a decompression bomb), so the header is read first, its sizes checked
+    (none negative, the product at most MAX_IDX_BYTES), then exactly that many bytes and one more
+    to prove there are no more; at most declared + 1 bytes are ever decompressed."""
     gz = path.suffix == ".gz"
     # not gzip at all (BadGzipFile), a corrupt deflate stream (zlib.error), cut short (EOFError)
-    with reading(path, "cannot decompress this .gz file" if gz else "cannot read this idx file"):
-        raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
-    found = int.from_bytes(raw[:4], "big")
-    if len(raw) >= 4 and found != magic:
-        raise ValueError(f"{path}: wrong magic number {found}, expected {magic}; not the idx file "
-                         "this name promises, re-download it")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated ({len(raw)} bytes, shorter than the idx header); "
-                         "re-download it")
-    shape = struct.unpack(f">{ndim}i", raw[4:header])
-    if len(raw) - header != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} = {int(np.prod(shape))} bytes but "
-                         f"{len(raw) - header} follow; truncated or corrupt, re-download it")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    problem = "cannot decompress this .gz file" if gz else "cannot read this idx file"
+    with contextlib.ExitStack() as stack:
+        with reading(path, problem):
+            file = stack.enter_context(gzip.open(path, "rb") if gz else open(path, "rb"))
+            head = read_at_most(file, 4)
+        found = int.from_bytes(head, "big")
+        if len(head) == 4 and found != magic:
+            raise ValueError(f"{path}: wrong magic number {found}, expected {magic}; not the idx file "
+                             "this name promises, re-download it")
+        ndim = magic & 0xFF
+        header = 4 + 4 * ndim
+        with reading(path, problem):
+            head += read_at_most(file, header - len(head)) if len(head) == 4 else b""
+        if len(head) < header:
+            raise ValueError(f"{path}: truncated ({len(head)} bytes, shorter than the idx header); "
+                             "re-download it")
+        shape = struct.unpack(f">{ndim}i", head[4:header])
+        size = idx_payload_size(path, shape)
+        if not gz and path.stat().st_size != header + size:  # a plain file says its length for free
+            raise ValueError(f"{path}: header says {shape} = {size} bytes but {path.stat().st_size - header} "
+                             "follow; truncated or corrupt, re-download it")
+        with reading(path, problem):
+            payload = read_at_most(file, size)
+            more = file.read(1) if len(payload) == size else b""  # at the end of a .gz: its CRC is checked
+    if len(payload) < size:
+        raise ValueError(f"{path}: header says {shape} = {size} bytes but {len(payload)} follow; truncated "
+                         "or corrupt, re-download it")
+    if more:
+        raise ValueError(f"{path}: holds more data than its header declares ({shape} = {size} bytes); "
+                         "corrupt, re-download it")
+    return np.frombuffer(payload, np.uint8).reshape(shape)
+
+
+def idx_payload_size(path: Path, shape: tuple[int, ...]) -> int:
+    """The bytes an idx header's sizes declare, computed in Python ints (numpy's product wraps
+    around); a negative size or more than MAX_IDX_BYTES is a damaged file, named."""
+    if any(size < 0 for size in shape):
+        raise ValueError(f"{path}: header declares a negative size {shape}; corrupt, re-download it")
+    size = math.prod(shape)
+    if size > MAX_IDX_BYTES:
+        raise ValueError(f"{path}: header declares {shape} = {size} bytes, more than any idx dataset holds "
+                         f"(at most {MAX_IDX_BYTES}); corrupt, re-download it")
+    return size
+
+
+def read_at_most(file, count: int, chunk: int = 1 << 20) -> bytearray:
+    """Up to `count` bytes (fewer at the end of the file), read a chunk at a time: memory grows with
+    what the file really holds, not with what a header claims."""
+    data = bytearray()
+    while len(data) < count:
+        piece = file.read(min(chunk, count - len(data)))
+        if not piece:
+            break
+        data += piece
+    return data
 
 
 def bilinear(images: np.ndarray, size: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from . import checks, readers
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad: int = 2,
-              max_rows: int = 20, max_columns: int = 16) -> None:
+              max_rows: int = 20, max_columns: int = 16, flag: str = "") -> None:
     """PNG grid: one row per class (ascending id), its samples left to right; white padding.
 
     At most max_rows classes and max_columns samples each are shown (a picture to look at; the
@@ -38,10 +38,11 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     picture = Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
     checks.atomic_write(path, lambda file: picture.save(file, format=Image.registered_extensions()[
-        Path(path).suffix.lower()]))
+        Path(path).suffix.lower()]), flag)
 
 
-def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, cond: torch.Tensor | None = None) -> None:
+def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, cond: torch.Tensor | None = None,
+                 flag: str = "") -> None:
     """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,) class ids (for
     vector conditions: the condition's row), plus `cond` (N, E) float32 when given; atomic."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,7 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, c
               "arr_1": torch.as_tensor(labels).cpu().numpy().astype(np.int64)}
     if cond is not None:
         arrays["cond"] = cond.cpu().numpy().astype(np.float32)
-    checks.save_npz(path, arrays)
+    checks.save_npz(path, arrays, flag)
 
 
 SAMPLES_HINT = "make one with python sample.py (arr_0: uint8 images N x H x W x C, arr_1: N labels)"
