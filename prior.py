@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from plumbing import checks
 from plumbing.conditions import check_cond
-from plumbing.stats import RunningClassStats, cluster_stats, kmeans_plus_plus, lloyd_passes, model_space, nearest
+from plumbing.stats import (RunningClassStats, cluster_stats, em_passes, kmeans_plus_plus, lloyd_passes,
+                            log_responsibilities, mixture_tables, model_space, nearest)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -288,6 +289,92 @@ class KMeansPrior(Prior):
                 torch.tensor(self.weights > 0, device=device))
 
 
+class GMMPrior(Prior):
+    """A diagonal Gaussian mixture per class, fitted by EM: KMeansPrior with soft clusters.
+
+        p0(x | c) = sum_j w_cj N(m_cj, diag v_cj),   j < k,   v_cj >= min_std^2
+        fit     k-means as KMeansPrior (k-means++ seeds, `kmeans_passes` Lloyd passes); its
+                clusters' shares, means and variances start `passes` streamed EM passes
+                (stats.em_passes: soft responsibilities in float64, the variances floored)
+        train   x0 = m_cj + s * noise, j drawn from x1's posterior r_j(x1) under the fitted
+                mixture (assign="posterior"; x0's marginal is still the mixture), or x1's most
+                likely component (assign="argmax": KMeansPrior's hard coupling)
+        sample  j ~ Categorical(w_c); null rows: the dataset-wide N(mu, std)
+    s = scale * sqrt(v_cj) (cov="diag": at scale 1 the fitted mixture itself) or sigma (cov="iso").
+    """
+
+    name = "gmm"
+    fitted = ("weights", "means", "stds")
+
+    def __init__(self, k: int = 8, cov: str = "diag", sigma: float = 1.0, scale: float = 1.0, passes: int = 5,
+                 kmeans_passes: int = 4, init_images: int = 2000, seed: int = 0, min_std: float = 1e-2,
+                 assign: str = "posterior"):
+        if k < 1 or passes < 0 or kmeans_passes < 0 or init_images < 1 or not min_std > 0:
+            raise ValueError(f"gmm needs k >= 1, passes >= 0, kmeans_passes >= 0, init_images >= 1 and min_std > 0, "
+                             f"got {k}, {passes}, {kmeans_passes}, {init_images}, {min_std}")
+        if assign not in ("posterior", "argmax"):
+            raise ValueError(f"unknown assign '{assign}'; choose 'posterior' (drawn from x1's responsibilities) "
+                             f"or 'argmax' (x1's most likely component)")
+        check_spread(cov, sigma, scale)
+        self.k, self.cov, self.sigma, self.scale = int(k), cov, float(sigma), float(scale)
+        self.passes, self.kmeans_passes, self.init_images = int(passes), int(kmeans_passes), int(init_images)
+        self.seed, self.min_std, self.assign = int(seed), float(min_std), assign
+        self.weights: np.ndarray | None = None  # (K, k) float64, rows sum to 1
+        self.means: np.ndarray | None = None  # (K*k + 1, C, H, W) float64; last row: the whole dataset
+        self.stds: np.ndarray | None = None  # (K*k + 1, C, H, W): sqrt(v_cj); last row: the dataset's std
+
+    num_classes, shape = KMeansPrior.num_classes, KMeansPrior.shape
+
+    def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> GMMPrior:
+        k = self.k
+        centroids = kmeans_plus_plus(batches, num_classes, k, self.init_images, self.seed)  # (K, k, D) float64
+        centroids = lloyd_passes(batches, centroids, self.kmeans_passes)
+        counts, means, variances = cluster_stats(batches, centroids)  # the start; last row: the dataset's
+        shares = torch.from_numpy(counts[:-1].reshape(num_classes, k) / 1.0).to(centroids.device)
+        start = [torch.from_numpy(a[:-1]).to(centroids.device).view(num_classes, k, -1) for a in (means, variances)]
+        weights, mixture_means, mixture_variances = em_passes(batches, shares / shares.sum(1, keepdim=True), *start,
+                                                              self.passes, self.min_std ** 2)
+        rows = (-1, *means.shape[1:])
+        self.weights = weights.cpu().numpy()
+        self.means = np.concatenate([mixture_means.cpu().numpy().reshape(rows), means[-1:]])
+        self.stds = np.sqrt(np.concatenate([mixture_variances.cpu().numpy().reshape(rows), variances[-1:]]))
+        self.dataset, self._device_cache = dataset, {}
+        return self
+
+    def components(self, cond: torch.Tensor, generator: torch.Generator | None,
+                   x1: torch.Tensor | None) -> torch.Tensor:
+        """Component row c k + j of each sample: from x1's responsibilities, or drawn by weight."""
+        _, _, log_weights, vectors, offsets = self.on_device(cond.device, self._tables)
+        if x1 is None:
+            scores = log_weights[cond]
+        else:
+            scores = log_responsibilities(x1.flatten(1).double(), cond, vectors, offsets)[0]
+            if self.assign == "argmax":
+                return cond * self.k + scores.argmax(1)
+        # Gumbel-max: argmax_j (log p_j + G_j) is j with probability p_j; on the device, no host sync
+        uniform = torch.rand(scores.shape, generator=generator, device=cond.device, dtype=torch.float64)
+        return cond * self.k + (scores - (-uniform.log()).log()).argmax(1)
+
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+               null: torch.Tensor | None = None, x1: torch.Tensor | None = None) -> torch.Tensor:
+        check_cond(cond, self.num_classes, vectors=False)
+        means, stds = self.on_device(cond.device, self._tables)[:2]
+        rows = self.components(cond, generator, x1)
+        if null is not None:
+            rows = torch.where(null, len(means) - 1, rows)
+        noise = torch.randn((len(cond), *self.shape), generator=generator, device=cond.device)
+        return (means[rows] + stds[rows] * noise.flatten(1)).view(len(cond), *self.shape)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        std = spread(self.stds, self.cov, self.sigma, self.scale, self.min_std)
+        fitted = [torch.tensor(a[:-1].reshape(self.num_classes, self.k, -1), dtype=torch.float64, device=device)
+                  for a in (self.means, self.stds)]  # the mixture's own, whatever cov and scale say
+        weights = torch.tensor(self.weights, dtype=torch.float64, device=device)
+        return (torch.tensor(self.means.reshape(len(self.means), -1), dtype=torch.float32, device=device),
+                torch.tensor(std.reshape(len(std), -1), dtype=torch.float32, device=device),
+                weights.log(), *mixture_tables(weights, fitted[0], fitted[1].square()))
+
+
 class MapperPrior(Prior):
     """x0 ~ N(P(e), sigma^2 I) for condition vectors e: the paper's prior for continuous conditions.
 
@@ -404,7 +491,7 @@ def load_npz(path: str) -> dict:
 
 
 PRIORS: dict[str, type[Prior]] = {"gaussian": GaussianPrior, "class": ClassPrior, "kmeans": KMeansPrior,
-                                  "mapper": MapperPrior}
+                                  "mapper": MapperPrior, "gmm": GMMPrior}
 
 
 def build_prior(name: str, **options) -> Prior:
