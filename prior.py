@@ -16,25 +16,38 @@ The paper (Issachar et al., TMLR 2025) starts each sample near its own condition
     KMeansPrior:    x0 ~ sum_j w_cj N(m_cj, s_cj^2)   k centroids per class from k-means; at training
                     time x0 comes from the component of x1's own cluster (a data-dependent coupling
                     whose x0-marginal is still the mixture), at sampling time j is drawn by w_cj
+    GMMPrior:       the same mixture fitted by EM (soft clusters, each with its own diagonal
+                    variances); at training time j is drawn from x1's posterior responsibilities
 
 so the marginal source is a mixture with components near the data; the paths x0 -> x1 are
 shorter and cross less. A "null" row (classifier-free guidance's unconditional half) draws
 from the dataset-wide component N(mu, Sigma) built from the global mean and std.
 
-The statistics are fitted in streamed passes (stats.py: Chan's merge, per-class k-means).
+The statistics are fitted in streamed passes (stats.py: Chan's merge, per-class k-means, EM).
 
 A prior is one class here and one name in PRIORS; train.py and sample.py need nothing else:
 
     __init__(**options)    keyword options with defaults: `--prior-opt key=value`, checked
-                           against this signature, typed by the defaults, saved with the prior
-    fit(batches, num_classes, dataset)   batches: (uint8 images, cond) pairs; iterating it again
-                           starts a new pass over the data (for priors that need several)
-    sample(cond, generator, null=None, x1=None) -> x0     x1: the training images, for priors
-                           that couple with them; None at sampling time
+                           against this signature, typed by the defaults, stored under the
+                           same names (self.k = int(k)): that is how they are saved
+    fit(batches, num_classes, dataset)   batches: (images, cond) pairs on the training device,
+                           images uint8 (N, C, H, W) pixels (convert with stats.model_space:
+                           float64 in [-1, 1]), cond int64 class ids (N,) or float vectors (N, E)
+                           (num_classes 0); iterating it again is a new pass over the data
+    sample(cond, generator, null=None, x1=None) -> x0     float32 (N, C, H, W) in model space;
+                           x1: the training images, for priors that couple with them; None at
+                           sampling time
     groups(cond, null)     which rows `class_ot` may pair with each other (default: one class)
-    fitted = ("means", ...)   the numpy arrays fit() sets: with the options (read back from the
-                           attributes of the same names) they are the saved state; a prior with
-                           other fitted state extends state_dict / from_state_dict
+    fitted = ("means", ...)   what fit() sets: numpy arrays (a number is saved as a 0-d array
+                           and comes back a Python number); with the options they are the saved
+                           state (state_dict / from_state_dict, which a prior with other state,
+                           a network, extends)
+
+Training uses the prior RELOADED from OUT/prior_stats.npz, and sample.py the checkpoint's copy:
+whatever fit() sets that is not in `fitted` is lost. train.py checks this right after fit
+(config.checked_state: each name in `fitted` is set and numeric, each array, number or tuple
+fit() set comes back on reloading) and caches the statistics under the prior's name, options,
+data and source code (config.prior_code), so an edited fit() refits.
 """
 from __future__ import annotations
 
@@ -55,7 +68,12 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Prior:
-    """What every prior shares: the interface above, its defaults, saving and loading."""
+    """What every prior shares: the interface above, its defaults, saving and loading.
+
+    fit() gets uint8 (N, C, H, W) images on the training device and int64 class ids or float
+    condition vectors (stats.model_space converts the images). Saved: the options (read back
+    from attributes of the same names) and the arrays named in `fitted`. Used for training and
+    sampling: the prior RELOADED from that state, so nothing else fit() sets survives."""
 
     name = ""
     shape: tuple[int, ...] = ()
@@ -100,8 +118,9 @@ class Prior:
                    for key, default in cls.defaults().items()}
         prior = cls(**options)
         prior.dataset = str(state.get("dataset", ""))
-        for key in cls.fitted:
-            setattr(prior, key, np.asarray(state[key]))
+        for key in cls.fitted:  # a number was saved as a 0-d array: a Python number again
+            value = np.asarray(state[key])
+            setattr(prior, key, value.item() if value.ndim == 0 else value)
         return prior
 
     def on_device(self, device: torch.device, make: Callable[[torch.device], tuple]) -> tuple:
