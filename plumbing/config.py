@@ -13,7 +13,9 @@ How a run starts or continues is here too (train.py is the only script that impo
 
     fit_prior    the prior fitted once and cached in OUT/prior_stats.npz under a key of the prior's
                  name, its options, its code and a fingerprint of the data (data_fingerprint), so
-                 statistics are never reused for other data, options or code
+                 statistics are never reused for other data, options or code (prior_code: a hash
+                 of the class's source); checked_state names anything fit() set that the saved
+                 state would lose, before the file is written
     load_resume  RUN_KEYS from the checkpoint (a different value given is refused), RESUMABLE from
                  the command line where given, else from the checkpoint; trim_log cuts the log to
                  the checkpoint's step so it reads as one run
@@ -285,9 +287,10 @@ def prior_code(cls: type) -> str:
 
 def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device: torch.device,
                rank: int, world: int):
-    """Fit the prior (one streaming pass) and cache it in OUT/prior_stats.npz under a key of the
-    prior, its options and the data; a file with another key is refitted (or, when given by
-    --prior-stats, refused)."""
+    """Fit the prior (streamed passes) and cache it in OUT/prior_stats.npz under a key of the
+    prior, its options, its code (prior_code) and the data; a file with another key is refitted
+    (or, when given by --prior-stats, refused). A fresh fit is checked (checked_state) before it
+    is written; training uses the prior reloaded from the file, as sampling will."""
     options = config.prior_options
     code = prior_code(priors.PRIORS[config.prior])
     key = cache_key(config.prior, options, fingerprint, code)
