@@ -337,12 +337,14 @@ class GMMPrior(Prior):
         check_spread(cov, sigma, scale)
         self.k, self.cov, self.sigma, self.scale = int(k), cov, float(sigma), float(scale)
         self.passes, self.kmeans_passes, self.init_images = int(passes), int(kmeans_passes), int(init_images)
+        # min_std: about one uint8 step (2/255) in model space; a smaller spread is quantisation,
+        # and without a floor a component on a few images collapses onto them (infinite density)
         self.seed, self.min_std, self.assign = int(seed), float(min_std), assign
         self.weights: np.ndarray | None = None  # (K, k) float64, rows sum to 1
         self.means: np.ndarray | None = None  # (K*k + 1, C, H, W) float64; last row: the whole dataset
         self.stds: np.ndarray | None = None  # (K*k + 1, C, H, W): sqrt(v_cj); last row: the dataset's std
 
-    num_classes, shape = KMeansPrior.num_classes, KMeansPrior.shape
+    num_classes, shape = KMeansPrior.num_classes, KMeansPrior.shape  # the same tables' layout
 
     def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> GMMPrior:
         k = self.k

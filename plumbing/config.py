@@ -302,11 +302,12 @@ def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device
             stored = priors.load_npz(str(path))
             if str(stored.get("cache_key", "")) != key:
                 edited = str(stored.get("name")) == config.prior and str(stored.get("prior_code", code)) != code
-                why = f"by another version of the {config.prior} prior's code" if edited else "on other data or prior options"
+                why = f"another version of the {config.prior} prior's code" if edited else "other data or options"
                 if config.prior_stats:
-                    raise ValueError(f"--prior-stats {path} holds {stored.get('name')} prior statistics fitted {why} "
+                    raise ValueError(f"--prior-stats {path} holds {stored.get('name')} prior statistics of {why} "
                                      f"(key {stored.get('cache_key', 'none')}, this run needs {key}); {hint}")
-                print(f"{path} was fitted {why}: fitting again")
+                print(f"{path} was fitted by {why}: fitting again" if edited else
+                      f"{path} was fitted on other data or prior options: fitting again")
                 stored = None
         if stored is None:
             fitted = priors.build_prior(config.prior, **options)

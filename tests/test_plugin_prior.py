@@ -268,7 +268,7 @@ def test_editing_the_priors_code_refits_its_statistics(tmp_path, monkeypatch, ca
     assert "was fitted by another version of the pca prior's code: fitting again" in printed
     np.testing.assert_allclose(edited.residual, 0.5 * first.residual)
     assert str(np.load(tmp_path / "prior_stats.npz")["prior_code"]) == prior_code(EditedPCA) != prior_code(PCAPrior)
-    with pytest.raises(ValueError, match="--prior-stats .* fitted by another version of the pca prior's code"):
+    with pytest.raises(ValueError, match="--prior-stats .* holds pca prior statistics of another version of the pca prior's code"):
         fit(PCAPrior, prior_stats=str(tmp_path / "prior_stats.npz"))  # a file given by the user is not replaced
     # a class without source (made at run time) is keyed by its name
     assert prior_code(type("Made", (PCAPrior,), {})) != prior_code(PCAPrior)
