@@ -16,25 +16,38 @@ The paper (Issachar et al., TMLR 2025) starts each sample near its own condition
     KMeansPrior:    x0 ~ sum_j w_cj N(m_cj, s_cj^2)   k centroids per class from k-means; at training
                     time x0 comes from the component of x1's own cluster (a data-dependent coupling
                     whose x0-marginal is still the mixture), at sampling time j is drawn by w_cj
+    GMMPrior:       the same mixture fitted by EM (soft clusters, each with its own diagonal
+                    variances); at training time j is drawn from x1's posterior responsibilities
 
 so the marginal source is a mixture with components near the data; the paths x0 -> x1 are
 shorter and cross less. A "null" row (classifier-free guidance's unconditional half) draws
 from the dataset-wide component N(mu, Sigma) built from the global mean and std.
 
-The statistics are fitted in streamed passes (stats.py: Chan's merge, per-class k-means).
+The statistics are fitted in streamed passes (stats.py: Chan's merge, per-class k-means, EM).
 
 A prior is one class here and one name in PRIORS; train.py and sample.py need nothing else:
 
     __init__(**options)    keyword options with defaults: `--prior-opt key=value`, checked
-                           against this signature, typed by the defaults, saved with the prior
-    fit(batches, num_classes, dataset)   batches: (uint8 images, cond) pairs; iterating it again
-                           starts a new pass over the data (for priors that need several)
-    sample(cond, generator, null=None, x1=None) -> x0     x1: the training images, for priors
-                           that couple with them; None at sampling time
+                           against this signature, typed by the defaults, stored under the
+                           same names (self.k = int(k)): that is how they are saved
+    fit(batches, num_classes, dataset)   batches: (images, cond) pairs on the training device,
+                           images uint8 (N, C, H, W) pixels (convert with stats.model_space:
+                           float64 in [-1, 1]), cond int64 class ids (N,) or float vectors (N, E)
+                           (num_classes 0); iterating it again is a new pass over the data
+    sample(cond, generator, null=None, x1=None) -> x0     float32 (N, C, H, W) in model space;
+                           x1: the training images, for priors that couple with them; None at
+                           sampling time
     groups(cond, null)     which rows `class_ot` may pair with each other (default: one class)
-    fitted = ("means", ...)   the numpy arrays fit() sets: with the options (read back from the
-                           attributes of the same names) they are the saved state; a prior with
-                           other fitted state extends state_dict / from_state_dict
+    fitted = ("means", ...)   what fit() sets: numpy arrays (a number is saved as a 0-d array
+                           and comes back a Python number); with the options they are the saved
+                           state (state_dict / from_state_dict, which a prior with other state,
+                           a network, extends)
+
+Training uses the prior RELOADED from OUT/prior_stats.npz, and sample.py the checkpoint's copy:
+whatever fit() sets that is not in `fitted` is lost. train.py checks this right after fit
+(config.checked_state: each name in `fitted` is set and numeric, each array, number or tuple
+fit() set comes back on reloading) and caches the statistics under the prior's name, options,
+data and source code (config.prior_code), so an edited fit() refits.
 """
 from __future__ import annotations
 
@@ -48,13 +61,19 @@ from tqdm import tqdm
 
 from plumbing import checks
 from plumbing.conditions import check_cond
-from plumbing.stats import RunningClassStats, cluster_stats, kmeans_plus_plus, lloyd_passes, model_space, nearest
+from plumbing.stats import (RunningClassStats, cluster_stats, em_passes, kmeans_plus_plus, lloyd_passes,
+                            log_responsibilities, mixture_tables, model_space, nearest)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Prior:
-    """What every prior shares: the interface above, its defaults, saving and loading."""
+    """What every prior shares: the interface above, its defaults, saving and loading.
+
+    fit() gets uint8 (N, C, H, W) images on the training device and int64 class ids or float
+    condition vectors (stats.model_space converts the images). Saved: the options (read back
+    from attributes of the same names) and the arrays named in `fitted`. Used for training and
+    sampling: the prior RELOADED from that state, so nothing else fit() sets survives."""
 
     name = ""
     shape: tuple[int, ...] = ()
@@ -99,8 +118,9 @@ class Prior:
                    for key, default in cls.defaults().items()}
         prior = cls(**options)
         prior.dataset = str(state.get("dataset", ""))
-        for key in cls.fitted:
-            setattr(prior, key, np.asarray(state[key]))
+        for key in cls.fitted:  # a number was saved as a 0-d array: a Python number again
+            value = np.asarray(state[key])
+            setattr(prior, key, value.item() if value.ndim == 0 else value)
         return prior
 
     def on_device(self, device: torch.device, make: Callable[[torch.device], tuple]) -> tuple:
@@ -288,6 +308,94 @@ class KMeansPrior(Prior):
                 torch.tensor(self.weights > 0, device=device))
 
 
+class GMMPrior(Prior):
+    """A diagonal Gaussian mixture per class, fitted by EM: KMeansPrior with soft clusters.
+
+        p0(x | c) = sum_j w_cj N(m_cj, diag v_cj),   j < k,   v_cj >= min_std^2
+        fit     k-means as KMeansPrior (k-means++ seeds, `kmeans_passes` Lloyd passes); its
+                clusters' shares, means and variances start `passes` streamed EM passes
+                (stats.em_passes: soft responsibilities in float64, the variances floored)
+        train   x0 = m_cj + s * noise, j drawn from x1's posterior r_j(x1) under the fitted
+                mixture (assign="posterior"; x0's marginal is still the mixture), or x1's most
+                likely component (assign="argmax": KMeansPrior's hard coupling)
+        sample  j ~ Categorical(w_c); null rows: the dataset-wide N(mu, std)
+    s = scale * sqrt(v_cj) (cov="diag": at scale 1 the fitted mixture itself) or sigma (cov="iso").
+    """
+
+    name = "gmm"
+    fitted = ("weights", "means", "stds")
+
+    def __init__(self, k: int = 8, cov: str = "diag", sigma: float = 1.0, scale: float = 1.0, passes: int = 5,
+                 kmeans_passes: int = 4, init_images: int = 2000, seed: int = 0, min_std: float = 1e-2,
+                 assign: str = "posterior"):
+        if k < 1 or passes < 0 or kmeans_passes < 0 or init_images < 1 or not min_std > 0:
+            raise ValueError(f"gmm needs k >= 1, passes >= 0, kmeans_passes >= 0, init_images >= 1 and min_std > 0, "
+                             f"got {k}, {passes}, {kmeans_passes}, {init_images}, {min_std}")
+        if assign not in ("posterior", "argmax"):
+            raise ValueError(f"unknown assign '{assign}'; choose 'posterior' (drawn from x1's responsibilities) "
+                             f"or 'argmax' (x1's most likely component)")
+        check_spread(cov, sigma, scale)
+        self.k, self.cov, self.sigma, self.scale = int(k), cov, float(sigma), float(scale)
+        self.passes, self.kmeans_passes, self.init_images = int(passes), int(kmeans_passes), int(init_images)
+        # min_std: about one uint8 step (2/255) in model space; a smaller spread is quantisation,
+        # and without a floor a component on a few images collapses onto them (infinite density)
+        self.seed, self.min_std, self.assign = int(seed), float(min_std), assign
+        self.weights: np.ndarray | None = None  # (K, k) float64, rows sum to 1
+        self.means: np.ndarray | None = None  # (K*k + 1, C, H, W) float64; last row: the whole dataset
+        self.stds: np.ndarray | None = None  # (K*k + 1, C, H, W): sqrt(v_cj); last row: the dataset's std
+
+    num_classes, shape = KMeansPrior.num_classes, KMeansPrior.shape  # the same tables' layout
+
+    def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> GMMPrior:
+        k = self.k
+        centroids = kmeans_plus_plus(batches, num_classes, k, self.init_images, self.seed)  # (K, k, D) float64
+        centroids = lloyd_passes(batches, centroids, self.kmeans_passes)
+        counts, means, variances = cluster_stats(batches, centroids)  # the start; last row: the dataset's
+        shares = torch.from_numpy(counts[:-1].reshape(num_classes, k) / 1.0).to(centroids.device)
+        start = [torch.from_numpy(a[:-1]).to(centroids.device).view(num_classes, k, -1) for a in (means, variances)]
+        weights, mixture_means, mixture_variances = em_passes(batches, shares / shares.sum(1, keepdim=True), *start,
+                                                              self.passes, self.min_std ** 2)
+        rows = (-1, *means.shape[1:])
+        self.weights = weights.cpu().numpy()
+        self.means = np.concatenate([mixture_means.cpu().numpy().reshape(rows), means[-1:]])
+        self.stds = np.sqrt(np.concatenate([mixture_variances.cpu().numpy().reshape(rows), variances[-1:]]))
+        self.dataset, self._device_cache = dataset, {}
+        return self
+
+    def components(self, cond: torch.Tensor, generator: torch.Generator | None,
+                   x1: torch.Tensor | None) -> torch.Tensor:
+        """Component row c k + j of each sample: from x1's responsibilities, or drawn by weight."""
+        _, _, log_weights, vectors, offsets = self.on_device(cond.device, self._tables)
+        if x1 is None:
+            scores = log_weights[cond]
+        else:
+            scores = log_responsibilities(x1.flatten(1).double(), cond, vectors, offsets)[0]
+            if self.assign == "argmax":
+                return cond * self.k + scores.argmax(1)
+        # Gumbel-max: argmax_j (log p_j + G_j) is j with probability p_j; on the device, no host sync
+        uniform = torch.rand(scores.shape, generator=generator, device=cond.device, dtype=torch.float64)
+        return cond * self.k + (scores - (-uniform.log()).log()).argmax(1)
+
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+               null: torch.Tensor | None = None, x1: torch.Tensor | None = None) -> torch.Tensor:
+        check_cond(cond, self.num_classes, vectors=False)
+        means, stds = self.on_device(cond.device, self._tables)[:2]
+        rows = self.components(cond, generator, x1)
+        if null is not None:
+            rows = torch.where(null, len(means) - 1, rows)
+        noise = torch.randn((len(cond), *self.shape), generator=generator, device=cond.device)
+        return (means[rows] + stds[rows] * noise.flatten(1)).view(len(cond), *self.shape)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        std = spread(self.stds, self.cov, self.sigma, self.scale, self.min_std)
+        fitted = [torch.tensor(a[:-1].reshape(self.num_classes, self.k, -1), dtype=torch.float64, device=device)
+                  for a in (self.means, self.stds)]  # the mixture's own, whatever cov and scale say
+        weights = torch.tensor(self.weights, dtype=torch.float64, device=device)
+        return (torch.tensor(self.means.reshape(len(self.means), -1), dtype=torch.float32, device=device),
+                torch.tensor(std.reshape(len(std), -1), dtype=torch.float32, device=device),
+                weights.log(), *mixture_tables(weights, fitted[0], fitted[1].square()))
+
+
 class MapperPrior(Prior):
     """x0 ~ N(P(e), sigma^2 I) for condition vectors e: the paper's prior for continuous conditions.
 
@@ -404,7 +512,7 @@ def load_npz(path: str) -> dict:
 
 
 PRIORS: dict[str, type[Prior]] = {"gaussian": GaussianPrior, "class": ClassPrior, "kmeans": KMeansPrior,
-                                  "mapper": MapperPrior}
+                                  "mapper": MapperPrior, "gmm": GMMPrior}
 
 
 def build_prior(name: str, **options) -> Prior:

@@ -7,7 +7,14 @@ Per-class (or per-component) count, mean and variance in float64, merging per-ba
 
 so memory is O(K D), not O(N D), and the result does not depend on batch size or order; and
 per-class k-means (KMeansPrior): k-means++ seeds, then streamed Lloyd passes, each image
-assigned to the nearest centroid of its own class.
+assigned to the nearest centroid of its own class; and per-class diagonal Gaussian mixtures
+(GMMPrior): streamed EM passes from the k-means clusters, with soft responsibilities
+
+    r_ij = w_cj N(x_i | m_cj, v_cj) / sum_l w_cl N(x_i | m_cl, v_cl)     (c = x_i's class)
+    w_cj = R_cj / sum_l R_cl,  m_cj = sum_i r_ij x_i / R_cj,  v_cj = sum_i r_ij (x_i - m_cj)^2 / R_cj,
+    R_cj = sum_i r_ij,
+
+each pass summing r, r x and r x^2 per component in float64 (memory K k D, never the data).
 """
 from __future__ import annotations
 
@@ -83,30 +90,35 @@ def model_space(images: torch.Tensor) -> torch.Tensor:
     return to_model(images, torch.float64) if images.dtype == torch.uint8 else images.double()
 
 
+def class_dots(rows: torch.Tensor, cond: torch.Tensor, vectors: torch.Tensor, chunk: int = 256,
+               dense_limit: int = 1024) -> torch.Tensor:
+    """(N, k): rows_i . vectors[cond_i, j] for each of row i's own class's k vectors, in chunks
+    to bound memory.
+
+    With at most dense_limit vectors in all, the dot products with every vector are one matrix
+    product and row i keeps its class's k columns: K times the arithmetic of the per-row gather
+    below, but no (chunk, k, D) copy of the vectors, which is what costs."""
+    num_classes, k, size = vectors.shape
+    dense = num_classes * k <= dense_limit
+    flat = vectors.reshape(num_classes * k, size)
+    out = [torch.zeros(0, k, dtype=rows.dtype, device=rows.device)]
+    for start in range(0, len(rows), chunk):
+        ids, part = cond[start:start + chunk], rows[start:start + chunk]
+        if dense:
+            dots = (part @ flat.T).view(len(part), num_classes, k)
+            out.append(dots.gather(1, ids.view(-1, 1, 1).expand(-1, 1, k)).squeeze(1))
+        else:
+            out.append(torch.einsum("bkd,bd->bk", vectors[ids], part))
+    return torch.cat(out)
+
+
 def nearest(x: torch.Tensor, cond: torch.Tensor, centroids: torch.Tensor, valid: torch.Tensor,
             chunk: int = 256, dense_limit: int = 1024) -> torch.Tensor:
     """argmin_j ||x_i - centroids[cond_i, j]||^2 over the valid centroids of row i's own class,
-    as ||c||^2 - 2 c.x (the ||x||^2 term is the same for every j), in chunks to bound memory.
-
-    With at most dense_limit centroids in all, the dot products with every centroid are one
-    matrix product and row i keeps its class's k columns: K times the arithmetic of the
-    per-row gather below, but no (chunk, k, D) copy of the centroids, which is what costs."""
+    as ||c||^2 - 2 c.x (the ||x||^2 term is the same for every j)."""
     centroids = centroids.to(x.dtype)
-    num_classes, k, size = centroids.shape
-    squared = centroids.square().sum(-1)  # (K, k)
-    dense = num_classes * k <= dense_limit
-    flat = centroids.reshape(num_classes * k, size)
-    out = []
-    for start in range(0, len(x), chunk):
-        ids, rows = cond[start:start + chunk], x[start:start + chunk]
-        if dense:
-            dots = (rows @ flat.T).view(len(rows), num_classes, k)
-            dots = dots.gather(1, ids.view(-1, 1, 1).expand(-1, 1, k)).squeeze(1)
-        else:
-            dots = torch.einsum("bkd,bd->bk", centroids[ids], rows)
-        distance = squared[ids] - 2 * dots
-        out.append(distance.masked_fill(~valid[ids], math.inf).argmin(1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
+    distance = centroids.square().sum(-1)[cond] - 2 * class_dots(x, cond, centroids, chunk, dense_limit)
+    return distance.masked_fill(~valid[cond], math.inf).argmin(1)
 
 
 def kmeans_plus_plus(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, k: int,
@@ -173,3 +185,67 @@ def lloyd_passes(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], centroids
         moved = counts > 0
         centroids[moved] = sums[moved] / counts[moved][:, None]
     return centroids
+
+
+def mixture_tables(weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log w_cj + log N(x | m_cj, diag v_cj) = [x^2, x] . vectors_cj + offsets_cj, for (K, k)
+    weights and (K, k, D) means and variances: the quadratic expanded so that every row's k
+    log-densities are one matrix product (class_dots), in float64, where the D-term sums of
+    the images' log-densities (about D / v, 1e7 for D = 3072) still cancel to well below 1.
+    A component of weight 0 has offset -inf: it never takes a responsibility."""
+    means, variances = means.double(), variances.double()
+    precision = 1 / variances
+    vectors = torch.cat([-0.5 * precision, means * precision], -1)
+    offsets = weights.double().log() - 0.5 * ((means.square() * precision).sum(-1) + variances.log().sum(-1)
+                                              + means.shape[-1] * math.log(2 * math.pi))
+    return vectors, offsets
+
+
+def log_responsibilities(x: torch.Tensor, cond: torch.Tensor, vectors: torch.Tensor, offsets: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log r_ij (N, k), log p(x_i | c_i) (N,)) for (N, D) float64 rows under their class's
+    mixture, normalised by log-sum-exp (the log-densities themselves are far outside exp's range)."""
+    joint = class_dots(torch.cat([x.square(), x], 1), cond, vectors) + offsets[cond]
+    log_likelihood = torch.logsumexp(joint, 1)
+    return joint - log_likelihood[:, None], log_likelihood
+
+
+def em_passes(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor, means: torch.Tensor,
+              variances: torch.Tensor, passes: int, min_var: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`passes` streamed EM iterations on per-class diagonal mixtures: (K, k) weights, (K, k, D)
+    means and variances (float64, on the data's device), each variance floored at min_var (a
+    component on a few images, or a pixel constant in it, would otherwise collapse to a point
+    of infinite density). A component that gets no responsibility keeps its mean and variance
+    and has weight 0."""
+    num_classes, k, size = means.shape
+    means, variances = means.double().clone(), variances.double().clamp(min=min_var)
+    weights = weights.double().clone()
+    bar = tqdm(range(passes), desc=f"EM (k={k}) passes", leave=False)
+    for _ in bar:
+        vectors, offsets = mixture_tables(weights, means, variances)
+        flat = means.view(num_classes * k, size)
+        mass = torch.zeros(num_classes * k, dtype=torch.float64, device=means.device)
+        first, second = torch.zeros_like(flat), torch.zeros_like(flat)
+        total, seen = torch.zeros((), dtype=torch.float64, device=means.device), 0
+        for images, labels in batches:
+            x, labels = model_space(images).flatten(1), labels.to(images.device)
+            log_r, log_likelihood = log_responsibilities(x, labels, vectors, offsets)
+            r = log_r.exp()
+            for j in range(k):  # sums around the component's current mean: x^2 sums would cancel
+                rows = labels * k + j
+                shifted = x - flat[rows]
+                mass.index_add_(0, rows, r[:, j])
+                first.index_add_(0, rows, r[:, j, None] * shifted)
+                second.index_add_(0, rows, r[:, j, None] * shifted.square_())
+            total += log_likelihood.sum()
+            seen += len(x)
+        kept = (mass > 0)[:, None]
+        step = first / mass.clamp(min=1e-300)[:, None]
+        variance = (second / mass.clamp(min=1e-300)[:, None] - step.square()).clamp(min=min_var)
+        means = torch.where(kept, flat + step, flat).view_as(means)
+        variances = torch.where(kept, variance, variances.view_as(flat)).view_as(means)
+        weights = mass.view(num_classes, k) / mass.view(num_classes, k).sum(1, keepdim=True)
+        bar.set_postfix(loglik_per_image=f"{float(total) / max(seen, 1):.1f}")
+    return weights, means, variances

@@ -126,7 +126,7 @@ def test_gaussian_prior_is_standard_normal_whatever_the_label():
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="unknown prior 'foo'; choose one of: gaussian, class, kmeans, mapper"):
+    with pytest.raises(ValueError, match=f"unknown prior 'foo'; choose one of: {', '.join(PRIORS)}$"):
         build_prior("foo")
     with pytest.raises(ValueError, match="unknown covariance"):
         ClassPrior(cov="full")
