@@ -32,6 +32,12 @@ A prior is one class here and one name in PRIORS; train.py and sample.py need no
     sample(cond, generator, null=None, x1=None) -> x0     x1: the training images, for priors
                            that couple with them; None at sampling time
     groups(cond, null)     which rows `class_ot` may pair with each other (default: one class)
+    conditions = ("classes",)  which condition kinds it serves: "classes" (int64 ids), "vectors" (float (N, E));
+                           train.py refuses a dataset of another kind before loading anything. The base
+                           class says both, so a fork's prior without the attribute is never refused up
+                           front (its own sample()/fit() checks still apply)
+    check_counts(counts)   images per class, before fit(): refuse options the data cannot serve
+                           (kmeans: k above the smallest class) before any big allocation
     fitted = ("means", ...)   the numpy arrays fit() sets: with the options (read back from the
                            attributes of the same names) they are the saved state; a prior with
                            other fitted state extends state_dict / from_state_dict
@@ -61,6 +67,10 @@ class Prior:
     num_classes = 0  # 0 for vector conditions
     dataset = ""
     fitted: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ("classes", "vectors")  # what it serves; see the module's docstring
+
+    def check_counts(self, counts: np.ndarray) -> None:
+        """counts[c]: training images of class c; raise ValueError if the options ask for more."""
 
     def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> Prior:
         raise NotImplementedError
@@ -164,6 +174,7 @@ class ClassPrior(Prior):
 
     name = "class"
     fitted = ("counts", "means", "stds")
+    conditions = ("classes",)
 
     def __init__(self, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0,
                  min_count: int = 2, min_std: float = 1e-3):
@@ -225,6 +236,13 @@ class KMeansPrior(Prior):
 
     name = "kmeans"
     fitted = ("weights", "means", "stds")
+    conditions = ("classes",)
+
+    def check_counts(self, counts: np.ndarray) -> None:
+        if len(counts) and self.k > counts.min():
+            c = int(np.argmin(counts))
+            raise ValueError(f"--prior-opt k={self.k}: class {c} has only {int(counts[c])} images; k must be at most "
+                             f"{int(counts[c])}")
 
     def __init__(self, k: int = 8, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0, passes: int = 4,
                  init_images: int = 2000, seed: int = 0, min_std: float = 1e-3):
@@ -300,6 +318,7 @@ class MapperPrior(Prior):
     """
 
     name = "mapper"
+    conditions = ("vectors",)
     fitted = ("global_mean", "global_std", "pixel_std")
 
     def __init__(self, sigma: float = 1.0, hidden: int = 256, epochs: int = 3, lr: float = 1e-3,

@@ -153,6 +153,18 @@ def build_parser() -> checks.Parser:
     return parser
 
 
+def flag_names() -> dict[str, str]:
+    """Config field -> the flag a user types (resize_to -> --image-size, prior_options -> --prior-opt),
+    read from build_parser's actions so that messages cannot name a flag that does not exist."""
+    names = {action.dest: action.option_strings[-1] for action in build_parser()._actions if action.option_strings}
+    names["prior_options"] = names.pop("prior_opt")  # parse_args turns --prior-opt pairs into prior_options
+    return names
+
+
+def flag_of(field_name: str) -> str:
+    return flag_names().get(field_name, "--" + field_name.replace("_", "-"))
+
+
 def parse_args(argv: list[str] | None) -> Config:
     """Config from a command line: Config's defaults, then the dataset's RECIPES, then the flags."""
     given = vars(build_parser().parse_args(argv))
@@ -184,18 +196,46 @@ def check_config(config: Config) -> None:
     for name, minimum in (("batch_size", 1), ("grad_accum", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1),
                           ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
                           ("resize_to", 8), ("seed", 0)):
-        checks.check_at_least(getattr(config, name), minimum, "--" + name.replace("_", "-"))
+        checks.check_at_least(getattr(config, name), minimum, flag_of(name))
     priors.build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
+    check_prior_serves(config)
     for name in ("lr", "grad_clip"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+            raise ValueError(f"{flag_of(name)} must be a positive number, got {value}")
     for name, low, high in (("label_dropout", 0, 1), ("ema", 0, 1), ("sigma_min", 0, 1)):
         value = getattr(config, name)
         if not low <= value < high:  # also false for NaN
-            raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}), got {value}")
+            raise ValueError(f"{flag_of(name)} must be in [{low}, {high}), got {value}")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise ValueError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
+
+
+def check_prior_serves(config: Config) -> None:
+    """The prior must serve the dataset's kind of condition (prior.Prior.conditions), checked before
+    any data is read: kmeans on condition vectors would otherwise fail deep inside its fit."""
+    kind = data.DATASETS[config.dataset].condition_kind(config.cond)
+    prior_class = priors.PRIORS[config.prior]
+    served = tuple(getattr(prior_class, "conditions", priors.Prior.conditions))
+    if kind not in served:
+        given = f"--dataset {config.dataset}" + (f" --cond {config.cond}" if config.cond else "")
+        what = {"classes": "class ids", "vectors": "condition vectors"}
+        takers = [name for name, kind_class in priors.PRIORS.items()
+                  if kind in getattr(kind_class, "conditions", priors.Prior.conditions)]
+        raise ValueError(f"--prior {config.prior} needs {' or '.join(what.get(k, k) for k in served)}, but "
+                         f"{given} gives {what[kind]}: use --prior {' or '.join(takers)}")
+
+
+def check_resume_steps(config: Config, checkpoint: dict | None) -> None:
+    """A resume must have steps left to train: --steps beyond the checkpoint's step."""
+    if checkpoint is None:
+        return
+    step = int(checkpoint["step"])
+    if config.steps <= step:
+        said = f"--steps {config.steps} is" if "steps" in config.given else \
+            f"the run's --steps {config.steps} (kept from the checkpoint) is"
+        raise ValueError(f"--resume: {said} not beyond the checkpoint's step {step}, so nothing would be trained: "
+                         f"give --steps > {step}")
 
 
 def dataset_options(config: Config) -> dict:
@@ -289,6 +329,8 @@ def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device
                 stored = None
         if stored is None:
             fitted = priors.build_prior(config.prior, **options)
+            if dataset.cond_dim == 0 and hasattr(fitted, "check_counts"):  # options the data cannot serve
+                fitted.check_counts(np.bincount(dataset.labels[:num_images], minlength=dataset.num_classes))
             print(f"fitting the {config.prior} prior on {num_images} images ({options or 'default options'})")
             fitted.fit(data.Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
             checks.save_npz(path, {**fitted.state_dict(), "num_images": num_images, "cache_key": key})
@@ -314,10 +356,10 @@ def load_resume(config: Config) -> tuple[Config, dict | None]:
     saved = checkpoint["config"]
     changed = [key for key in RUN_KEYS if key in config.given and getattr(config, key) != saved.get(key)]
     if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)} (checkpoint: {saved.get(k)})"
-                          for k in changed)
+        names = flag_names()
+        flags = ", ".join(f"{names[k]} {getattr(config, k)} (checkpoint: {saved.get(k)})" for k in changed)
         raise ValueError(f"--resume {path}: {flags}: a resumed run keeps its data, prior, network and batches; "
-                         f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change. "
+                         f"only {', '.join(names[k] for k in RESUMABLE)} may change. "
                          f"Start a new run with another --out instead")
     # a key a checkpoint lacks (saved before the option existed) keeps Config's default: what it did then
     kept = {key: saved[key] for key in RUN_KEYS + RESUMABLE if key in saved and key not in config.given}

@@ -75,6 +75,12 @@ class Dataset:
     cond_dim = 0  # 0: get() gives class ids; E > 0: (n, E) float32 condition vectors
     class_names: list[str] | None = None
 
+    @classmethod
+    def condition_kind(cls, cond: str | None = None) -> str:
+        """What get() gives as the condition, known before loading: "classes" or "vectors" (cond: the
+        --cond option of datasets that take one). train.py checks the prior serves it before any work."""
+        return "vectors" if cls.cond_dim else "classes"
+
     def _set_arrays(self, parts: list[np.ndarray], labels: np.ndarray, source: object = None) -> None:
         """source: what the labels came from (a file), for the error when they are wrong."""
         if sum(len(part) for part in parts) == 0:  # every reader checks its own files; this is the backstop
@@ -163,6 +169,10 @@ class Shapes(Dataset):
         self.seed, self.image_size, self.cond = seed, image_size, cond
         self.cond_dim = shapes.ATTRIBUTE_DIM if cond == "attributes" else 0
         self.labels = np.arange(length, dtype=np.int64) % self.num_classes  # balanced classes
+
+    @classmethod
+    def condition_kind(cls, cond: str | None = None) -> str:
+        return "vectors" if cond == "attributes" else "classes"
 
     def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and class ids, or (cond="attributes") images and their attribute vectors."""
@@ -322,6 +332,10 @@ class Embeddings(Dataset):
     the layout sample.py writes) and data_dir/{split}_cond.npy (N, E) float; split = train or test."""
 
     name = "embeddings"
+
+    @classmethod
+    def condition_kind(cls, cond: str | None = None) -> str:
+        return "vectors"  # their width E is known once the files are read
 
     def __init__(self, data_dir: str | None = None, split: str = "train"):
         folder = _data_folder(self.name, data_dir)
