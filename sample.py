@@ -40,7 +40,8 @@ from tqdm import tqdm
 import unet
 from prior import prior_from_state
 from plumbing import checks, data, readers, samplefiles
-from plumbing.conditions import as_condition, parse_classes, per_condition, read_vectors
+from plumbing.conditions import (as_condition, check_guidance, first_conditions, parse_classes, per_condition,
+                                 read_vectors)
 
 # what the solver integrates: dx/dt = field(x, t), one batch's conditions already bound (guided_field)
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -217,8 +218,7 @@ def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tenso
         checks.check_at_least(args.conditions, 1, "--conditions")
         held_out = data.load_dataset(config["dataset"], config.get("data_dir"), "test",
                                      **config.get("dataset_options", {}))
-        _, vectors = held_out.get(np.arange(min(args.conditions, len(held_out))))
-        vectors = as_condition(vectors, 0, config["cond_dim"])
+        vectors = as_condition(first_conditions(held_out, args.conditions), 0, config["cond_dim"])
     return vectors, list(range(len(vectors)))
 
 
@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = (f"samples_{args.solver}_nfe{args.nfe}" + (f"_cfg{args.cfg:g}" if args.cfg != 1.0 else "")
             + f"_n{args.n}" + (f"_seed{args.seed}" if args.seed else ""))  # other runs keep their files
     model, prior, config = load_checkpoint(args.ckpt, device)
+    check_guidance(args.cfg, config, args.ckpt)
     conditions, ids = load_conditions(args, config)
     # both outputs are checked before the sampling starts, not after it
     out_png = checks.check_out_file(args.out_png or Path(args.ckpt).parent / f"{stem}.png", "--out-png",

@@ -85,6 +85,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     rows = []
     for index, ckpt in enumerate(args.ckpt):
         model, prior, config = sample.load_checkpoint(ckpt, args.device)
+        conditions.check_guidance(args.cfg, config, ckpt)
         eval_fid.check_shape((config["channels"], config["image_size"], config["image_size"]), ref)
         label = labels_given[index] if labels_given else f"{config['prior']}+{config['coupling']}"
         cost = run_transport_cost(prior, config, args.seed)
