@@ -225,16 +225,16 @@ def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tenso
 def main(argv: list[str] | None = None) -> None:
     parser = checks.Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
-    parser.add_argument("--nfe", type=int, default=8, help="network evaluations per image (cfg: both halves)")
+    parser.add_argument("--nfe", type=checks.positive_int, default=8, help="network evaluations per image (cfg: both halves)")
     parser.add_argument("--solver", default="euler", choices=list(SOLVERS))
-    parser.add_argument("--n", type=int, default=8, help="images per class (or per condition vector)")
+    parser.add_argument("--n", type=checks.positive_int, default=8, help="images per class (or per condition vector)")
     parser.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
     parser.add_argument("--cond-file", default=None, help="vector checkpoints: an .npy of (M, E) conditions")
-    parser.add_argument("--conditions", type=int, default=10,
+    parser.add_argument("--conditions", type=checks.positive_int, default=10,
                         help="vector checkpoints without --cond-file: the first M of the held-out split")
-    parser.add_argument("--seed", type=int, default=0, help="image j of condition c uses image_seed(seed, c, j)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--cfg", type=float, default=1.0, help="guidance weight w; 1 = no guidance")
+    parser.add_argument("--seed", type=checks.seed_int, default=0, help="image j of condition c uses image_seed(seed, c, j)")
+    parser.add_argument("--batch-size", type=checks.positive_int, default=256)
+    parser.add_argument("--cfg", type=checks.finite_float, default=1.0, help="guidance weight w; 1 = no guidance")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out-png", default=None, help="default: next to the checkpoint")
     parser.add_argument("--out-npz", default=None, help="default: next to the checkpoint")

@@ -197,8 +197,16 @@ def check_config(config: Config) -> None:
                           ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
                           ("resize_to", 8), ("seed", 0)):
         checks.check_at_least(getattr(config, name), minimum, flag_of(name))
-    priors.build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
+    try:  # a bad value fails now, not after loading the data
+        priors.build_prior(config.prior, **config.prior_options)
+    except ValueError as err:
+        if "--prior" in str(err):
+            raise
+        given = " ".join(f"--prior-opt {key}={value}" for key, value in config.prior_options.items())
+        raise ValueError(f"--prior {config.prior} {given or '(default options)'}: {err}") from None
     check_prior_serves(config)
+    if config.seed > checks.MAX_SEED:  # image seeds (conditions.image_seed) must fit torch's 64 bits
+        raise ValueError(f"--seed must be at most {checks.MAX_SEED}, got {config.seed}")
     for name in ("lr", "grad_clip"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value > 0):
