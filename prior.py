@@ -176,6 +176,12 @@ class ClassPrior(Prior):
     fitted = ("counts", "means", "stds")
     conditions = ("classes",)
 
+    def check_counts(self, counts: np.ndarray) -> None:
+        if len(counts) and counts.min() < self.min_count:
+            c = int(np.argmin(counts))
+            raise ValueError(f"class {c} has {int(counts[c])} image(s) but the class prior needs at least {self.min_count} "
+                             f"per class (--prior-opt min_count); use more data (--max-images) or --prior gaussian")
+
     def __init__(self, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0,
                  min_count: int = 2, min_std: float = 1e-3):
         check_spread(cov, sigma, scale)

@@ -222,6 +222,7 @@ def check_config(config: Config) -> None:
 def check_prior_serves(config: Config) -> None:
     """The prior must serve the dataset's kind of condition (prior.Prior.conditions), checked before
     any data is read: kmeans on condition vectors would otherwise fail deep inside its fit."""
+    dataset_options(config)  # --cond or --image-size for a dataset without them: that error first
     kind = data.DATASETS[config.dataset].condition_kind(config.cond)
     prior_class = priors.PRIORS[config.prior]
     served = tuple(getattr(prior_class, "conditions", priors.Prior.conditions))

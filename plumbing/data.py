@@ -172,6 +172,9 @@ class Shapes(Dataset):
 
     @classmethod
     def condition_kind(cls, cond: str | None = None) -> str:
+        if cond not in (None, "class", "attributes"):
+            raise ValueError(f"shapes: unknown --cond '{cond}'; choose class (the shape's id) or attributes "
+                             f"(colour, size, position, rotation as a {shapes.ATTRIBUTE_DIM}-d vector)")
         return "vectors" if cond == "attributes" else "classes"
 
     def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -178,6 +178,19 @@ def test_a_prior_that_cannot_serve_the_condition_is_refused_before_loading(argv,
         train.train(train.parse_args([*QUICK, *argv]))
 
 
+def test_a_wrong_cond_is_named_before_the_prior_check():
+    with pytest.raises(ValueError, match="shapes: unknown --cond 'colour'"):
+        run_config.check_config(train.parse_args(["--prior", "mapper", "--cond", "colour"]))
+    with pytest.raises(ValueError, match="--cond applies to shapes only, not mnist"):
+        run_config.check_config(train.parse_args(["--prior", "mapper", "--dataset", "mnist", "--cond", "attributes"]))
+
+
+def test_class_prior_min_count_is_checked_before_the_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(priors.ClassPrior, "fit", lambda *a, **k: pytest.fail("the fit started"))
+    with pytest.raises(ValueError, match=r"class 0 has 2 image\(s\) but the class prior needs at least 3.*min_count"):
+        train.train(train.parse_args([*QUICK, "--prior-opt", "min_count=3", "--out", str(tmp_path)]))
+
+
 def test_condition_kinds_of_the_priors_and_a_forks_default():
     assert priors.GaussianPrior.conditions == ("classes", "vectors") == priors.Prior.conditions
     assert priors.ClassPrior.conditions == priors.KMeansPrior.conditions == ("classes",)
