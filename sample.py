@@ -225,7 +225,7 @@ def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tenso
 def main(argv: list[str] | None = None) -> None:
     parser = checks.Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
-    parser.add_argument("--nfe", type=checks.positive_int, default=8, help="network evaluations per image (cfg: both halves)")
+    parser.add_argument("--nfe", type=int, default=8, help="network evaluations per image (cfg: both halves)")
     parser.add_argument("--solver", default="euler", choices=list(SOLVERS))
     parser.add_argument("--n", type=checks.positive_int, default=8, help="images per class (or per condition vector)")
     parser.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")

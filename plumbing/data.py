@@ -161,8 +161,10 @@ class Shapes(Dataset):
                  seed: int = 0, image_size: int = 32, cond: str = "class"):
         self.stream = 0 if _split(self.name, split) == "train" else 1  # test draws other images
         length = (50_000 if self.stream == 0 else 10_000) if length is None else length
-        if length < 1 or seed < 0 or image_size < 8:
-            raise ValueError("shapes: need length >= 1, seed >= 0 and image_size >= 8")
+        if image_size < 8:
+            raise ValueError(f"shapes: --image-size must be at least 8, got {image_size}")
+        if length < 1 or seed < 0:
+            raise ValueError("shapes: need length >= 1 and seed >= 0")
         if cond not in ("class", "attributes"):
             raise ValueError(f"shapes: unknown --cond '{cond}'; choose class (the shape's id) or attributes "
                              f"(colour, size, position, rotation as a {shapes.ATTRIBUTE_DIM}-d vector)")
