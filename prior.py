@@ -179,8 +179,9 @@ class ClassPrior(Prior):
     def check_counts(self, counts: np.ndarray) -> None:
         if len(counts) and counts.min() < self.min_count:
             c = int(np.argmin(counts))
-            raise ValueError(f"class {c} has {int(counts[c])} image(s) but the class prior needs at least {self.min_count} "
-                             f"per class (--prior-opt min_count); use more data (--max-images) or --prior gaussian")
+            raise ValueError(f"class {c} has {int(counts[c])} image(s) but the class prior needs at least "
+                             f"{self.min_count} per class (--prior-opt min_count); use more data (--max-images) "
+                             f"or --prior gaussian")
 
     def __init__(self, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0,
                  min_count: int = 2, min_std: float = 1e-3):
@@ -247,8 +248,11 @@ class KMeansPrior(Prior):
     def check_counts(self, counts: np.ndarray) -> None:
         if len(counts) and self.k > counts.min():
             c = int(np.argmin(counts))
-            raise ValueError(f"--prior-opt k={self.k}: class {c} has only {int(counts[c])} images; k must be at most "
-                             f"{int(counts[c])}")
+            if counts[c] == 0:
+                raise ValueError(f"class {c} has no training images; the kmeans prior needs every class: use more "
+                                 f"data (--max-images) or --prior gaussian")
+            raise ValueError(f"--prior-opt k={self.k}: class {c} has only {int(counts[c])} images; k must be "
+                             f"at most {int(counts[c])}")
 
     def __init__(self, k: int = 8, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0, passes: int = 4,
                  init_images: int = 2000, seed: int = 0, min_std: float = 1e-3):

@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cond-file", default=None, help="vector checkpoints: an .npy of (M, E) conditions")
     parser.add_argument("--conditions", type=checks.positive_int, default=10,
                         help="vector checkpoints without --cond-file: the first M of the held-out split")
-    parser.add_argument("--seed", type=checks.seed_int, default=0, help="image j of condition c uses image_seed(seed, c, j)")
+    parser.add_argument("--seed", type=checks.seed_int, default=0,
+                        help="image j of condition c uses image_seed(seed, c, j)")
     parser.add_argument("--batch-size", type=checks.positive_int, default=256)
     parser.add_argument("--cfg", type=checks.finite_float, default=1.0, help="guidance weight w; 1 = no guidance")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")

@@ -143,7 +143,8 @@ def read_vectors(path: str, cond_dim: int) -> torch.Tensor:
         raise ValueError(f"{flag}: holds no rows (shape {vectors.shape}); {want}")
     bad = np.flatnonzero(~np.isfinite(vectors.astype(np.float64)).all(1))
     if len(bad):
-        raise ValueError(f"{flag}: row {bad[0]} holds NaN or inf ({len(bad)} such rows); every condition must be finite")
+        raise ValueError(f"{flag}: row {bad[0]} holds NaN or inf ({len(bad)} such rows); every condition must be "
+                         f"finite")
     return as_condition(vectors.astype(np.float32), 0, cond_dim)
 
 

@@ -366,8 +366,8 @@ class Embeddings(Dataset):
         if len(images) == 0:
             raise ValueError(f"{images_path}: arr_0 holds no images; give at least one")
         if vectors.ndim != 2 or len(vectors) != len(images) or vectors.shape[1] == 0 or vectors.dtype.kind != "f":
-            raise ValueError(f"{cond_path}: should hold finite float vectors (N={len(images)}, E >= 1), one per image of "
-                             f"{images_path.name}; got {vectors.dtype} {vectors.shape}")
+            raise ValueError(f"{cond_path}: should hold finite float vectors (N={len(images)}, E >= 1), one per "
+                             f"image of {images_path.name}; got {vectors.dtype} {vectors.shape}")
         bad = np.flatnonzero(~np.isfinite(vectors).all(1))
         if len(bad):
             raise ValueError(f"{cond_path}: row {bad[0]} (and {len(bad) - 1} more) holds NaN or inf; every condition "

@@ -165,8 +165,9 @@ def test_kmeans_k_is_bounded_by_the_smallest_class_before_the_fit(tmp_path, monk
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--prior", "kmeans", "--cond", "attributes"], "--prior kmeans needs class ids, but --dataset shapes --cond "
-                                                    "attributes gives condition vectors: use --prior gaussian or mapper"),
+    (["--prior", "kmeans", "--cond", "attributes"],
+     "--prior kmeans needs class ids, but --dataset shapes --cond attributes gives condition vectors: use --prior "
+     "gaussian or mapper"),
     (["--prior", "class", "--cond", "attributes"], "--prior class needs class ids"),
     (["--prior", "class", "--dataset", "embeddings"], "--prior class needs class ids.*--dataset embeddings"),
     (["--prior", "mapper"], "--prior mapper needs condition vectors, but --dataset shapes gives class ids"),
