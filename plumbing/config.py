@@ -386,5 +386,6 @@ def trim_log(path: Path, last_step: int) -> None:
         except (ValueError, KeyError, TypeError):
             return math.inf
 
-    kept = [line for line in path.read_text().splitlines() if step_of(line) <= last_step]
+    # errors="replace": a damaged byte makes its line unreadable (dropped), not the whole resume a UnicodeDecodeError
+    kept = [line for line in path.read_text(errors="replace").splitlines() if step_of(line) <= last_step]
     checks.atomic_write(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
