@@ -283,9 +283,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                                  ("calc", "metrics of a sample file against reference statistics", None)):
         subs[name] = commands.add_parser(name, help=help, description=help, formatter_class=checks.DefaultsFormatter)
         arg = subs[name].add_argument
-        arg("--batch-size", type=int, default=100, help="images per batch")
+        arg("--batch-size", type=checks.positive_int, default=100, help="images per batch")
         arg("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-        arg("--seed", type=int, default=0, help="random seed")
+        arg("--seed", type=checks.seed_int, default=0, help="random seed")
         arg("--features", choices=["inception", "clf"], default=features,
             help="feature network" + ("" if features else " (default: the reference's)"))
         arg("--clf", default=None, help="classifier file for --features clf")
@@ -294,9 +294,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     arg = subs["ref"].add_argument
     arg("--dataset", default=None, help="dataset name, as in train.py")
     arg("--data-dir", default=None, help="folder of the dataset's files, as in train.py")
-    arg("--image-size", type=int, default=None, help="for shapes/folder, as in train.py")
+    arg("--image-size", type=checks.positive_int, default=None, help="for shapes/folder, as in train.py")
     arg("--images", default=None, help="an .npz (arr_0) or a folder of images instead")
-    arg("--max-images", type=int, default=None, help="use the first N images (default: all)")
+    arg("--max-images", type=checks.positive_int, default=None, help="use the first N images (default: all)")
     arg("--out", default="runs/ref.npz", help="statistics file to write (.npz)")
     arg = subs["calc"].add_argument
     arg("--samples", required=True, help="sample.py's .npz or a folder of images")

@@ -38,6 +38,12 @@ A prior is one class here and one name in PRIORS; train.py and sample.py need no
                            x1: the training images, for priors that couple with them; None at
                            sampling time
     groups(cond, null)     which rows `class_ot` may pair with each other (default: one class)
+    conditions = ("classes",)  which condition kinds it serves: "classes" (int64 ids), "vectors" (float (N, E));
+                           train.py refuses a dataset of another kind before loading anything. The base
+                           class says both, so a fork's prior without the attribute is never refused up
+                           front (its own sample()/fit() checks still apply)
+    check_counts(counts)   images per class, before fit(): refuse options the data cannot serve
+                           (kmeans: k above the smallest class) before any big allocation
     fitted = ("means", ...)   what fit() sets: numpy arrays (a number is saved as a 0-d array
                            and comes back a Python number); with the options they are the saved
                            state (state_dict / from_state_dict, which a prior with other state,
@@ -80,6 +86,10 @@ class Prior:
     num_classes = 0  # 0 for vector conditions
     dataset = ""
     fitted: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ("classes", "vectors")  # what it serves; see the module's docstring
+
+    def check_counts(self, counts: np.ndarray) -> None:
+        """counts[c]: training images of class c; raise ValueError if the options ask for more."""
 
     def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> Prior:
         raise NotImplementedError
@@ -184,6 +194,14 @@ class ClassPrior(Prior):
 
     name = "class"
     fitted = ("counts", "means", "stds")
+    conditions = ("classes",)
+
+    def check_counts(self, counts: np.ndarray) -> None:
+        if len(counts) and counts.min() < self.min_count:
+            c = int(np.argmin(counts))
+            raise ValueError(f"class {c} has {int(counts[c])} image(s) but the class prior needs at least "
+                             f"{self.min_count} per class (--prior-opt min_count); use more data (--max-images) "
+                             f"or --prior gaussian")
 
     def __init__(self, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0,
                  min_count: int = 2, min_std: float = 1e-3):
@@ -245,6 +263,16 @@ class KMeansPrior(Prior):
 
     name = "kmeans"
     fitted = ("weights", "means", "stds")
+    conditions = ("classes",)
+
+    def check_counts(self, counts: np.ndarray) -> None:
+        if len(counts) and self.k > counts.min():
+            c = int(np.argmin(counts))
+            if counts[c] == 0:
+                raise ValueError(f"class {c} has no training images; the {self.name} prior needs every class: use more "
+                                 f"data (--max-images) or --prior gaussian")
+            raise ValueError(f"--prior-opt k={self.k}: class {c} has only {int(counts[c])} images; k must be "
+                             f"at most {int(counts[c])}")
 
     def __init__(self, k: int = 8, cov: str = "iso", sigma: float = 1.0, scale: float = 1.0, passes: int = 4,
                  init_images: int = 2000, seed: int = 0, min_std: float = 1e-3):
@@ -321,6 +349,9 @@ class GMMPrior(Prior):
         sample  j ~ Categorical(w_c); null rows: the dataset-wide N(mu, std)
     s = scale * sqrt(v_cj) (cov="diag": at scale 1 the fitted mixture itself) or sigma (cov="iso").
     """
+
+    conditions = ("classes",)
+    check_counts = KMeansPrior.check_counts  # k components need k images in every class
 
     name = "gmm"
     fitted = ("weights", "means", "stds")
@@ -408,6 +439,7 @@ class MapperPrior(Prior):
     """
 
     name = "mapper"
+    conditions = ("vectors",)
     fitted = ("global_mean", "global_std", "pixel_std")
 
     def __init__(self, sigma: float = 1.0, hidden: int = 256, epochs: int = 3, lr: float = 1e-3,

@@ -40,7 +40,8 @@ from tqdm import tqdm
 import unet
 from prior import prior_from_state
 from plumbing import checks, data, readers, samplefiles
-from plumbing.conditions import as_condition, parse_classes, per_condition, read_vectors
+from plumbing.conditions import (as_condition, check_guidance, first_conditions, parse_classes, per_condition,
+                                 read_vectors)
 
 # what the solver integrates: dx/dt = field(x, t), one batch's conditions already bound (guided_field)
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -217,8 +218,7 @@ def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tenso
         checks.check_at_least(args.conditions, 1, "--conditions")
         held_out = data.load_dataset(config["dataset"], config.get("data_dir"), "test",
                                      **config.get("dataset_options", {}))
-        _, vectors = held_out.get(np.arange(min(args.conditions, len(held_out))))
-        vectors = as_condition(vectors, 0, config["cond_dim"])
+        vectors = as_condition(first_conditions(held_out, args.conditions), 0, config["cond_dim"])
     return vectors, list(range(len(vectors)))
 
 
@@ -227,14 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
     parser.add_argument("--nfe", type=int, default=8, help="network evaluations per image (cfg: both halves)")
     parser.add_argument("--solver", default="euler", choices=list(SOLVERS))
-    parser.add_argument("--n", type=int, default=8, help="images per class (or per condition vector)")
+    parser.add_argument("--n", type=checks.positive_int, default=8, help="images per class (or per condition vector)")
     parser.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
     parser.add_argument("--cond-file", default=None, help="vector checkpoints: an .npy of (M, E) conditions")
-    parser.add_argument("--conditions", type=int, default=10,
+    parser.add_argument("--conditions", type=checks.positive_int, default=10,
                         help="vector checkpoints without --cond-file: the first M of the held-out split")
-    parser.add_argument("--seed", type=int, default=0, help="image j of condition c uses image_seed(seed, c, j)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--cfg", type=float, default=1.0, help="guidance weight w; 1 = no guidance")
+    parser.add_argument("--seed", type=checks.seed_int, default=0,
+                        help="image j of condition c uses image_seed(seed, c, j)")
+    parser.add_argument("--batch-size", type=checks.positive_int, default=256)
+    parser.add_argument("--cfg", type=checks.finite_float, default=1.0, help="guidance weight w; 1 = no guidance")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out-png", default=None, help="default: next to the checkpoint")
     parser.add_argument("--out-npz", default=None, help="default: next to the checkpoint")
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = (f"samples_{args.solver}_nfe{args.nfe}" + (f"_cfg{args.cfg:g}" if args.cfg != 1.0 else "")
             + f"_n{args.n}" + (f"_seed{args.seed}" if args.seed else ""))  # other runs keep their files
     model, prior, config = load_checkpoint(args.ckpt, device)
+    check_guidance(args.cfg, config, args.ckpt)
     conditions, ids = load_conditions(args, config)
     # both outputs are checked before the sampling starts, not after it
     out_png = checks.check_out_file(args.out_png or Path(args.ckpt).parent / f"{stem}.png", "--out-png",

@@ -45,8 +45,8 @@ from prior import Prior, prior_from_state
 from plumbing import checks, conditions, data, samplefiles
 from plumbing.batches import Prefetcher
 from plumbing.checkpoint import prior_to_checkpoint, rng_state, save_checkpoint, set_rng_state
-from plumbing.config import (Config, check_config, data_fingerprint, dataset_options, fit_prior, load_resume, parse_args,
-                             trim_log, with_preset)
+from plumbing.config import (Config, check_config, check_resume_steps, data_fingerprint, dataset_options, fit_prior,
+                             load_resume, parse_args, trim_log, with_preset)
 
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
 
@@ -245,6 +245,7 @@ def start_or_resume(config: Config) -> tuple[Run, object, int]:
     config, checkpoint = load_resume(config)
     config = with_preset(config)
     check_config(config)
+    check_resume_steps(config, checkpoint)
     rank, world, device = setup_distributed(config.device)
     if config.batch_size % world:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by the number of processes ({world})")

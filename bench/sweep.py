@@ -85,6 +85,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     rows = []
     for index, ckpt in enumerate(args.ckpt):
         model, prior, config = sample.load_checkpoint(ckpt, args.device)
+        conditions.check_guidance(args.cfg, config, ckpt)
         eval_fid.check_shape((config["channels"], config["image_size"], config["image_size"]), ref)
         label = labels_given[index] if labels_given else f"{config['prior']}+{config['coupling']}"
         cost = run_transport_cost(prior, config, args.seed)
@@ -223,17 +224,17 @@ def main(argv: list[str] | None = None) -> None:
     arg("--ref", required=True, help="statistics file written by eval_fid.py ref")
     arg("--nfe", default="1,2,4,8,15,32", help="comma-separated network evaluations per image")
     arg("--solver", default="euler", help="ODE solver, as in sample.py")
-    arg("--cfg", type=float, default=1.0, help="guidance weight; 1 = no guidance")
-    arg("--n", type=int, default=10_000, help="samples per point, class-balanced")
-    arg("--sample-batch-size", type=int, default=256, help="images per sampling batch")
-    arg("--batch-size", type=int, default=100, help="images per feature batch")
+    arg("--cfg", type=checks.finite_float, default=1.0, help="guidance weight; 1 = no guidance")
+    arg("--n", type=checks.positive_int, default=10_000, help="samples per point, class-balanced")
+    arg("--sample-batch-size", type=checks.positive_int, default=256, help="images per sampling batch")
+    arg("--batch-size", type=checks.positive_int, default=100, help="images per feature batch")
     arg("--labels", default=None, help="comma-separated legend names, one per --ckpt")
     arg("--out", default="runs/sweep", help="writes OUT.csv, OUT.md and OUT.png")
     arg("--features", choices=["inception", "clf"], default=None, help="feature network (default: the reference's)")
     arg("--clf", default=None, help="classifier file for --features clf")
     arg("--inception-weights", default=None, help="path of the Inception weights (default: torch.hub's folder)")
     arg("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    arg("--seed", type=int, default=0, help="seed of the images and of KID's subsets")
+    arg("--seed", type=checks.seed_int, default=0, help="seed of the images and of KID's subsets")
     args = parser.parse_args(argv)
     for flag in ("n", "sample_batch_size", "batch_size"):
         checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))

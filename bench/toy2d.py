@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", type=int, default=4, help="number of classes (ring layout)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--sigma", type=float, default=0.5, help="std of each class prior component")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sigma", type=checks.finite_float, default=0.5, help="std of each class prior component")
+    parser.add_argument("--seed", type=checks.seed_int, default=0)
     parser.add_argument("--png", default="runs/toy2d.png", help="trajectory plot (default runs/toy2d.png)")
     args = parser.parse_args(argv)
     # every flag is checked before two minutes of training, not after them

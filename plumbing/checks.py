@@ -550,6 +550,45 @@ def check_at_least(value: int | float | None, minimum: int | float, flag: str) -
         raise ValueError(f"{flag} must be at least {minimum}, got {value}")
 
 
+# argparse types: a bad value is refused while parsing, as "argument --nfe: must be at least 1, got 0"
+# (Parser.error makes it one line). A seed is bounded so that conditions.image_seed(seed, c, j) stays
+# within the 64 bits torch.Generator.manual_seed takes (a larger one failed with "Overflow when unpacking").
+MAX_SEED = 2**24 - 1
+
+
+def _int(text: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be at least {low}" + (f" and at most {high}" if high is not None
+                                                                      else "") + f", got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int(text, 0)
+
+
+def seed_int(text: str) -> int:
+    return _int(text, 0, MAX_SEED)
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 # ----------------------------------------------------------------------------- entry point
 
 class Parser(argparse.ArgumentParser):

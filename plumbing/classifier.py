@@ -111,11 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     arg("--out", default="runs/clf.pt", help="classifier file to write")
     arg("--steps", type=int, default=1000, help="training steps")
     arg("--batch-size", type=int, default=128, help="images per step")
-    arg("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    arg("--lr", type=checks.finite_float, default=2e-3, help="AdamW learning rate")
     arg("--width", type=int, default=32, help="base channels; features are 8 x width")
     arg("--eval-images", type=int, default=10_000, help="images for the accuracies")
     arg("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    arg("--seed", type=int, default=0, help="random seed")
+    arg("--seed", type=checks.seed_int, default=0, help="random seed")
     args = parser.parse_args(argv)
     for flag in ("steps", "batch_size", "width", "eval_images", "image_size"):
         checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))

@@ -98,12 +98,61 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
     return list(dict.fromkeys(classes))  # a repeated id would only repeat the same seeds
 
 
+def check_guidance(cfg: float, config: dict, path: object = "") -> None:
+    """--cfg w != 1 mixes in the network's null condition, which only training with
+    --label-dropout > 0 teaches; a checkpoint trained without it would guide with noise."""
+    dropout = config.get("label_dropout")
+    if cfg != 1.0 and dropout is not None and float(dropout) <= 0:
+        where = f" ({path})" if path else ""
+        raise ValueError(f"--cfg {cfg:g} needs a model trained with --label-dropout > 0; this checkpoint{where} was "
+                         f"trained with --label-dropout {dropout:g}: use --cfg 1")
+
+
 def read_vectors(path: str, cond_dim: int) -> torch.Tensor:
-    """--cond-file: an .npy of (M, cond_dim) condition vectors, checked like any condition."""
+    """--cond-file: an .npy of (M, cond_dim) finite numbers, M >= 1; anything else is one line naming
+    --cond-file, the file and the fix (never allow_pickle: a pickle in an .npy can run code)."""
+    flag, want = f"--cond-file {path}", f"np.save an (M, {cond_dim}) float array, one row per condition"
+    if Path(path).is_dir():
+        raise ValueError(f"{flag} is a folder; give an .npy file: {want}")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--cond-file {path} not found: give an .npy of (M, {cond_dim}) vectors")
+        raise FileNotFoundError(f"{flag} not found: give an .npy of (M, {cond_dim}) vectors ({want})")
+    with open(path, "rb") as file:
+        head = file.read(6)
+    if head[:2] == b"PK":
+        raise ValueError(f"{flag}: an .npz archive (np.savez), not an .npy of one array; {want}")
+    if head != b"\x93NUMPY":
+        raise ValueError(f"{flag}: not an .npy file (no numpy header: a text or other file?); {want}")
     try:
         vectors = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+            raise ValueError(f"{flag}: holds Python objects (an object array), not numbers; {want}") from None
+        raise ValueError(f"{flag}: not a readable .npy ({checks.first_line(err)}); {want}") from None
     except Exception as err:
-        raise ValueError(f"--cond-file {path}: not a readable .npy ({checks.first_line(err)})") from None
-    return as_condition(np.asarray(vectors, dtype=np.float32), 0, cond_dim)
+        raise ValueError(f"{flag}: not a readable .npy ({checks.first_line(err)}); {want}") from None
+    if vectors.dtype.kind not in "iuf":
+        kind = "strings" if vectors.dtype.kind in "SU" else f"{vectors.dtype} values"
+        raise ValueError(f"{flag}: holds {kind}, not numbers; {want}")
+    if vectors.ndim == 1 and len(vectors) == cond_dim:
+        raise ValueError(f"{flag}: a 1-D array of shape ({cond_dim},); give one row per condition, (M, {cond_dim}): "
+                         f"np.save it as vector[None]")
+    if vectors.ndim != 2 or vectors.shape[1] != cond_dim:
+        raise ValueError(f"{flag}: shape {vectors.shape}, but this checkpoint takes {cond_dim}-d condition vectors; "
+                         f"{want}")
+    if len(vectors) == 0:
+        raise ValueError(f"{flag}: holds no rows (shape {vectors.shape}); {want}")
+    bad = np.flatnonzero(~np.isfinite(vectors.astype(np.float64)).all(1))
+    if len(bad):
+        raise ValueError(f"{flag}: row {bad[0]} holds NaN or inf ({len(bad)} such rows); every condition must be "
+                         f"finite")
+    return as_condition(vectors.astype(np.float32), 0, cond_dim)
+
+
+def first_conditions(dataset, count: int) -> torch.Tensor:
+    """--conditions M: the first M condition vectors of the held-out split, all M or an error."""
+    checks.check_at_least(count, 1, "--conditions")
+    if count > len(dataset):
+        raise ValueError(f"--conditions {count}: the held-out split of {dataset.name} has only {len(dataset)} "
+                         f"conditions; give --conditions {len(dataset)} or fewer, or --cond-file")
+    _, vectors = dataset.get(np.arange(count))
+    return vectors

@@ -155,6 +155,18 @@ def build_parser() -> checks.Parser:
     return parser
 
 
+def flag_names() -> dict[str, str]:
+    """Config field -> the flag a user types (resize_to -> --image-size, prior_options -> --prior-opt),
+    read from build_parser's actions so that messages cannot name a flag that does not exist."""
+    names = {action.dest: action.option_strings[-1] for action in build_parser()._actions if action.option_strings}
+    names["prior_options"] = names.pop("prior_opt")  # parse_args turns --prior-opt pairs into prior_options
+    return names
+
+
+def flag_of(field_name: str) -> str:
+    return flag_names().get(field_name, "--" + field_name.replace("_", "-"))
+
+
 def parse_args(argv: list[str] | None) -> Config:
     """Config from a command line: Config's defaults, then the dataset's RECIPES, then the flags."""
     given = vars(build_parser().parse_args(argv))
@@ -186,18 +198,55 @@ def check_config(config: Config) -> None:
     for name, minimum in (("batch_size", 1), ("grad_accum", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1),
                           ("sample_every", 0), ("sample_nfe", 1), ("warmup", 0), ("max_images", 1),
                           ("resize_to", 8), ("seed", 0)):
-        checks.check_at_least(getattr(config, name), minimum, "--" + name.replace("_", "-"))
-    priors.build_prior(config.prior, **config.prior_options)  # a bad value fails now, not after loading the data
+        checks.check_at_least(getattr(config, name), minimum, flag_of(name))
+    try:  # a bad value fails now, not after loading the data
+        priors.build_prior(config.prior, **config.prior_options)
+    except ValueError as err:
+        if "--prior" in str(err):
+            raise
+        given = " ".join(f"--prior-opt {key}={value}" for key, value in config.prior_options.items())
+        raise ValueError(f"--prior {config.prior} {given or '(default options)'}: {err}") from None
+    check_prior_serves(config)
+    if config.seed > checks.MAX_SEED:  # image seeds (conditions.image_seed) must fit torch's 64 bits
+        raise ValueError(f"--seed must be at most {checks.MAX_SEED}, got {config.seed}")
     for name in ("lr", "grad_clip"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+            raise ValueError(f"{flag_of(name)} must be a positive number, got {value}")
     for name, low, high in (("label_dropout", 0, 1), ("ema", 0, 1), ("sigma_min", 0, 1)):
         value = getattr(config, name)
         if not low <= value < high:  # also false for NaN
-            raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}), got {value}")
+            raise ValueError(f"{flag_of(name)} must be in [{low}, {high}), got {value}")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise ValueError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
+
+
+def check_prior_serves(config: Config) -> None:
+    """The prior must serve the dataset's kind of condition (prior.Prior.conditions), checked before
+    any data is read: kmeans on condition vectors would otherwise fail deep inside its fit."""
+    dataset_options(config)  # --cond or --image-size for a dataset without them: that error first
+    kind = data.DATASETS[config.dataset].condition_kind(config.cond)
+    prior_class = priors.PRIORS[config.prior]
+    served = tuple(getattr(prior_class, "conditions", priors.Prior.conditions))
+    if kind not in served:
+        given = f"--dataset {config.dataset}" + (f" --cond {config.cond}" if config.cond else "")
+        what = {"classes": "class ids", "vectors": "condition vectors"}
+        takers = [name for name, kind_class in priors.PRIORS.items()
+                  if kind in getattr(kind_class, "conditions", priors.Prior.conditions)]
+        raise ValueError(f"--prior {config.prior} needs {' or '.join(what.get(k, k) for k in served)}, but "
+                         f"{given} gives {what[kind]}: use --prior {' or '.join(takers)}")
+
+
+def check_resume_steps(config: Config, checkpoint: dict | None) -> None:
+    """A resume must have steps left to train: --steps beyond the checkpoint's step."""
+    if checkpoint is None:
+        return
+    step = int(checkpoint["step"])
+    if config.steps <= step:
+        said = f"--steps {config.steps} is" if "steps" in config.given else \
+            f"the run's --steps {config.steps} (kept from the checkpoint) is"
+        raise ValueError(f"--resume: {said} not beyond the checkpoint's step {step}, so nothing would be trained: "
+                         f"give --steps > {step}")
 
 
 def dataset_options(config: Config) -> dict:
@@ -311,6 +360,8 @@ def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device
                 stored = None
         if stored is None:
             fitted = priors.build_prior(config.prior, **options)
+            if dataset.cond_dim == 0 and hasattr(fitted, "check_counts"):  # options the data cannot serve
+                fitted.check_counts(np.bincount(dataset.labels[:num_images], minlength=dataset.num_classes))
             before = public_attributes(fitted)
             print(f"fitting the {config.prior} prior on {num_images} images ({options or 'default options'})")
             fitted.fit(batches.Passes(dataset, num_images, device), dataset.num_classes, dataset=config.dataset)
@@ -401,10 +452,10 @@ def load_resume(config: Config) -> tuple[Config, dict | None]:
     saved = checkpoint["config"]
     changed = [key for key in RUN_KEYS if key in config.given and getattr(config, key) != saved.get(key)]
     if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)} (checkpoint: {saved.get(k)})"
-                          for k in changed)
+        names = flag_names()
+        flags = ", ".join(f"{names[k]} {getattr(config, k)} (checkpoint: {saved.get(k)})" for k in changed)
         raise ValueError(f"--resume {path}: {flags}: a resumed run keeps its data, prior, network and batches; "
-                         f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change. "
+                         f"only {', '.join(names[k] for k in RESUMABLE)} may change. "
                          f"Start a new run with another --out instead")
     # a key a checkpoint lacks (saved before the option existed) keeps Config's default: what it did then
     kept = {key: saved[key] for key in RUN_KEYS + RESUMABLE if key in saved and key not in config.given}
@@ -422,5 +473,6 @@ def trim_log(path: Path, last_step: int) -> None:
         except (ValueError, KeyError, TypeError):
             return math.inf
 
-    kept = [line for line in path.read_text().splitlines() if step_of(line) <= last_step]
+    # errors="replace": a damaged byte makes its line unreadable (dropped), not the whole resume a UnicodeDecodeError
+    kept = [line for line in path.read_text(errors="replace").splitlines() if step_of(line) <= last_step]
     checks.atomic_write(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()), "--out")

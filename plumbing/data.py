@@ -74,11 +74,20 @@ class Dataset:
     cond_dim = 0  # 0: get() gives class ids; E > 0: (n, E) float32 condition vectors
     class_names: list[str] | None = None
 
-    def _set_arrays(self, parts: list[np.ndarray], labels: np.ndarray) -> None:
+    @classmethod
+    def condition_kind(cls, cond: str | None = None) -> str:
+        """What get() gives as the condition, known before loading: "classes" or "vectors" (cond: the
+        --cond option of datasets that take one). train.py checks the prior serves it before any work."""
+        return "vectors" if cls.cond_dim else "classes"
+
+    def _set_arrays(self, parts: list[np.ndarray], labels: np.ndarray, source: object = None) -> None:
+        """source: what the labels came from (a file), for the error when they are wrong."""
+        if sum(len(part) for part in parts) == 0:  # every reader checks its own files; this is the backstop
+            raise ValueError(f"{source or self.name}: no images; check the files under --data-dir")
         self.parts = parts
         self.part_starts = np.cumsum([0] + [len(part) for part in parts])
         _, self.channels, self.image_size, _ = parts[0].shape
-        self.labels = readers.checked_labels(labels, self.num_classes, self.part_starts[-1], self.name)
+        self.labels = readers.checked_labels(labels, self.num_classes, self.part_starts[-1], source or self.name)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -151,14 +160,23 @@ class Shapes(Dataset):
                  seed: int = 0, image_size: int = 32, cond: str = "class"):
         self.stream = 0 if _split(self.name, split) == "train" else 1  # test draws other images
         length = (50_000 if self.stream == 0 else 10_000) if length is None else length
-        if length < 1 or seed < 0 or image_size < 8:
-            raise ValueError("shapes: need length >= 1, seed >= 0 and image_size >= 8")
+        if image_size < 8:
+            raise ValueError(f"shapes: --image-size must be at least 8, got {image_size}")
+        if length < 1 or seed < 0:
+            raise ValueError("shapes: need length >= 1 and seed >= 0")
         if cond not in ("class", "attributes"):
             raise ValueError(f"shapes: unknown --cond '{cond}'; choose class (the shape's id) or attributes "
                              f"(colour, size, position, rotation as a {shapes.ATTRIBUTE_DIM}-d vector)")
         self.seed, self.image_size, self.cond = seed, image_size, cond
         self.cond_dim = shapes.ATTRIBUTE_DIM if cond == "attributes" else 0
         self.labels = np.arange(length, dtype=np.int64) % self.num_classes  # balanced classes
+
+    @classmethod
+    def condition_kind(cls, cond: str | None = None) -> str:
+        if cond not in (None, "class", "attributes"):
+            raise ValueError(f"shapes: unknown --cond '{cond}'; choose class (the shape's id) or attributes "
+                             f"(colour, size, position, rotation as a {shapes.ATTRIBUTE_DIM}-d vector)")
+        return "vectors" if cond == "attributes" else "classes"
 
     def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and class ids, or (cond="attributes") images and their attribute vectors."""
@@ -267,6 +285,8 @@ class ImageNet(Dataset):
                 raise ValueError(f"{path}: 'data' should be uint8 (N, {3 * self.size**2}) for "
                                  f"{self.size}x{self.size}, got {data.dtype} {data.shape}; "
                                  f"re-download the {self.size}x{self.size} files")
+            if len(data) == 0:
+                raise ValueError(f"{path}: 'data' holds no images; re-download it")
             parts.append(data.reshape(-1, 3, self.size, self.size))  # planar rows = (C, H, W)
             labels.append(readers.checked_labels(readers.npz_array(path, "labels"), 1000, len(data), path,
                                                  first=1))
@@ -317,6 +337,10 @@ class Embeddings(Dataset):
 
     name = "embeddings"
 
+    @classmethod
+    def condition_kind(cls, cond: str | None = None) -> str:
+        return "vectors"  # their width E is known once the files are read
+
     def __init__(self, data_dir: str | None = None, split: str = "train"):
         folder = _data_folder(self.name, data_dir)
         prefix = _split(self.name, split)
@@ -324,23 +348,33 @@ class Embeddings(Dataset):
         for path in (images_path, cond_path):
             if not path.is_file():
                 raise _missing(self.name, path)
-        with readers.reading(images_path, "not a readable .npz of images"), \
+        with readers.reading(images_path, "not a readable .npz of images (np.savez of arr_0, arr_1)",
+                             "write it with np.savez(path, arr_0=images, arr_1=class_ids)"), \
                 np.load(images_path, allow_pickle=False) as file:
+            if "arr_0" not in file.files:
+                raise KeyError(f"no arr_0, it holds {', '.join(file.files) or 'nothing'}")
             images = file["arr_0"]
             labels = file["arr_1"] if "arr_1" in file.files else np.zeros(len(images), np.int64)
-        with readers.reading(cond_path, "not a readable .npy of condition vectors"):
+        with readers.reading(cond_path, "not a readable .npy of float condition vectors",
+                             "write an (N, E) float array with np.save"):
             vectors = np.load(cond_path, allow_pickle=False)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2] or \
-                images.shape[3] not in (1, 3):
-            raise ValueError(f"{images_path}: arr_0 should be uint8 (N, S, S, 1 or 3), got {images.dtype} "
+                images.shape[3] not in (1, 3) or images.shape[1] < 8:
+            raise ValueError(f"{images_path}: arr_0 should be uint8 (N, S, S, 1 or 3) with S >= 8, got {images.dtype} "
                              f"{images.shape}")
-        if vectors.ndim != 2 or len(vectors) != len(images) or vectors.dtype.kind != "f" or \
-                not np.isfinite(vectors).all():
-            raise ValueError(f"{cond_path}: should hold finite float vectors (N={len(images)}, E), one per image; "
-                             f"got {vectors.dtype} {vectors.shape}")
-        self.num_classes = int(labels.max()) + 1 if len(labels) else 1
+        if len(images) == 0:
+            raise ValueError(f"{images_path}: arr_0 holds no images; give at least one")
+        if vectors.ndim != 2 or len(vectors) != len(images) or vectors.shape[1] == 0 or vectors.dtype.kind != "f":
+            raise ValueError(f"{cond_path}: should hold finite float vectors (N={len(images)}, E >= 1), one per "
+                             f"image of {images_path.name}; got {vectors.dtype} {vectors.shape}")
+        bad = np.flatnonzero(~np.isfinite(vectors).all(1))
+        if len(bad):
+            raise ValueError(f"{cond_path}: row {bad[0]} (and {len(bad) - 1} more) holds NaN or inf; every condition "
+                             f"vector must be finite")
+        labels = readers.class_ids(labels, len(images), f"{images_path} (arr_1)")
+        self.num_classes = int(labels.max()) + 1
         self.cond_dim, self.vectors = vectors.shape[1], vectors.astype(np.float32)
-        self._set_arrays([np.ascontiguousarray(images.transpose(0, 3, 1, 2))], labels)
+        self._set_arrays([np.ascontiguousarray(images.transpose(0, 3, 1, 2))], labels, f"{images_path} (arr_1)")
 
     def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         images, _ = super().get(indices)

@@ -76,6 +76,8 @@ def build_extractor(name: str, clf: str | None = None, inception_weights: str | 
     if name == "clf":
         if clf is None:
             raise ValueError(f"--features clf needs --clf FILE: {CLF_HINT}")
+        if not Path(clf).is_file():
+            raise FileNotFoundError(f"--clf {clf}: no classifier file there; pass the right path, or {CLF_HINT}")
         saved = checks.load_torch(clf, "classifier file", CLF_HINT, keys=CLF_KEYS)
         try:  # right keys, wrong contents (another network, strings for sizes): still the file's fault
             channels, size, width = int(saved["channels"]), int(saved["image_size"]), int(saved["width"])
@@ -86,7 +88,8 @@ def build_extractor(name: str, clf: str | None = None, inception_weights: str | 
                              f"({' '.join(str(err).split())[:200]}); {CLF_HINT}") from None
         net.requires_grad_(False).eval()
         fingerprint = "clf-" + hashlib.sha256(Path(clf).read_bytes()).hexdigest()[:16]
-        return Extractor(name, net, 8 * width, fingerprint, device, str(clf), (channels, size, size))
+        # absolute: a reference stores it, and a calc from another folder must find the same file
+        return Extractor(name, net, 8 * width, fingerprint, device, str(Path(clf).resolve()), (channels, size, size))
     raise ValueError(f"unknown features '{name}'; choose inception or clf")
 
 
@@ -97,7 +100,11 @@ def extractor_for_ref(ref: dict, features: str | None = None, clf: str | None = 
     if features is not None and features != ref["feature_name"]:
         raise ValueError(f"--features {features}, but the reference was made with "
                          f"{ref['feature_name']} features: make a matching reference")
-    extractor = build_extractor(ref["feature_name"], clf or ref["clf_path"] or None, inception_weights, device)
+    stored = ref["clf_path"]
+    if clf is None and ref["feature_name"] == "clf" and not (stored and Path(stored).is_file()):
+        raise FileNotFoundError(f"the reference was made with the classifier {stored or '(path not stored)'}, which "
+                                f"is not there: pass --clf PATH (that classifier's file)")
+    extractor = build_extractor(ref["feature_name"], clf or stored or None, inception_weights, device)
     if extractor.id != ref["extractor_id"]:
         raise ValueError(f"the reference was made with feature network {ref['extractor_id']}, this one is "
                          f"{extractor.id}: use the same --clf file or remake the reference")

@@ -9,7 +9,8 @@ Formats
   red values, row-major 32x32, then green, then blue) and b'labels'.
 - npz (downsampled ImageNet): np.savez writes a ZIP_STORED zip of .npy members, so a member is
   memory-mapped by skipping the zip local header and the .npy header; 15.7 GB is never read.
-- images pillow can read: RGB, centre-cropped to a square, bicubic-resized.
+- images pillow can read: every mode to 8 bits by one stated rule (to_8bit: 16-bit >> 8, alpha
+  on white, others refused by name), RGB, centre-cropped to a square, bicubic-resized.
 
 Safety
 - Pickles go through a restricted unpickler (numpy arrays only), npz members never allow pickles:
@@ -70,6 +71,26 @@ def checked_labels(labels: np.ndarray, num_classes: int, count: int, source: obj
         raise ValueError(f"{source}: labels out of range {labels.min() + first}..{labels.max() + first}, "
                          f"expected {first}..{num_classes - 1 + first}; re-download it")
     return labels
+
+
+def class_ids(labels: np.ndarray, count: int, source: object) -> np.ndarray:
+    """Class ids of a file that sets its own number of classes (max + 1): whole numbers >= 0, one
+    per image; NaN, 2.5, strings, -1 or a wrong count is one line naming `source`."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"{source}: class ids must be a 1-D array, one per image, got shape {labels.shape}")
+    whole = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and bool(
+        np.isfinite(labels).all() and (labels == np.round(labels)).all()))
+    if not whole:
+        raise ValueError(f"{source}: class ids must be whole numbers (no NaN, inf or fractions), got "
+                         f"{labels.dtype}; write integer ids 0..K-1")
+    if len(labels) != count:
+        raise ValueError(f"{source}: {len(labels)} class ids for {count} images; give one per image")
+    if count and labels.min() < 0:
+        raise ValueError(f"{source}: class ids must be >= 0, got {labels.min()}")
+    if count and labels.max() >= 1_000_000:
+        raise ValueError(f"{source}: class id {labels.max()} is implausibly large; number the classes 0..K-1")
+    return labels.astype(np.int64)
 
 
 # ---------------------------------------------------------------- idx (MNIST / Fashion-MNIST)
@@ -176,6 +197,8 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: b'data' should be uint8 (N, 3072), got "
                          f"{getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}; "
                          "re-download it")
+    if len(data) == 0:
+        raise ValueError(f"{path}: b'data' holds no images; re-download it")
     # a damaged pickle can carry a dtype equal to uint8 with corrupt internal flags (numpy then
     # prints internal errors on every copy): keep only the raw bytes, under numpy's own uint8.
     # Rows are planar: 1024 red values (row-major 32x32), then green, then blue.
@@ -240,21 +263,70 @@ def load_member(path: Path, key: str) -> np.ndarray:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
+# How every pillow mode becomes 8 bits (the model and the metric see uint8 L or RGB only):
+#   1, L, RGB                     as they are (1: 0 or 255)
+#   I;16, I;16L, I;16B, I;16N     16-bit: value >> 8 (the high byte; 257 * v -> v exactly)
+#   I (32-bit int)                values 0..255 as they are; up to 65535 as 16-bit (>> 8); others refused
+#   F (32-bit float)              values in 0..1 scaled: round(255 * v); any other range refused
+#   P, PA, LA, RGBA, RGBa         alpha composited on WHITE (a transparent pixel is white, as viewers show it)
+#   CMYK, YCbCr, LAB, HSV, RGBX   pillow's own conversion to RGB
+#   anything else                 refused, naming the file and the mode
+_GREY, _COLOUR = ("1", "L"), ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+_ALPHA = ("LA", "PA", "RGBA", "RGBa")
+_SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_8bit(image: Image.Image, path: Path) -> Image.Image:
+    """`image` as 8-bit "L" or "RGB" by the rules above, or one ValueError naming the file and its mode."""
+    mode = image.mode
+    if mode in _GREY:
+        return image.convert("L")
+    if mode in _COLOUR:
+        return image.convert("RGB")
+    if mode == "P":
+        return _on_white(image.convert("RGBA")) if "transparency" in image.info else image.convert("RGB")
+    if mode in _ALPHA:
+        flat = _on_white(image.convert("RGBA"))  # RGBa (premultiplied) is un-premultiplied first
+        return flat.convert("L") if mode == "LA" else flat
+    if mode in _SIXTEEN or mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"{path}: 32-bit integer image (mode I) with values {values.min()}..{values.max()}, "
+                             "outside 0..65535; save it as an 8- or 16-bit image")
+        if mode in _SIXTEEN or (values.size and values.max() > 255):
+            values = values >> 8
+        return Image.fromarray(values.astype(np.uint8), "L")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not (np.isfinite(values).all() and values.min(initial=0) >= 0 and values.max(initial=0) <= 1):
+            raise ValueError(f"{path}: float image (mode F) with values outside 0..1 (or NaN); only 0..1 floats "
+                             "are read (as round(255 v)): save it as an 8-bit image")
+        return Image.fromarray(np.round(values * 255).astype(np.uint8), "L")
+    raise ValueError(f"{path}: images of pillow mode {mode} are not read (only 1, L, P, RGB, RGBA, LA, PA, CMYK, "
+                     "YCbCr, LAB, HSV, I;16, I, F); save it as an 8-bit RGB or grey PNG")
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
 def read_image(path: Path) -> Image.Image:
-    """The decoded image, or one line naming the file: Image.open is lazy, so decode now."""
+    """The decoded image as 8-bit "L" or "RGB" (to_8bit), or one line naming the file: Image.open
+    is lazy, so decode now."""
     try:
         image = Image.open(path)
         image.load()
     except Exception as err:  # UnidentifiedImageError, truncated data, decompression bombs, ...
-        raise ValueError(f"{path}: not a readable image ({checks.first_line(err)}); "
-                         "replace it or remove it from the folder") from None
-    return image
+        raise ValueError(f"{path}: not a readable image (pillow cannot read it: {checks.first_line(err)}); "
+                         "remove or replace it (in its folder)") from None
+    return to_8bit(image, path)
 
 
 def read_image_square(path: Path, size: int) -> np.ndarray:
-    """An image file as uint8 RGB (3, size, size): centre-cropped to a square, bicubic-resized."""
-    # UnidentifiedImageError, truncated files, DecompressionBombError, a decoder's own errors
-    with reading(path, "pillow cannot read this image", "remove or replace it"):
-        with Image.open(path) as image:
-            square = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+    """An image file as uint8 RGB (3, size, size): 8 bits by to_8bit's rules, centre-cropped to a
+    square, bicubic-resized."""
+    image = read_image(path)
+    with reading(path, "pillow cannot resize this image", "remove or replace it"):
+        square = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
     return np.asarray(square).transpose(2, 0, 1)

@@ -66,7 +66,7 @@ def load_samples(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
         if not files:
             raise ValueError(f"no images ({', '.join(readers.IMAGE_SUFFIXES)}) in folder {path}")
         opened = [readers.read_image(p) for p in files]
-        mode = "L" if all(im.mode in ("1", "L", "I;16", "I") for im in opened) else "RGB"
+        mode = "L" if all(im.mode == "L" for im in opened) else "RGB"  # read_image gives 8-bit L or RGB
         sizes = {im.size for im in opened}
         if len(sizes) > 1:
             raise ValueError(f"images in {path} have different sizes {sorted(sizes)[:4]}: resize them to one size")
