@@ -491,10 +491,10 @@ def int_list(text: str, flag: str) -> list[int]:
     return found
 
 
-def setup(argv: list[str] | None) -> tuple[argparse.Namespace, experiment.Config, list[Method]]:
+def setup(argv: list[str]) -> tuple[argparse.Namespace, experiment.Config, list[Method]]:
     """The flags checked, all before any training."""
     args = build_parser().parse_args(argv)
-    args.command = "python bench/compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    args.command = "python bench/compare.py " + shlex.join(argv)
     methods = parse_methods(args.priors)
     labels = [m.label for m in methods]
     args.baseline = parse_method(args.baseline).label if args.baseline else labels[0]
@@ -523,7 +523,24 @@ def setup(argv: list[str] | None) -> tuple[argparse.Namespace, experiment.Config
     return args, config, methods
 
 
-def main(argv: list[str] | None = None) -> Path:
+@dataclasses.dataclass
+class Comparison:
+    """A finished run: what the presets (bench/priors.py, bench/reproduce.py) build on."""
+    args: argparse.Namespace
+    config: experiment.Config
+    methods: list[Method]
+    runs: dict[tuple[str, int], dict[int, Path]]  # (slug, training seed) -> {step: checkpoint}
+    evaluator: Evaluator
+    results: Results
+    terminal: list[str]  # the FD table and the verdicts
+
+    def final(self, method: Method, seed: int) -> Path:
+        steps = self.runs[(method.slug, seed)]
+        return steps[max(steps)]
+
+
+def run(argv: list[str]) -> Comparison:
+    """Check everything, train what is missing, measure what is missing, write the report."""
     args, config, methods = setup(argv)
     budget = budget_of(config, args)
     runs = [(m, seed) for m in {m.slug: m for m in methods}.values() for seed in args.seeds]
@@ -548,8 +565,25 @@ def main(argv: list[str] | None = None) -> Path:
     timed(results, "measure", lambda: measure(ev, args, methods, trained, results))
     lines, terminal = report(args, config, methods, ev.metric, results.points)
     checks.write_text(args.out / "report.md", "\n".join(lines) + "\n")
-    print("", *terminal, "", f"wrote {args.out / 'report.md'}, {args.out / 'results.csv'} and the plots", sep="\n")
-    return args.out / "report.md"
+    return Comparison(args, config, methods, trained, ev, results, terminal)
+
+
+def budget_flags(config: experiment.Config) -> list[str]:
+    """An experiment.Config as this script's flags: how the presets pass their budgets."""
+    flags = {"--dataset": config.dataset, "--data-dir": config.data_dir, "--preset": config.preset,
+             "--steps": config.steps, "--batch-size": config.batch_size, "--lr": config.lr, "--warmup": config.warmup,
+             "--ema": config.ema, "--label-dropout": config.label_dropout, "--checkpoints": config.checkpoints,
+             "--n": config.n, "--nfe": ",".join(map(str, config.euler_nfes)), "--features": config.features,
+             "--clf-steps": config.clf_steps, "--clf-width": config.clf_width, "--ref-images": config.ref_images,
+             "--straight-n": config.straight_n, "--image-size": config.image_size}
+    return [text for flag, value in flags.items() if value is not None for text in (flag, str(value))]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    done = run(sys.argv[1:] if argv is None else argv)
+    out = done.args.out
+    print("", *done.terminal, "", f"wrote {out / 'report.md'}, {out / 'results.csv'} and the plots", sep="\n")
+    return out / "report.md"
 
 
 if __name__ == "__main__":
