@@ -286,7 +286,7 @@ def train_runs(config: experiment.Config, args: argparse.Namespace, methods: lis
                 continue
             name = f"{method.slug}_seed{seed}"
             before = all((args.out / "train" / name / f"ckpt_{s:07d}.pt").is_file() for s in milestones(config))
-            targs = argparse.Namespace(**{**vars(args), "out": args.out / "train", "seed": seed, "compile": False})
+            targs = argparse.Namespace(**{**vars(args), "out": args.out / "train", "seed": seed})
             begin = time.perf_counter()
             runs[(method.slug, seed)] = experiment.train_method(config, targs, name, {**method.training(), **limit})
             if not before:
@@ -476,6 +476,7 @@ def build_parser() -> checks.Parser:
     arg("--clf-width", type=int, default=32)
     arg("--ref-images", type=int, default=10_000, help="training images in the reference statistics")
     arg("--straight-n", type=int, default=100, help="samples of the straightness measure")
+    arg("--compile", action="store_true", help="torch.compile the networks in training")
     arg("--device", default=None, help="default: cuda if available, else cpu")
     arg("--out", default=None, help="default: runs/compare_DATASET")
     return parser
@@ -561,7 +562,7 @@ def run(argv: list[str]) -> Comparison:
         raise ValueError(f"{args.out / 'results.json'} holds points measured otherwise ({', '.join(changed)} "
                          "differ): use another --out")
     trained = train_runs(config, args, methods, results)
-    ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed, "compile": False}))
+    ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
     timed(results, "measure", lambda: measure(ev, args, methods, trained, results))
     lines, terminal = report(args, config, methods, ev.metric, results.points)
     checks.write_text(args.out / "report.md", "\n".join(lines) + "\n")
