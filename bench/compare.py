@@ -130,7 +130,7 @@ def parse_method(text: str) -> Method:
             raise ValueError(f"null_source={null_source!r}: choose one of {', '.join(NULL_SOURCES)}")
         cfg = float(convert_option(reserved.get("cfg", "1.0"), 1.0, "cfg"))
     except ValueError as err:
-        raise ValueError(f"--priors {text!r}: {checks.first_line(err)}") from None
+        raise ValueError(f"--priors {text!r}: {str(err).replace('--prior-opt ', '')}") from None
     return Method(name, tuple(sorted(prior_options.items())), coupling, null_source, cfg)
 
 
@@ -437,10 +437,15 @@ def report(args: argparse.Namespace, config: experiment.Config, methods: list[Me
                       args.out / "fd_vs_step.png", f"{metric} at NFE {args.step_nfe}", args.dataset,
                       "training step (log scale)", log_y=True)
     lines += ["", "![FD against NFE](fd_vs_nfe.png)", "", "![FD against training steps](fd_vs_step.png)", "",
-              f"## Samples at NFE {' and '.join(map(str, grid_nfes(args)))} (training seed {args.seeds[0]})", ""]
+              f"## Samples at NFE {' and '.join(map(str, grid_nfes(args)))} (training seed {args.seeds[0]}; one row per "
+              "class, or the first held-out conditions in order)", ""]
+    few, more = grid_nfes(args)
     for method in methods:
-        lines += [f"![{method.label}, NFE {n}](grids/{method.key}_nfe{n}.png)" for n in grid_nfes(args)
-                  if (args.out / "grids" / f"{method.key}_nfe{n}.png").is_file()] + [""]
+        left, right = (args.out / "grids" / f"{method.key}_nfe{n}.png" for n in (few, more))
+        if left.is_file() and right.is_file():
+            experiment.side_by_side(left, right, args.out / "grids" / f"{method.key}.png",
+                                    (f"{method.label}, NFE {few}", f"{method.label}, NFE {more}"))
+            lines += [f"![{method.label}, NFE {few} and {more}](grids/{method.key}.png)", ""]
     return lines, terminal
 
 
@@ -492,8 +497,10 @@ def int_list(text: str, flag: str) -> list[int]:
     return found
 
 
-def setup(argv: list[str]) -> tuple[argparse.Namespace, experiment.Config, list[Method]]:
-    """The flags checked, all before any training."""
+def setup(argv: list[str], base: experiment.Config | None = None
+          ) -> tuple[argparse.Namespace, experiment.Config, list[Method]]:
+    """The flags checked, all before any training; base: where the settings without a flag come
+    from (a preset's sampling batch, grid size, straightness NFE, ...), default experiment.Config's."""
     args = build_parser().parse_args(argv)
     args.command = "python bench/compare.py " + shlex.join(argv)
     methods = parse_methods(args.priors)
@@ -513,12 +520,12 @@ def setup(argv: list[str]) -> tuple[argparse.Namespace, experiment.Config, list[
     for nfe in args.nfes:
         sample.num_steps(nfe, args.solver)  # a bad budget fails now
     preset = args.preset or ("small" if checks.resolve_device(args.device).type == "cuda" else "tiny")
-    config = experiment.Config(dataset=args.dataset, data_dir=args.data_dir, preset=preset, steps=args.steps,
-                               batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, ema=args.ema,
-                               checkpoints=args.checkpoints, n=args.n, label_dropout=args.label_dropout,
-                               euler_nfes=tuple(args.nfes), straight_n=args.straight_n, features=args.features,
-                               clf_steps=args.clf_steps, clf_width=args.clf_width, ref_images=args.ref_images,
-                               sample_batch=250, image_size=args.image_size, grid_per_class=6)
+    fields = dict(dataset=args.dataset, data_dir=args.data_dir, preset=preset, steps=args.steps,
+                  batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, ema=args.ema, checkpoints=args.checkpoints,
+                  n=args.n, label_dropout=args.label_dropout, euler_nfes=tuple(args.nfes), straight_n=args.straight_n,
+                  features=args.features, clf_steps=args.clf_steps, clf_width=args.clf_width,
+                  ref_images=args.ref_images, image_size=args.image_size)
+    config = dataclasses.replace(base, **fields) if base else experiment.Config(**fields)
     args.out = Path(args.out or ROOT / "runs" / f"compare_{args.dataset}")
     data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now, with its message
     return args, config, methods
@@ -540,9 +547,10 @@ class Comparison:
         return steps[max(steps)]
 
 
-def run(argv: list[str]) -> Comparison:
-    """Check everything, train what is missing, measure what is missing, write the report."""
-    args, config, methods = setup(argv)
+def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
+    """Check everything, train what is missing, measure what is missing, write the report (base:
+    as in setup)."""
+    args, config, methods = setup(argv, base)
     budget = budget_of(config, args)
     runs = [(m, seed) for m in {m.slug: m for m in methods}.values() for seed in args.seeds]
     for method, seed in runs:  # every folder checked before any training

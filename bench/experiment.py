@@ -10,7 +10,9 @@ kept, then measured point by point into a cache that a killed run continues from
     Results         results.json: every measured point, written atomically after each one
     path_straightness, side_by_side, table: measurements and report pieces
 
-bench/reproduce.py (the paper's comparison) and bench/priors.py (the priors beyond it) use it.
+bench/compare.py (any set of priors, several training seeds, verdicts) builds on it;
+bench/reproduce.py (the paper's comparison) and bench/priors.py (the priors beyond it) are named
+lists of compare.py entries with a few extra measures.
 """
 from __future__ import annotations
 
@@ -126,10 +128,9 @@ def driver_parser(description: str, configs: dict, parts: tuple[str, ...], name:
     return parser
 
 
-def driver_setup(args: argparse.Namespace, configs: dict, parts: tuple[str, ...], name: str
-                 ) -> tuple[list[str], Results]:
-    """driver_parser's flags checked: (the chosen parts in order, the results cache of args.out,
-    which is made a Path and created)."""
+def driver_setup(args: argparse.Namespace, configs: dict, parts: tuple[str, ...], name: str) -> list[str]:
+    """driver_parser's flags checked: the chosen parts in order; args.out is made a Path (default
+    runs/NAME_CONFIG) and created."""
     if args.config not in configs:
         raise ValueError(f"unknown --config '{args.config}'; choose one of: {', '.join(configs)}")
     chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -138,7 +139,7 @@ def driver_setup(args: argparse.Namespace, configs: dict, parts: tuple[str, ...]
         raise ValueError(f"unknown --parts {', '.join(unknown) or '(none)'}; choose from: {', '.join(parts)}")
     args.out = Path(args.out or ROOT / "runs" / f"{name}_{args.config}")
     args.out.mkdir(parents=True, exist_ok=True)
-    return chosen, Results(args.out / "results.json")
+    return chosen
 
 
 # ----------------------------------------------------------------------------- training

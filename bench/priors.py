@@ -47,9 +47,10 @@ PARTS = {  # part -> (compare.py flags beyond the budget, its entries)
 _cpu, _smoke = experiment.CONFIGS["cpu"], experiment.CONFIGS["smoke"]
 CONFIGS = {  # config -> part -> (experiment.Config, training images: None = all)
     "cpu": {
-        "mnist": (dataclasses.replace(_cpu, euler_nfes=(1, 2, 4, 8, 16, 32), checkpoints=4, features="clf"), None),
+        "mnist": (dataclasses.replace(_cpu, euler_nfes=(1, 2, 4, 8, 16, 32), checkpoints=4, features="clf",
+                                      grid_per_class=8), None),
         "shapes_attributes": (dataclasses.replace(_cpu, dataset="shapes", data_dir=None, euler_nfes=(1, 2, 4, 8, 16),
-                                                  checkpoints=1, features="clf"), None),
+                                                  checkpoints=1, features="clf", grid_per_class=8), None),
     },
     "smoke": {  # both parts on 16 px shapes (the mnist part with class ids), a few hundred training images
         "mnist": (dataclasses.replace(_smoke, n=40, clf_width=4, euler_nfes=(1, 2), checkpoints=2, straight_n=4), 300),
@@ -65,7 +66,7 @@ def run_part(args, part: str) -> compare.Comparison:
     argv = [*compare.budget_flags(config), *flags, "--priors", *entries, "--seeds", str(args.seed),
             "--sample-seed", str(args.seed), "--out", str(args.out / part)]
     argv += ["--max-images", str(max_images)] * bool(max_images) + ["--device", args.device] * bool(args.device)
-    return compare.run(argv)
+    return compare.run(argv, config)
 
 
 def copy_distance(ev: Evaluator, max_images: int | None, ckpt: Path | None, nfe: int = 8) -> dict:
@@ -105,7 +106,7 @@ def copy_section(done: compare.Comparison, max_images: int | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> Path:
     args = driver_parser(__doc__.split("\n\n")[0], CONFIGS, tuple(PARTS), "priors").parse_args(argv)
-    parts, _ = driver_setup(args, CONFIGS, tuple(PARTS), "priors")
+    parts = driver_setup(args, CONFIGS, tuple(PARTS), "priors")
     lines = [f"# Priors beyond the paper: `python bench/priors.py --config {args.config}`", ""]
     for part in PARTS:  # every part measured so far in this folder goes into the report
         if part in parts:

@@ -37,13 +37,12 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from plumbing import checks, data  # noqa: E402
+from plumbing import checks  # noqa: E402
 import compare  # noqa: E402
 import toy2d  # noqa: E402
 from experiment import CONFIGS, Config, Results, driver_parser, driver_setup, table, timed  # noqa: E402
@@ -196,11 +195,11 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"no MNIST at {args.data_dir}: using the built-in shapes dataset")
         args.dataset, args.data_dir = "shapes", None
     config = dataclasses.replace(config, dataset=args.dataset, data_dir=args.data_dir)
-    parts, _ = driver_setup(args, CONFIGS, PARTS, "reproduce")
+    parts = driver_setup(args, CONFIGS, PARTS, "reproduce")
     argv = [*compare.budget_flags(config), "--priors", *entries(parts), "--seeds", str(args.seed),
             "--sample-seed", str(args.seed), "--out", str(args.out)]
     argv += ["--device", args.device] * bool(args.device) + ["--compile"] * args.compile
-    done = dataclasses.replace(compare.run(argv), config=config)  # its midpoint, cfg, noise settings too
+    done = compare.run(argv, config)  # the flags, and its midpoint, cfg, noise settings
     if "comparison" in parts:
         timed(done.results, "extras", lambda: run_extras(done))
     if "cfg" in parts:
