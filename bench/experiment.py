@@ -10,7 +10,9 @@ kept, then measured point by point into a cache that a killed run continues from
     Results         results.json: every measured point, written atomically after each one
     path_straightness, side_by_side, table: measurements and report pieces
 
-bench/reproduce.py (the paper's comparison) and bench/priors.py (the priors beyond it) use it.
+bench/compare.py (any set of priors, several training seeds, verdicts) builds on it;
+bench/reproduce.py (the paper's comparison) and bench/priors.py (the priors beyond it) are named
+lists of compare.py entries with a few extra measures.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from plumbing import checks, classifier, conditions, data, inception, samplefiles  # noqa: E402
+from plumbing import checks, classifier, data, inception, samplefiles, shapes  # noqa: E402
 import eval_fid  # noqa: E402
 import sample  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
@@ -48,6 +50,7 @@ class Config:
     ema: float
     checkpoints: int  # FD at NFE 8 is measured at this many evenly spaced training steps
     n: int  # samples per measured point, class-balanced
+    label_dropout: float = 0.1  # the null label's share in training (classifier-free guidance)
     euler_nfes: tuple[int, ...] = (1, 2, 4, 8, 15, 32)
     midpoint_nfes: tuple[int, ...] = (2, 4, 8, 32)  # midpoint spends 2 NFE per step: no 1 or 15
     cov_nfes: tuple[int, ...] = (1, 2, 4, 8)
@@ -125,10 +128,9 @@ def driver_parser(description: str, configs: dict, parts: tuple[str, ...], name:
     return parser
 
 
-def driver_setup(args: argparse.Namespace, configs: dict, parts: tuple[str, ...], name: str
-                 ) -> tuple[list[str], Results]:
-    """driver_parser's flags checked: (the chosen parts in order, the results cache of args.out,
-    which is made a Path and created)."""
+def driver_setup(args: argparse.Namespace, configs: dict, parts: tuple[str, ...], name: str) -> list[str]:
+    """driver_parser's flags checked: the chosen parts in order; args.out is made a Path (default
+    runs/NAME_CONFIG) and created."""
     if args.config not in configs:
         raise ValueError(f"unknown --config '{args.config}'; choose one of: {', '.join(configs)}")
     chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -137,7 +139,7 @@ def driver_setup(args: argparse.Namespace, configs: dict, parts: tuple[str, ...]
         raise ValueError(f"unknown --parts {', '.join(unknown) or '(none)'}; choose from: {', '.join(parts)}")
     args.out = Path(args.out or ROOT / "runs" / f"{name}_{args.config}")
     args.out.mkdir(parents=True, exist_ok=True)
-    return chosen, Results(args.out / "results.json")
+    return chosen
 
 
 # ----------------------------------------------------------------------------- training
@@ -152,7 +154,7 @@ def train_config(config: Config, args: argparse.Namespace, run_dir: Path, steps:
     return train.Config(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, device=args.device,
                         resize_to=dataset_options(config, args).get("image_size"), preset=config.preset,
                         steps=steps, batch_size=config.batch_size, lr=config.lr, warmup=config.warmup,
-                        ema=config.ema, label_dropout=0.1, ckpt_every=steps, sample_every=0, out=str(run_dir),
+                        ema=config.ema, label_dropout=config.label_dropout, ckpt_every=steps, sample_every=0, out=str(run_dir),
                         compile=args.compile, **method)
 
 
@@ -218,8 +220,9 @@ class Evaluator:
     def device(self) -> torch.device:
         return checks.resolve_device(self.args.device)
 
-    def balanced(self, num_classes: int, n: int, seed: int | None = None) -> tuple[torch.Tensor, list[int]]:
-        return conditions.balanced_classes(num_classes, n, self.args.seed if seed is None else seed)
+    def conditions(self, run: dict, n: int, seed: int | None = None) -> tuple[torch.Tensor, list[int], np.ndarray | None]:
+        """sweep.evaluation_conditions: class-balanced ids, or the first n held-out condition vectors."""
+        return sweep.evaluation_conditions(run, n, self.args.seed if seed is None else seed)
 
     def real_images(self) -> dict:
         """The first n test images against the (training) reference: the metric's floor at this n."""
@@ -230,15 +233,17 @@ class Evaluator:
 
     def point(self, ckpt: Path, solver: str, nfe: int, cfg: float = 1.0, grid: Path | None = None,
               seed: int | None = None) -> dict:
-        """Metrics of n class-balanced samples; optionally a grid of the first few per class."""
+        """Metrics of n samples (class-balanced, or the first n held-out condition vectors: then
+        the attribute errors of shapes attributes instead of the accuracy); optionally a grid."""
         model, prior, run = self.load(ckpt)
-        labels, seeds = self.balanced(run["num_classes"], self.config.n, seed)
-        images = sample.generate(model, prior, labels, seeds, nfe, solver, cfg, self.config.sample_batch,
+        cond, seeds, classes = self.conditions(run, self.config.n, seed)
+        images = sample.generate(model, prior, cond, seeds, nfe, solver, cfg, self.config.sample_batch,
                                  self.device, progress=True)
-        result = eval_fid.score(self.extractor, images, labels.numpy(), self.ref, 256, self.args.seed)
+        result = eval_fid.score(self.extractor, images, classes, self.ref, 256, self.args.seed)
+        if classes is None and run["dataset"] == "shapes":  # faithfulness to the attributes, from pixels
+            result.update(shapes.attribute_errors(images.numpy(), cond.numpy()))
         if grid is not None:
-            first = slice(0, self.config.grid_per_class * run["num_classes"])
-            samplefiles.save_grid(images[first], labels[first], grid)
+            save_grid(images, cond, self.config.grid_per_class, grid)
         return {"solver": solver, "nfe": nfe, "cfg": cfg, **result}
 
     def transport_cost(self, ckpt: Path) -> float:
@@ -247,7 +252,7 @@ class Evaluator:
 
     def straightness(self, ckpt: Path) -> dict:
         model, prior, run = self.load(ckpt)
-        labels, seeds = self.balanced(run["num_classes"], self.config.straight_n)
+        labels, seeds, _ = self.conditions(run, self.config.straight_n)
         labels = labels.to(self.device)
         x0 = sample.prior_noise(prior, labels, seeds)
         field = sample.guided_field(model, labels, 1.0)
@@ -279,6 +284,17 @@ def path_straightness(velocity: sample.Field, x0: torch.Tensor, nfe: int) -> dic
     return {"endpoint_gap": mean_square(x1 - (x0 + recorded[0])),  # recorded[0] = v(x0, 0)
             "straightness": float(np.mean([mean_square(chord - v) for v in recorded[1::2]])),
             "chord": mean_square(chord)}
+
+
+def save_grid(images: torch.Tensor, cond: torch.Tensor, per_class: int, path: Path, rows: int = 5) -> None:
+    """Class ids: the first per_class samples of each class, one row per class; condition vectors
+    (no classes): the first rows x 8 images in order."""
+    if cond.ndim == 1:
+        first = slice(0, per_class * (int(cond.max()) + 1))
+        samplefiles.save_grid(images[first], cond[first], path)
+    else:
+        shown = images[:8 * rows]
+        samplefiles.save_grid(shown, torch.arange(len(shown)) // 8, path)
 
 
 def side_by_side(left: Path, right: Path, out: Path, captions: tuple[str, str]) -> None:

@@ -1,131 +1,93 @@
 """Reproduce the paper's comparison with equal budgets, and answer its reviewers' questions.
 
-Methods (one training run each; same preset, steps, batch, learning rate, EMA and seed):
+A named list of bench/compare.py entries (one training run each; same preset, steps, batch,
+learning rate, EMA and seed), trained and measured by compare.py in --out:
 
-    CondOT              gaussian prior, independent pairs      (the paper's baseline)
-    BatchOT             gaussian prior, minibatch OT pairs     (ignores the class)
-    class prior         N(mu_c, sigma^2 I), independent pairs  (the paper's method)
-    class prior + OT    class prior, OT pairs within each class
+    gaussian                     CondOT: independent pairs          (the paper's baseline)
+    gaussian:coupling=ot         BatchOT: minibatch OT pairs        (ignores the class)
+    class                        N(mu_c, sigma^2 I), independent    (the paper's method)
+    class:coupling=class_ot      class prior, OT pairs within each class
 
 Every run trains with label dropout 0.1 (the null label starts from the dataset-wide component),
-so the same checkpoints also answer the guidance question. Measured on class-balanced samples
-(image j of class c from seed image_seed(0, c, j), identical across methods):
+so the same checkpoints also answer the guidance question. Parts (compare.py measures FD, KID,
+accuracy, transport cost, straightness, FD against steps; the rest is measured here):
 
-    comparison    FD (FID with the Inception weights, else FD-clf), KID, conditional accuracy, at
-                  Euler NFE 1, 2, 4, 8, 15, 32 and midpoint at the even budgets; FD at NFE 8 against
-                  training steps; the transport cost E||x1 - x0||^2 of each training coupling;
-                  yardsticks: real test images, and NFE 8 again from 3 other sets of starting noise
-    straightness  from the same starting points, the gap between the straight-line endpoint
-                  x0 + v(x0, 0) and a fine solve (midpoint, 64 NFE), and rectified flow's
-                  straightness S = E int_0^1 ||(x1 - x0) - v(x_t, t)||^2 dt along that solve
-                  (both per dimension; 0 for a perfectly straight flow)
-    cfg           guidance weights 1, 1.5, 2, 3 at a fixed number of Euler steps: CondOT, the class
-                  prior, and the class prior trained with --null-source class (a dropped label's x0
-                  from its own class's component instead of the dataset-wide one; one more run)
-    cov           class prior with sigma 0.25, 0.5, 1 (iso) and per-class diagonal std
+    comparison    compare.py's report at Euler NFE 1, 2, 4, 8, 15, 32; midpoint at the even
+                  budgets; yardsticks: real test images, and NFE 8 again from 3 other sets of
+                  starting noise; the headline (the fewest CondOT NFE matching the class prior)
+    straightness  (compare.py measures it with the comparison; kept as a part name)
+    cfg           guidance weights 1, 1.5, 2, 3 at a fixed number of Euler steps: gaussian, class,
+                  and class:null_source=class (a dropped label's x0 from its own class's
+                  component; one more run)
+    cov           class:sigma=0.25, class:sigma=0.5, class:cov=diag (more compare.py entries)
     overlap       toy2d.py's interleaved layout (a class mean lies on the other class's data)
 
     python bench/reproduce.py --config cpu                          # MNIST (else shapes), 2 CPU cores
-    python bench/reproduce.py --config cpu --parts comparison       # only the comparison: 42 min there
+    python bench/reproduce.py --config cpu --parts comparison       # only the comparison
     python bench/reproduce.py --config gpu --data-dir DATA/cifar10  # CIFAR-10 on one GPU (not yet run)
 
-Everything lands in --out (default runs/reproduce_CONFIG): checkpoints, results.json (every
-measured point; a re-run skips what is there, so a killed run continues where it stopped),
-report.md (the tables) and the PNG plots and sample grids.
+Everything lands in --out (default runs/reproduce_CONFIG): compare.py's folder (train/,
+results.json: every measured point, so a killed run continues; results.csv, plots, grids/) and
+report.md, compare.py's report with this script's sections added.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from plumbing import checks, data  # noqa: E402
-import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
+sys.path.insert(0, str(ROOT / "bench"))
+from plumbing import checks  # noqa: E402
+import compare  # noqa: E402
 import toy2d  # noqa: E402
-from experiment import (CONFIGS, Config, Evaluator, Results, driver_parser, driver_setup, side_by_side, table,  # noqa: E402
-                        timed, train_method)
+from experiment import CONFIGS, Config, Results, driver_parser, driver_setup, table, timed  # noqa: E402
 
-# label -> (slug: the run's folder, train.Config fields of the method)
-METHODS = {
-    "CondOT": ("condot", dict(prior="gaussian", coupling="independent")),
-    "BatchOT": ("batchot", dict(prior="gaussian", coupling="ot")),
-    "class prior": ("class", dict(prior="class", coupling="independent")),
-    "class prior + OT": ("class_ot", dict(prior="class", coupling="class_ot")),
-}
-COV_VARIANTS = {  # the class prior with sigma 1 (iso) is "class prior" above
-    "class, sigma 0.25": ("class_sigma0.25", dict(prior="class", prior_options={"sigma": 0.25})),
-    "class, sigma 0.5": ("class_sigma0.5", dict(prior="class", prior_options={"sigma": 0.5})),
-    "class, diag std": ("class_diag", dict(prior="class", prior_options={"cov": "diag"})),
-}
-CFG_VARIANTS = {  # dropped labels start from their own class's component, not the dataset-wide one
-    "class prior, null from class": ("class_nullclass", dict(prior="class", null_source="class")),
-}
+METHODS = ["gaussian", "gaussian:coupling=ot", "class", "class:coupling=class_ot"]
+COV_VARIANTS = ["class:sigma=0.25", "class:sigma=0.5", "class:cov=diag"]  # sigma 1 (iso) is "class"
+CFG_VARIANTS = ["class:null_source=class"]  # dropped labels start from their own class's component
+CFG_METHODS = ["gaussian", "class", *CFG_VARIANTS]
 PARTS = ("comparison", "straightness", "cfg", "cov", "overlap")
+
+
+def entries(parts: list[str]) -> list[str]:
+    """The compare.py entries the chosen parts need."""
+    found = list(METHODS) if set(parts) - {"cov", "overlap"} else ["gaussian", "class"]
+    return found + CFG_VARIANTS * ("cfg" in parts) + COV_VARIANTS * ("cov" in parts)
 
 
 # ----------------------------------------------------------------------------- the parts
 
-def euler_key(config: Config, slug: str, nfe: int, part: str) -> str:
-    """A main method's unguided Euler point is one measurement, whichever part asks for it first."""
-    main = slug in {s for s, _ in METHODS.values()} and nfe in config.euler_nfes
-    return f"cmp/{slug}/euler/{nfe}" if main else f"{part}/{slug}/{nfe}"
-
-
-def run_comparison(ev: Evaluator, results: Results, runs: dict[str, dict[int, Path]]) -> None:
-    config, figures = ev.config, ev.args.out / "figures"
-    # yardsticks: real test images (the floor at this n), and NFE 8 again from other starting noise
+def run_extras(done: compare.Comparison) -> None:
+    """Midpoint points and the yardsticks (real test images, NFE 8 from other starting noise)."""
+    ev, results, config, seed = done.evaluator, done.results, done.config, done.args.seeds[0]
     results.get("yardstick/test_images", ev.real_images)
-    for label, (slug, _) in METHODS.items():
-        final = runs[label][max(runs[label])]
-        for k in range(1, config.noise_seeds + 1):
-            results.get(f"noise/{slug}/{k}", lambda: ev.point(final, "euler", 8, seed=ev.args.seed + k))
-    for label, (slug, _) in METHODS.items():
-        steps = runs[label]
-        final = steps[max(steps)]
-        results.get(f"cost/{slug}", lambda: {"transport_cost": ev.transport_cost(final)})
-        for nfe in config.euler_nfes:
-            grid = figures / f"grid_{slug}_euler_nfe{nfe}.png" if nfe in (2, 8) else None
-            results.get(f"cmp/{slug}/euler/{nfe}", lambda: ev.point(final, "euler", nfe, grid=grid))
+    for method in done.methods[:len(METHODS)]:
+        final = done.final(method, seed)
         for nfe in config.midpoint_nfes:
-            results.get(f"cmp/{slug}/midpoint/{nfe}", lambda: ev.point(final, "midpoint", nfe))
-        for step, ckpt in steps.items():
-            key = f"cmp/{slug}/euler/8" if ckpt == final and 8 in config.euler_nfes else f"conv/{slug}/{step}"
-            results.get(key, lambda: ev.point(ckpt, "euler", 8))
+            results.get(compare.point_key(method, seed, done.config.steps, "midpoint", nfe),
+                        lambda: ev.point(final, "midpoint", nfe))
+        for k in range(1, config.noise_seeds + 1):
+            results.get(f"noise/{method.key}/{k}", lambda: ev.point(final, "euler", 8, seed=ev.args.seed + k))
 
 
-def run_straightness(ev: Evaluator, results: Results, runs: dict[str, dict[int, Path]]) -> None:
-    for label, (slug, _) in METHODS.items():
-        final = runs[label][max(runs[label])]
-        results.get(f"straight/{slug}", lambda: ev.straightness(final))
+def cfg_key(done: compare.Comparison, method: compare.Method, scale: float) -> str:
+    """Scale 1 is compare.py's unguided Euler point when it measured that NFE."""
+    if scale == 1.0 and done.config.cfg_steps in done.args.nfes:
+        return compare.point_key(method, done.args.seeds[0], done.config.steps, "euler", done.config.cfg_steps)
+    return f"cfg/{method.key}/{scale:g}"
 
 
-def run_cfg(ev: Evaluator, results: Results, runs: dict[str, dict[int, Path]]) -> None:
-    for label in ("CondOT", "class prior", *CFG_VARIANTS):
-        slug, final = {**METHODS, **CFG_VARIANTS}[label][0], runs[label][max(runs[label])]
-        for scale in ev.config.cfg_scales:
-            nfe = ev.config.cfg_steps * (1 if scale == 1.0 else 2)  # a guided step is two evaluations
-            key = euler_key(ev.config, slug, nfe, "cfg") if scale == 1.0 else f"cfg/{slug}/{scale:g}"
-            results.get(key, lambda: ev.point(final, "euler", nfe, scale))
-
-
-def run_cov(ev: Evaluator, results: Results, runs: dict[str, dict[int, Path]]) -> None:
-    for label, (slug, _) in COV_VARIANTS.items():
-        final = runs[label][max(runs[label])]
-        results.get(f"cost/{slug}", lambda: {"transport_cost": ev.transport_cost(final)})
-        for nfe in ev.config.cov_nfes:
-            results.get(f"cov/{slug}/{nfe}", lambda: ev.point(final, "euler", nfe))
-    for label in ("CondOT", "class prior"):  # the sigma = 1 and Gaussian rows, at the same NFEs
-        slug, final = METHODS[label][0], runs[label][max(runs[label])]
-        for nfe in ev.config.cov_nfes:
-            results.get(euler_key(ev.config, slug, nfe, "cov"), lambda: ev.point(final, "euler", nfe))
+def run_cfg(done: compare.Comparison) -> None:
+    for method in map(compare.parse_method, CFG_METHODS):
+        final = done.final(method, done.args.seeds[0])
+        for scale in done.config.cfg_scales:
+            nfe = done.config.cfg_steps * (1 if scale == 1.0 else 2)  # a guided step is two evaluations
+            done.results.get(cfg_key(done, method, scale), lambda: done.evaluator.point(final, "euler", nfe, scale))
 
 
 def run_overlap(config: Config, args: argparse.Namespace, results: Results) -> None:
@@ -144,11 +106,10 @@ def run_overlap(config: Config, args: argparse.Namespace, results: Results) -> N
 
 # ----------------------------------------------------------------------------- the report
 
-def headline(points: dict, metric: str) -> list[str]:
-    """For each NFE of the class prior: the fewest Euler NFE at which CondOT is as good."""
+def headline(curves: dict[str, dict[int, float]], metric: str) -> list[str]:
+    """For each NFE of the class prior: the fewest Euler NFE at which CondOT (gaussian) is as good.
+    curves: "class" and "condot" -> {NFE: FD}."""
     lines = []
-    curves = {slug: {int(k.split("/")[-1]): v["value"] for k, v in points.items()
-                     if k.startswith(f"cmp/{slug}/euler/")} for slug in ("class", "condot")}
     for nfe, value in sorted(curves["class"].items()):
         matched = [m for m, other in sorted(curves["condot"].items()) if other <= value]
         where = f"CondOT first gets as low at {matched[0]} NFE" if matched else \
@@ -157,131 +118,52 @@ def headline(points: dict, metric: str) -> list[str]:
     return lines
 
 
-def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, parts: list[str]) -> Path:
-    config, points, metric, figures = ev.config, results.points, ev.metric, args.out / "figures"
-    # KID of Inception features is quoted x 1e3 by convention; the classifier's features are on another scale
-    kid_name, kid_scale = ("KID x1e3", 1e3) if metric == "FID" else ("KID-clf", 1.0)
-    device = checks.describe_device(ev.device)
-    command = f"python bench/reproduce.py --config {args.config}" + (
-        f" --data-dir {args.data_dir}" if args.data_dir and args.config != "cpu" else "")
-    lines = [f"# Reproduction: `{command}`", "",
-             f"{time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}, seed {args.seed}. "
-             f"Dataset {args.dataset}; preset {config.preset}, {config.steps} steps at batch {config.batch_size}, "
-             f"lr {config.lr:g} (warm-up {config.warmup}), EMA {config.ema}, label dropout 0.1, same for every "
-             f"method. {config.n} class-balanced samples per point; metric {metric}"
-             + (" (features of a small classifier trained on the dataset, not FID)" if metric == "FD-clf" else "")
-             + ". Wall time per part: "
-             + ", ".join(f"{p} {points[f'time/{p}']['seconds'] / 60:.1f} min" for p in ("training", *parts)
-                         if f"time/{p}" in points) + ".", ""]
+def sections(done: compare.Comparison, parts: list[str]) -> list[str]:
+    """What compare.py's report lacks: midpoint, yardsticks, headline, guidance, covariance, overlap."""
+    config, points, metric = done.config, done.results.points, done.evaluator.metric
+    seed, final = done.args.seeds[0], config.steps
 
-    def row_values(prefix: str, nfes, field: str = "value", scale: float = 1.0, fmt: str = "{:.2f}"):
-        out = []
-        for nfe in nfes:
-            point = points.get(f"{prefix}/{nfe}")
-            out.append("" if point is None or point.get(field) is None else fmt.format(scale * point[field]))
-        return out
+    def cell(key: str, form: str = "{:.2f}") -> str:
+        return form.format(points[key]["value"]) if key in points else ""
 
+    lines = []
     if "comparison" in parts:
-        for solver, nfes in (("euler", config.euler_nfes), ("midpoint", config.midpoint_nfes)):
-            lines += [f"## {metric} against NFE, {solver}", ""]
-            lines += table(["method", *[f"NFE {n}" for n in nfes], "transport cost"],
-                           [[label, *row_values(f"cmp/{slug}/{solver}", nfes),
-                             f"{points[f'cost/{slug}']['transport_cost']:.1f}"]
-                            for label, (slug, _) in METHODS.items()])
-            lines.append("")
-        lines += [f"## {kid_name} and conditional accuracy, Euler", ""]
-        lines += table(["method", *[f"NFE {n}" for n in config.euler_nfes]],
-                       [[f"{label}, {kid_name}", *row_values(f"cmp/{slug}/euler", config.euler_nfes, "kid",
-                                                               kid_scale, "{:.3g}")]
-                        for label, (slug, _) in METHODS.items()]
-                       + [[f"{label}, accuracy", *row_values(f"cmp/{slug}/euler", config.euler_nfes, "accuracy",
-                                                              100, "{:.1f}%")] for label, (slug, _) in METHODS.items()])
+        methods = done.methods[:len(METHODS)]
+        lines += [f"## {metric} against NFE, midpoint (training seed {seed})", ""]
+        lines += table(["method", *[f"NFE {n}" for n in config.midpoint_nfes]],
+                       [[m.label, *[cell(compare.point_key(m, seed, final, "midpoint", n)) for n in config.midpoint_nfes]]
+                        for m in methods])
         real = points.get("yardstick/test_images")
         if real:
             lines += ["", f"Yardstick: {real['n']} real test images score {metric} {real['value']:.2f} (accuracy "
                       f"{100 * real['accuracy']:.1f}%) against the reference: the floor at this sample size."]
-        lines += ["", f"## Sampling noise: {metric} at Euler NFE 8 from {config.noise_seeds + 1} sets of "
-                  "starting noise (same checkpoint)", ""]
+        lines += ["", f"## Sampling noise: {metric} at Euler NFE 8 from {config.noise_seeds + 1} sets of starting "
+                  "noise (same checkpoint)", ""]
         rows = []
-        for label, (slug, _) in METHODS.items():
-            keys = [f"cmp/{slug}/euler/8", *[f"noise/{slug}/{k}" for k in range(1, config.noise_seeds + 1)]]
-            values = [points[key]["value"] for key in keys if key in points]
-            if values:
-                rows.append([label, " ".join(f"{v:.2f}" for v in values),
-                             f"{np.mean(values):.2f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"])
-        lines += table(["method", f"seeds {args.seed}..{args.seed + config.noise_seeds}", "mean +- std"], rows)
-        lines += ["", "One training seed per method: the noise of training is not measured."]
-        lines += ["", "Headline (Euler):", "", *headline(points, metric), ""]
-        series = {solver: {label: [(p["nfe"], p["value"]) for k, p in points.items()
-                                   if k.startswith(f"cmp/{slug}/{solver}/")] for label, (slug, _) in METHODS.items()}
-                  for solver in ("euler", "midpoint")}
-        for solver, curves in series.items():
-            sweep.plot_curves(curves, figures / f"{metric.lower()}_vs_nfe_{solver}.png", metric, f"{solver} solver",
-                                 log_y=True)
-            lines.append(f"![{metric} against NFE, {solver}](figures/{metric.lower()}_vs_nfe_{solver}.png)")
-        milestones = sorted({int(k.split("/")[-1]) for k in points if k.startswith("conv/")} | {config.steps})
-        convergence = {}
-        for label, (slug, _) in METHODS.items():
-            convergence[label] = [(s, points.get(f"conv/{slug}/{s}", points.get(f"cmp/{slug}/euler/8") if
-                                   s == config.steps else None)) for s in milestones]
-        lines += ["", f"## {metric} at Euler NFE 8 against training steps", ""]
-        lines += table(["method", *[f"step {s}" for s in milestones]],
-                       [[label, *["" if p is None else f"{p['value']:.2f}" for _, p in curve]]
-                        for label, curve in convergence.items()])
-        sweep.plot_curves({label: [(s, p["value"]) for s, p in curve if p is not None]
-                              for label, curve in convergence.items()},
-                             figures / f"{metric.lower()}_vs_step.png", f"{metric} at Euler NFE 8", "",
-                             "training step (log scale)", log_y=True)
-        lines += ["", f"![{metric} against training step](figures/{metric.lower()}_vs_step.png)", "",
-                  "## Samples at Euler NFE 2 (left) and 8 (right), one row per class", ""]
-        for label, (slug, _) in METHODS.items():
-            left, right = figures / f"grid_{slug}_euler_nfe2.png", figures / f"grid_{slug}_euler_nfe8.png"
-            if left.is_file() and right.is_file():
-                side_by_side(left, right, figures / f"grids_{slug}.png", (f"{label}, NFE 2", f"{label}, NFE 8"))
-                lines += [f"{label}:", "", f"![{label} at NFE 2 and 8](figures/grids_{slug}.png)", ""]
-
-    if "straightness" in parts:
-        lines += ["## Straightness (midpoint solve, "
-                  f"{config.straight_nfe} NFE, {config.straight_n} samples; per dimension, data in [-1, 1])", ""]
-        lines += ["endpoint gap = E ‖x(1) − (x0 + v(x0, 0))‖² / D (the one-step error); straightness = "
-                  "E ∫ ‖(x(1) − x0) − v(x(t), t)‖² dt / D (rectified flow's; 0 when straight); chord = "
-                  "E ‖x(1) − x0‖² / D (path length²). From each method's own prior, the same seeds.", ""]
-        lines += table(["method", "endpoint gap", "straightness", "chord"],
-                       [[label, *[f"{points[f'straight/{slug}'][f]:.4f}" for f in ("endpoint_gap", "straightness",
-                                                                                    "chord")]]
-                        for label, (slug, _) in METHODS.items() if f"straight/{slug}" in points])
-        lines.append("")
-
+        for m in methods:
+            keys = [compare.point_key(m, seed, final, "euler", 8), *[f"noise/{m.key}/{k}"
+                                                                     for k in range(1, config.noise_seeds + 1)]]
+            found = [points[key]["value"] for key in keys if key in points]
+            if found:
+                rows.append([m.label, " ".join(f"{v:.2f}" for v in found), compare.spread_cell(found)])
+        lines += table(["method", "values", "mean ± std [min, max]"], rows)
+        curves = {name: {n: points[k]["value"] for n in done.args.nfes
+                         if (k := compare.point_key(compare.parse_method(entry), seed, final, "euler", n)) in points}
+                  for name, entry in (("class", "class"), ("condot", "gaussian"))}
+        lines += ["", "Headline (Euler):", "", *headline(curves, metric), ""]
     if "cfg" in parts:
         lines += [f"## Guidance: {metric} (accuracy) at {config.cfg_steps} Euler steps", "",
-                  f"A guided step costs 2 NFE: scale 1 is {config.cfg_steps} NFE, the others "
-                  f"{2 * config.cfg_steps}.", ""]
+                  f"A guided step costs 2 NFE: scale 1 is {config.cfg_steps} NFE, the others {2 * config.cfg_steps}.", ""]
         rows = []
-        for label in ("CondOT", "class prior", *CFG_VARIANTS):
-            slug = {**METHODS, **CFG_VARIANTS}[label][0]
-            cells = []
-            for scale in config.cfg_scales:
-                p = points.get(euler_key(config, slug, config.cfg_steps, "cfg") if scale == 1.0
-                               else f"cfg/{slug}/{scale:g}")
-                cells.append("" if p is None else f"{p['value']:.2f} ({100 * p['accuracy']:.1f}%)")
-            rows.append([label, *cells])
+        for m in map(compare.parse_method, CFG_METHODS):
+            found = [points.get(cfg_key(done, m, scale)) for scale in config.cfg_scales]
+            rows.append([m.label, *["" if p is None else f"{p['value']:.2f} ({100 * p['accuracy']:.1f}%)" for p in found]])
         lines += table(["method", *[f"w = {s:g}" for s in config.cfg_scales]], rows) + [""]
-
     if "cov" in parts:
         lines += [f"## Covariance of the class prior: {metric} against Euler NFE", ""]
-        rows = []
-        for label, slug in [("CondOT (N(0, I))", "condot"), ("class, sigma 1 (iso)", "class"),
-                            *[(label, slug) for label, (slug, _) in COV_VARIANTS.items()]]:
-            cells = []
-            for nfe in config.cov_nfes:
-                p = points.get(euler_key(config, slug, nfe, "cov"))
-                cells.append("" if p is None else f"{p['value']:.2f}")
-            cost, last = points.get(f"cost/{slug}"), p  # p: the point at the largest NFE
-            rows.append([label, *cells, "" if last is None else f"{100 * last['accuracy']:.1f}%",
-                         "" if cost is None else f"{cost['transport_cost']:.1f}"])
-        lines += table(["prior", *[f"NFE {n}" for n in config.cov_nfes], f"accuracy at NFE {config.cov_nfes[-1]}",
-                        "transport cost"], rows) + [""]
-
+        lines += table(["prior", *[f"NFE {n}" for n in config.cov_nfes]],
+                       [[m.label, *[cell(compare.point_key(m, seed, final, "euler", n)) for n in config.cov_nfes]]
+                        for m in map(compare.parse_method, ["gaussian", "class", *COV_VARIANTS])]) + [""]
     if "overlap" in parts and "overlap/toy2d" in points:
         found = points["overlap/toy2d"]
         nfes = [k for k in next(iter(found.values())) if k != "cost"]
@@ -289,15 +171,12 @@ def write_report(ev: Evaluator, results: Results, args: argparse.Namespace, part
         lines += table(["method", "transport cost", *[f"NFE {n}" for n in nfes]],
                        [[m, f"{v['cost']:.3f}", *[f"{v[n]:.3f}" for n in nfes]] for m, v in found.items()])
         lines += ["", "![toy2d interleaved](figures/toy2d_interleaved.png)", ""]
-
-    report = args.out / "report.md"
-    checks.write_text(report, "\n".join(lines) + "\n")
-    return report
+    return lines
 
 
 # ----------------------------------------------------------------------------- main
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> Path:
     parser = driver_parser(__doc__.split("\n\n")[0], CONFIGS, PARTS, "reproduce")
     parser.add_argument("--dataset", default=None, help="override the configuration's dataset")
     parser.add_argument("--data-dir", default=None, help="the dataset's folder (required for --config gpu)")
@@ -315,37 +194,29 @@ def main(argv: list[str] | None = None) -> None:
     if args.config == "cpu" and args.dataset == "mnist" and not (args.data_dir and Path(args.data_dir).is_dir()):
         print(f"no MNIST at {args.data_dir}: using the built-in shapes dataset")
         args.dataset, args.data_dir = "shapes", None
-    data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now, with its message
-    parts, results = driver_setup(args, CONFIGS, PARTS, "reproduce")
-    # cached points are only valid for the configuration that measured them
-    setup = json.loads(json.dumps({**dataclasses.asdict(config), "dataset": args.dataset, "seed": args.seed}))
-    if results.get("config", lambda: setup) != setup:
-        changed = sorted(key for key in setup if results.points["config"].get(key) != setup[key])
-        raise ValueError(f"{args.out} holds results of another configuration ({', '.join(changed)} differ): "
-                         "use another --out")
-
-    trained = dict(METHODS) if set(parts) - {"cov", "overlap"} else {}
+    config = dataclasses.replace(config, dataset=args.dataset, data_dir=args.data_dir)
+    parts = driver_setup(args, CONFIGS, PARTS, "reproduce")
+    argv = [*compare.budget_flags(config), "--priors", *entries(parts), "--seeds", str(args.seed),
+            "--sample-seed", str(args.seed), "--out", str(args.out)]
+    argv += ["--device", args.device] * bool(args.device) + ["--compile"] * args.compile
+    done = compare.run(argv, config)  # the flags, and its midpoint, cfg, noise settings
+    if "comparison" in parts:
+        timed(done.results, "extras", lambda: run_extras(done))
     if "cfg" in parts:
-        trained |= CFG_VARIANTS
-    if "cov" in parts:
-        trained |= {"CondOT": METHODS["CondOT"], "class prior": METHODS["class prior"], **COV_VARIANTS}
-    runs: dict[str, dict[int, Path]] = {}
-    timed(results, "training", lambda: runs.update(
-        {label: train_method(config, args, slug, options) for label, (slug, options) in trained.items()}))
-    evaluator = Evaluator(config, args)
-    for part in parts:
-        if part == "overlap":
-            timed(results, part, lambda: run_overlap(config, args, results))
-        else:
-            work = {"comparison": run_comparison, "straightness": run_straightness, "cfg": run_cfg,
-                    "cov": run_cov}[part]
-            timed(results, part, lambda: work(evaluator, results, runs))
+        timed(done.results, "cfg", lambda: run_cfg(done))
+    if "overlap" in parts:
+        timed(done.results, "overlap", lambda: run_overlap(config, args, done.results))
     # the report covers every part measured so far in this folder, not only this invocation's
-    prefixes = {"comparison": "yardstick/", "straightness": "straight/", "cfg": "cfg/", "cov": "cov/",
+    prefixes = {"comparison": "yardstick/", "straightness": "straight/", "cfg": "cfg/", "cov": f"point/{compare.parse_method(COV_VARIANTS[0]).key}_",
                 "overlap": "overlap/"}
-    measured = [p for p in PARTS if p in parts or any(key.startswith(prefixes[p]) for key in results.points)]
-    report = write_report(evaluator, results, args, measured)
-    print(f"wrote {report} and {args.out / 'figures'}")
+    measured = [p for p in PARTS if p in parts or any(key.startswith(prefixes[p]) for key in done.results.points)]
+    body = (args.out / "report.md").read_text().split("\n", 1)[1]
+    command = f"python bench/reproduce.py --config {args.config}" + (
+        f" --data-dir {args.data_dir}" if args.data_dir and args.config != "cpu" else "")
+    report = args.out / "report.md"
+    checks.write_text(report, "\n".join([f"# Reproduction: `{command}`", body, *sections(done, measured)]) + "\n")
+    print(f"wrote {report}")
+    return report
 
 
 if __name__ == "__main__":

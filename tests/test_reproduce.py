@@ -9,6 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import compare  # noqa: E402
 import experiment  # noqa: E402
 import reproduce  # noqa: E402
 import train  # noqa: E402
@@ -43,14 +44,13 @@ def test_straightness_of_straight_and_curved_fields():
 
 
 def test_headline_finds_the_fewest_matching_nfe():
-    points = {f"cmp/class/euler/{n}": {"value": v} for n, v in ((1, 50.0), (2, 20.0), (4, 10.0))}
-    points |= {f"cmp/condot/euler/{n}": {"value": v} for n, v in ((1, 60.0), (2, 30.0), (4, 15.0), (8, 9.0))}
-    lines = reproduce.headline(points, "FD")
+    curves = {"class": {1: 50.0, 2: 20.0, 4: 10.0}, "condot": {1: 60.0, 2: 30.0, 4: 15.0, 8: 9.0}}
+    lines = reproduce.headline(curves, "FD")
     assert "class prior at 1 NFE (FD 50.00): CondOT first gets as low at 2 NFE" in lines[0]
     assert "class prior at 2 NFE (FD 20.00): CondOT first gets as low at 4 NFE" in lines[1]
     assert "class prior at 4 NFE (FD 10.00): CondOT first gets as low at 8 NFE" in lines[2]
-    points["cmp/class/euler/8"] = {"value": 5.0}
-    assert "does not reach it" in reproduce.headline(points, "FD")[3]
+    curves["class"][8] = 5.0
+    assert "does not reach it" in reproduce.headline(curves, "FD")[3]
 
 
 def test_bad_config_and_parts_are_refused():
@@ -62,27 +62,31 @@ def test_bad_config_and_parts_are_refused():
 
 def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, monkeypatch):
     out = tmp_path / "smoke"
-    # one part alone reports only itself, though it shares the main methods' Euler points
+    # one part alone reports only itself, though it shares the main methods' runs and points
     reproduce.main(["--config", "smoke", "--out", str(out), "--parts", "cov"])
     alone = (out / "report.md").read_text()
-    assert "Covariance of the class prior" in alone and "against NFE, euler" not in alone
+    assert "Covariance of the class prior" in alone and "against NFE, midpoint" not in alone
     reproduce.main(["--config", "smoke", "--out", str(out)])
     report = (out / "report.md").read_text()
-    for heading in ("FD-clf against NFE, euler", "FD-clf against NFE, midpoint", "against training steps",
-                    "Straightness", "Guidance", "Covariance of the class prior", "Overlapping classes"):
+    for heading in ("FD-clf against NFE at the final step", "FD-clf against NFE, midpoint", "against training steps",
+                    "Paths at the final step", "Guidance", "Covariance of the class prior", "Overlapping classes",
+                    "Verdicts"):
         assert heading in report
     points = json.loads((out / "results.json").read_text())
     config = experiment.CONFIGS["smoke"]
-    for _, (slug, _) in reproduce.METHODS.items():
+    methods = {entry: compare.parse_method(entry) for entry in reproduce.METHODS}
+    for method in methods.values():
         for nfe in config.euler_nfes:
-            point = points[f"cmp/{slug}/euler/{nfe}"]
+            point = points[compare.point_key(method, 0, config.steps, "euler", nfe)]
             assert point["n"] == config.n and point["metric"] == "FD-clf" and point["value"] >= 0
-        assert points[f"straight/{slug}"]["chord"] > 0
+        assert points[f"straight/{method.slug}_seed0"]["chord"] > 0
+        assert compare.point_key(method, 0, config.steps, "midpoint", config.midpoint_nfes[0]) in points
     # the class prior's paths are shorter than N(0, I)'s, even untrained: its means are the data's
-    assert points["cost/class"]["transport_cost"] < points["cost/condot"]["transport_cost"]
-    assert points["cost/class_sigma0.25"]["transport_cost"] < points["cost/class"]["transport_cost"]
-    assert (out / "figures" / "fd-clf_vs_nfe_euler.png").is_file()
+    cost = {slug: points[f"cost/{slug}_seed0"]["transport_cost"] for slug in ("gaussian", "class", "class-sigma0.25")}
+    assert cost["class-sigma0.25"] < cost["class"] < cost["gaussian"]
+    assert (out / "fd_vs_nfe.png").is_file() and (out / "figures" / "toy2d_interleaved.png").is_file()
     assert points["yardstick/test_images"]["n"] == config.n and "Sampling noise" in report
+    assert f"cfg/class-null_source_class/{config.cfg_scales[-1]:g}" in points
 
     # a second run measures nothing again: every point comes from results.json
     def refuse(*args, **kwargs):
@@ -90,16 +94,16 @@ def test_smoke_run_end_to_end_resumes_and_trains_in_exact_segments(tmp_path, mon
     monkeypatch.setattr(experiment.Evaluator, "point", refuse)
     monkeypatch.setattr(experiment.train, "train", refuse)
     reproduce.main(["--config", "smoke", "--out", str(out)])
-    assert (out / "report.md").read_text().split("\n", 3)[3] == report.split("\n", 3)[3]  # same, bar the timings
+    assert (out / "report.md").read_text().split("\n", 5)[5] == report.split("\n", 5)[5]  # same, bar the timings
     monkeypatch.undo()
-    with pytest.raises(ValueError, match=r"another configuration \(n differ\)"):
+    with pytest.raises(ValueError, match=r"measured otherwise \(n differ\)"):
         reproduce.main(["--config", "smoke", "--out", str(out), "--n", "75"])
 
     # trained in two segments (2 + 2 steps, resumed) == trained in one go
     args = argparse.Namespace(dataset="shapes", data_dir=None, seed=0, device=None, compile=False)
     one_go = tmp_path / "one_go"
-    train.train(experiment.train_config(config, args, one_go, config.steps, reproduce.METHODS["CondOT"][1]))
-    segmented = torch.load(out / "condot" / f"ckpt_{config.steps:07d}.pt", weights_only=True)
+    train.train(experiment.train_config(config, args, one_go, config.steps, methods["gaussian"].training()))
+    segmented = torch.load(out / "train" / "gaussian_seed0" / f"ckpt_{config.steps:07d}.pt", weights_only=True)
     whole = torch.load(one_go / "ckpt.pt", weights_only=True)
     for key, value in whole["ema"].items():
         assert torch.equal(value, segmented["ema"][key]), key

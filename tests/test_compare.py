@@ -1,0 +1,102 @@
+"""bench/compare.py: entries, slugs, the verdict rule, and a smoke run that caches its training."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import compare  # noqa: E402
+import experiment  # noqa: E402
+
+SMOKE = ["--dataset", "shapes", "--image-size", "16", "--steps", "4", "--batch-size", "8", "--warmup", "2",
+         "--ema", "0.9", "--checkpoints", "2", "--n", "40", "--nfe", "1,2", "--features", "clf", "--clf-steps", "3",
+         "--clf-width", "4", "--ref-images", "200", "--max-images", "300", "--straight-n", "4"]
+
+
+@pytest.mark.parametrize("entry, slug, label", [
+    ("gaussian", "gaussian", "gaussian"),
+    ("kmeans:k=16", "kmeans-k16", "kmeans:k=16"),
+    ("class:sigma=0.5", "class-sigma0.5", "class:sigma=0.5"),
+    ("class:sigma=0.5,cov=diag", "class-covdiag-sigma0.5", "class:cov=diag,sigma=0.5"),
+    ("gaussian:coupling=ot", "gaussian-coupling_ot", "gaussian:coupling=ot"),
+    ("gaussian:coupling=class_ot", "gaussian-coupling_class_ot", "gaussian:coupling=class_ot"),
+    ("gaussian:coupling=independent", "gaussian", "gaussian"),
+    ("class:cfg=2", "class", "class:cfg=2"),
+    ("class:null_source=class", "class-null_source_class", "class:null_source=class"),
+])
+def test_slug_and_label(entry, slug, label):
+    method = compare.parse_method(entry)
+    assert (method.slug, method.label) == (slug, label)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("nosuch", "unknown prior 'nosuch'"),
+    ("kmeans:k=abc", "expected a finite int"),
+    ("kmeans:rank=8", "takes key=value with key one of"),
+    ("kmeans:k", "is not key=value"),
+    ("gaussian:coupling=sinkhorn", "coupling='sinkhorn': choose one of independent, ot, class_ot"),
+    ("gaussian:cfg=abc", "cfg='abc'"),
+    ("gaussian:null_source=nowhere", "null_source='nowhere'"),
+    ("kmeans:k=4,k=8", "k is given twice"),
+])
+def test_bad_entries_are_one_line_errors(entry, message):
+    with pytest.raises(ValueError, match="--priors") as err:
+        compare.parse_method(entry)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_duplicates_and_unknown_baseline_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="names kmeans:k=4 twice"):
+        compare.main(["--priors", "kmeans:k=4", "gaussian", "kmeans:k=4", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--baseline class is not one of"):
+        compare.main(["--priors", "gaussian", "kmeans", "--baseline", "class", "--out", str(tmp_path)])
+    assert not (tmp_path / "train").exists()  # refused before anything is trained
+
+
+def test_verdict_rule():
+    below = compare.verdict("mine", "gaussian", [3.0, 3.2], [5.8, 6.0])
+    assert below.startswith("mine below gaussian by more than the seed spread (3.1 vs 5.9")
+    assert "within the seed spread" in compare.verdict("mine", "gaussian", [3.0, 5.0], [4.5, 5.5])
+    assert "above gaussian by more than" in compare.verdict("mine", "gaussian", [8.0, 8.2], [5.8, 6.0])
+    one = compare.verdict("mine", "gaussian", [3.0], [5.0, 6.0])
+    assert "one seed: no spread to compare" in one and "difference -2.5" in one
+    # the sum of the spreads, not the larger one: 1.0 apart, spreads 0.71 and 0.71 -> within
+    assert "within" in compare.verdict("a", "b", [0.5, 1.5], [1.5, 2.5])
+    assert "below" in compare.verdict("a", "b", [0.5, 1.5], [2.0, 3.0, 2.5])
+    assert "the lead shrinks" in compare.step_verdict("mine", "gaussian", {1: 0.5, 2: 0.8})
+    assert "the lead grows" in compare.step_verdict("mine", "gaussian", {1: 0.9, 2: 0.6})
+    assert "the lead holds" in compare.step_verdict("mine", "gaussian", {1: 0.8, 2: 0.81})
+    assert "not ahead" in compare.step_verdict("mine", "gaussian", {1: 0.8, 2: 1.1})
+
+
+def test_smoke_run_caches_training_and_refuses_another_budget(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    argv = [*SMOKE, "--priors", "gaussian", "class:cfg=2", "class", "--seeds", "0,1", "--out", str(out)]
+    report = compare.main(argv).read_text()
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["class_seed0", "class_seed1", "gaussian_seed0",
+                                                                  "gaussian_seed1"]
+    record = json.loads((out / "train" / "class_seed1" / "method.json").read_text())
+    assert record == {"prior": "class", "prior_options": {}, "coupling": "independent", "seed": 1,
+                      "budget": {"preset": "tiny", "steps": 4, "batch_size": 8, "lr": 0.001, "warmup": 2, "ema": 0.9,
+                                 "label_dropout": 0.1, "checkpoints": 2, "image_size": 16, "max_images": 300}}
+    assert sorted(p.name for p in (out / "train" / "class_seed1").glob("ckpt_*.pt")) == ["ckpt_0000002.pt",
+                                                                                        "ckpt_0000004.pt"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    # 3 methods x 2 seeds at the final step (cfg 2 cannot spend NFE 1) + NFE 2 at the first step
+    assert len(rows) == 2 * (2 + 1 + 2) + 3 * 2 and {r["metric"] for r in rows} == {"FD-clf"}
+    assert "NFE 2: class below gaussian" in report or "NFE 2: class within the seed spread" in report \
+        or "NFE 2: class above gaussian" in report
+    for name in ("fd_vs_nfe.png", "fd_vs_step.png", "grids/class-cfg2_nfe2.png", "grids/gaussian_nfe1.png"):
+        assert (out / name).is_file(), name
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained or measured again")
+    monkeypatch.setattr(experiment.train, "train", refuse)
+    monkeypatch.setattr(experiment.Evaluator, "point", refuse)
+    compare.main(argv)  # everything cached: nothing trained, nothing measured
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"gaussian_seed0 was trained for another configuration \(budget.lr 0.001 "
+                                         r"there, 0.002 here\): use another --out"):
+        compare.main([*argv, "--lr", "0.002"])
