@@ -40,7 +40,7 @@ import scipy.linalg
 import torch
 from tqdm import tqdm
 
-from plumbing import checks, data, samplefiles
+from plumbing import checks, data, outputs, samplefiles
 from plumbing.features import INCEPTION_ID, Extractor, build_extractor, extractor_for_ref
 from plumbing.inception import INCEPTION_FILE
 
@@ -188,7 +188,7 @@ def write_reference(path: str | Path, extractor: Extractor, batches: Iterable[to
     keep = np.zeros(total, bool)
     keep[np.random.default_rng(seed).choice(total, min(KID_KEEP, total), replace=False)] = True
     mu, sigma, features, _ = measure(extractor, batches, total, keep, desc="reference")
-    checks.save_npz(path, {"mu": mu, "sigma": sigma, "features": features, "feature_name": extractor.name,
+    outputs.save_npz(path, {"mu": mu, "sigma": sigma, "features": features, "feature_name": extractor.name,
                            "extractor_id": extractor.id, "clf_path": extractor.clf_path, "n": total,
                            "image_shape": np.asarray(shape, np.int64), "source": source}, "--out")
     return len(features)
@@ -243,7 +243,7 @@ def summary(result: dict, extra: Iterable[str] = ()) -> str:
 # ---------------------------------------------------------------- commands
 
 def run_ref(args: argparse.Namespace) -> None:
-    out = checks.check_out_file(args.out, "--out", (".npz",))
+    out = outputs.check_out_file(args.out, "--out", (".npz",))
     if not args.images and not args.dataset:
         raise ValueError("ref needs --dataset NAME or --images PATH")
     # the network first: it fails fast (missing weights), reading the images may take long

@@ -51,9 +51,9 @@ A prior is one class here and one name in PRIORS; train.py and sample.py need no
 
 Training uses the prior RELOADED from OUT/prior_stats.npz, and sample.py the checkpoint's copy:
 whatever fit() sets that is not in `fitted` is lost. train.py checks this right after fit
-(config.checked_state: each name in `fitted` is set and numeric, each array, number or tuple
+(priorcache.checked_state: each name in `fitted` is set and numeric, each array, number or tuple
 fit() set comes back on reloading) and caches the statistics under the prior's name, options,
-data and source code (config.prior_code), so an edited fit() refits.
+data and source code (priorcache.prior_code), so an edited fit() refits.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from plumbing import checks
+from plumbing import checks, outputs
 from plumbing.conditions import check_cond
 from plumbing.stats import (RunningClassStats, cluster_stats, em_passes, kmeans_plus_plus, lloyd_passes,
                             log_responsibilities, mixture_tables, model_space, nearest)
@@ -142,7 +142,7 @@ class Prior:
         return cache[str(device)]
 
     def save(self, path: str) -> None:
-        checks.save_npz(path, self.state_dict())  # temporary file + rename: a killed fit leaves no half file
+        outputs.save_npz(path, self.state_dict())  # temporary file + rename: a killed fit leaves no half file
 
     @classmethod
     def load(cls, path: str) -> Prior:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import unet
 from prior import prior_from_state
-from plumbing import checks, data, readers, samplefiles
+from plumbing import checks, data, outputs, readers, samplefiles
 from plumbing.conditions import (as_condition, check_guidance, first_conditions, parse_classes, per_condition,
                                  read_vectors)
 
@@ -252,9 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     check_guidance(args.cfg, config, args.ckpt)
     conditions, ids = load_conditions(args, config)
     # both outputs are checked before the sampling starts, not after it
-    out_png = checks.check_out_file(args.out_png or Path(args.ckpt).parent / f"{stem}.png", "--out-png",
+    out_png = outputs.check_out_file(args.out_png or Path(args.ckpt).parent / f"{stem}.png", "--out-png",
                                     readers.IMAGE_SUFFIXES)
-    out_npz = checks.check_out_file(args.out_npz or Path(args.ckpt).parent / f"{stem}.npz", "--out-npz", (".npz",))
+    out_npz = outputs.check_out_file(args.out_npz or Path(args.ckpt).parent / f"{stem}.npz", "--out-npz", (".npz",))
     cond, row_ids, seeds = per_condition(conditions, ids, args.n, args.seed)
     images = generate(model, prior, cond, seeds, args.nfe, args.solver, args.cfg, args.batch_size, device,
                       progress=True)

@@ -42,11 +42,12 @@ import flow
 import sample
 import unet
 from prior import Prior, prior_from_state
-from plumbing import checks, conditions, data, samplefiles
+from plumbing import checks, conditions, data, outputs, samplefiles
 from plumbing.batches import Prefetcher
 from plumbing.checkpoint import prior_to_checkpoint, rng_state, save_checkpoint, set_rng_state
-from plumbing.config import (Config, check_config, check_resume_steps, data_fingerprint, dataset_options, fit_prior,
-                             load_resume, parse_args, trim_log, with_preset)
+from plumbing.config import (Config, check_config, check_resume_steps, dataset_options, load_resume, parse_args,
+                             trim_log, with_preset)
+from plumbing.priorcache import data_fingerprint, fit_prior
 
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
 
@@ -130,14 +131,14 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
 
 # ----------------------------------------------------------------------------- the loop
 
-@checks.holding_folders  # the --out lock that start_or_resume takes is released however train() ends
+@outputs.holding_folders  # the --out lock that start_or_resume takes is released however train() ends
 def train(config: Config) -> list[float]:
     """Train the run `config` describes (or continue it: config.resume); returns the logged losses."""
     run, dataset, num_images = start_or_resume(config)
     config, out, start = run.config, Path(run.config.out), run.step
     prefetch = Prefetcher(dataset, num_images, start, config.batch_size, config.seed, run.rank, run.world,
                           pin=run.device.type == "cuda")
-    log = checks.LogFile(out / "log.jsonl", start > 0, "--out") if run.rank == 0 else None
+    log = outputs.LogFile(out / "log.jsonl", start > 0, "--out") if run.rank == 0 else None
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=run.rank != 0,
                desc=f"{config.prior} prior, {config.coupling}", dynamic_ncols=True)
     losses: list[float] = []
@@ -254,10 +255,10 @@ def start_or_resume(config: Config) -> tuple[Run, object, int]:
                          f"process gets per step; use at most that")
     out = Path(config.out)
     if rank == 0:  # every path we write, checked before any work
-        checks.check_out_dir(out, "--out")
-        checks.hold_folder(out, "--out")  # one run per folder: a second one (or a --resume of this one) is refused
+        outputs.check_out_dir(out, "--out")
+        outputs.hold_folder(out, "--out")  # one run per folder: a second one (or a --resume of this one) is refused
         if config.prior_stats:
-            checks.check_out_file(config.prior_stats, "--prior-stats", (".npz",))
+            outputs.check_out_file(config.prior_stats, "--prior-stats", (".npz",))
         if checkpoint is None and (out / "ckpt.pt").exists():
             raise ValueError(f"--out {out} already holds a run (ckpt.pt): continue it with --resume, "
                              f"or choose another --out (or delete that folder)")

@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train  # noqa: E402 (bench/bench_train.py: timed)
-from plumbing import checks  # noqa: E402
+from plumbing import checks, outputs  # noqa: E402
 import experiment  # noqa: E402 (bench/experiment.py: table)
 import flow  # noqa: E402
 import unet  # noqa: E402
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
     checks.check_at_least(args.warmup, 0, "--warmup")
     if args.out:
-        checks.check_out_file(args.out, "--out")
+        outputs.check_out_file(args.out, "--out")
     presets = [p for p in args.presets.split(",") if p]
     unknown = [p for p in presets if p not in unet.PRESETS]
     if unknown:
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                     print_row(rows)
             lines += [title, "", table(rows), ""]
     if args.out:
-        checks.write_text(args.out, "\n".join(lines) + "\n")
+        outputs.write_text(args.out, "\n".join(lines) + "\n")
         print(f"\nwrote {args.out}")
 
 

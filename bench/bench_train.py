@@ -44,7 +44,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from plumbing import checks, data  # noqa: E402
+from plumbing import checks, data, outputs  # noqa: E402
 from plumbing.batches import Passes  # noqa: E402
 import train  # noqa: E402
 from prior import ClassPrior, GaussianPrior, KMeansPrior, MapperPrior  # noqa: E402
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="also write the output to this Markdown file")
     args = parser.parse_args(argv)
     if args.out:
-        checks.check_out_file(args.out, "--out")
+        outputs.check_out_file(args.out, "--out")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     priors = [] if args.priors in ("", "none") else args.priors.split(",")
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['step_ms']:.0f} | {100 * r['share']:.2f}% ({100 * r['share_p90']:.2f}%) | "
                     f"{r['load_before']:.2f} -> {r['load_after']:.2f} |")
     if args.out:
-        checks.write_text(args.out, "\n".join(lines) + "\n")
+        outputs.write_text(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

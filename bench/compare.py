@@ -52,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from plumbing import checks, data  # noqa: E402
+from plumbing import checks, data, outputs  # noqa: E402
 from plumbing.config import convert_option, parse_prior_options  # noqa: E402
 import experiment  # noqa: E402
 import flow  # noqa: E402
@@ -215,7 +215,7 @@ def claim_run(run_dir: Path, record: str) -> bool:
     found = run_dir / "method.json"
     if not found.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
-        checks.write_text(found, record)
+        outputs.write_text(found, record)
         return False
     if found.read_text() != record:
         old, new = json.loads(found.read_text()), json.loads(record)
@@ -368,7 +368,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
-    checks.write_text(path, text.getvalue())
+    outputs.write_text(path, text.getvalue())
 
 
 def report(args: argparse.Namespace, config: experiment.Config, methods: list[Method], metric: str,
@@ -573,7 +573,7 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
     timed(results, "measure", lambda: measure(ev, args, methods, trained, results))
     lines, terminal = report(args, config, methods, ev.metric, results.points)
-    checks.write_text(args.out / "report.md", "\n".join(lines) + "\n")
+    outputs.write_text(args.out / "report.md", "\n".join(lines) + "\n")
     return Comparison(args, config, methods, trained, ev, results, terminal)
 
 

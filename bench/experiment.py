@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from plumbing import checks, classifier, data, inception, samplefiles, shapes  # noqa: E402
+from plumbing import checks, classifier, data, inception, outputs, samplefiles, shapes  # noqa: E402
 import eval_fid  # noqa: E402
 import sample  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
@@ -103,7 +103,7 @@ class Results:
 
     def put(self, key: str, value: dict) -> None:
         self.points[key] = value
-        checks.write_text(self.path, json.dumps(self.points, indent=1))
+        outputs.write_text(self.path, json.dumps(self.points, indent=1))
 
 
 def timed(results: Results, part: str, work) -> None:
@@ -175,7 +175,7 @@ def train_method(config: Config, args: argparse.Namespace, slug: str, method: di
             run = train_config(config, args, run_dir, step, method)
             # a resume may change only the steps and the checkpoint cadence: say so, as the command line would
             train.train(replace(run, resume=resume, given=("steps", "ckpt_every")))
-            checks.atomic_write(keep, lambda file: file.write((run_dir / "ckpt.pt").read_bytes()))
+            outputs.atomic_write(keep, lambda file: file.write((run_dir / "ckpt.pt").read_bytes()))
         saved[step] = keep
     return saved
 
@@ -309,7 +309,7 @@ def side_by_side(left: Path, right: Path, out: Path, captions: tuple[str, str]) 
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     draw.text((2, 3), captions[0], fill="black", font=font)
     draw.text((a.width + gap + 2, 3), captions[1], fill="black", font=font)
-    checks.atomic_write(out, lambda file: canvas.save(file, format=Image.registered_extensions()[out.suffix.lower()]))
+    outputs.atomic_write(out, lambda file: canvas.save(file, format=Image.registered_extensions()[out.suffix.lower()]))
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

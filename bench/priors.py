@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from plumbing import checks, data  # noqa: E402
+from plumbing import checks, data, outputs  # noqa: E402
 import compare  # noqa: E402
 import experiment  # noqa: E402
 import sample  # noqa: E402
@@ -113,14 +113,14 @@ def main(argv: list[str] | None = None) -> Path:
             done = run_part(args, part)
             if part == "mnist":
                 extra = copy_section(done, CONFIGS[args.config][part][1])
-                checks.write_text(args.out / part / "copy.md", "\n".join(extra))
+                outputs.write_text(args.out / part / "copy.md", "\n".join(extra))
         if (args.out / part / "report.md").is_file():
             body = (args.out / part / "report.md").read_text().split("\n", 2)[2]  # below its title
             lines += [f"## {part}", "", re.sub(r"\]\((?!http)", f"]({part}/", body.replace("\n## ", "\n### "))]
             if (args.out / part / "copy.md").is_file():
                 lines += [(args.out / part / "copy.md").read_text(), ""]
     report = args.out / "report.md"
-    checks.write_text(report, "\n".join(lines) + "\n")
+    outputs.write_text(report, "\n".join(lines) + "\n")
     print(f"wrote {report}")
     return report
 

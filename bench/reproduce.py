@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from plumbing import checks  # noqa: E402
+from plumbing import checks, outputs  # noqa: E402
 import compare  # noqa: E402
 import toy2d  # noqa: E402
 from experiment import CONFIGS, Config, Results, driver_parser, driver_setup, table, timed  # noqa: E402
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> Path:
     command = f"python bench/reproduce.py --config {args.config}" + (
         f" --data-dir {args.data_dir}" if args.data_dir and args.config != "cpu" else "")
     report = args.out / "report.md"
-    checks.write_text(report, "\n".join([f"# Reproduction: `{command}`", body, *sections(done, measured)]) + "\n")
+    outputs.write_text(report, "\n".join([f"# Reproduction: `{command}`", body, *sections(done, measured)]) + "\n")
     print(f"wrote {report}")
     return report
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from plumbing import checks, conditions, data, features, shapes  # noqa: E402
+from plumbing import checks, conditions, data, features, outputs, shapes  # noqa: E402
 import eval_fid  # noqa: E402
 import flow  # noqa: E402
 import sample  # noqa: E402
@@ -58,7 +58,7 @@ def sweep_paths(out: str | Path) -> list[Path]:
     """OUT.csv, OUT.md and OUT.png, each checked writable now, before any sampling."""
     if Path(out).is_dir():
         raise ValueError(f"--out {out} is a folder; give a name prefix such as {Path(out) / 'sweep'}")
-    return [checks.check_out_file(Path(out).with_suffix(suffix), "--out") for suffix in (".csv", ".md", ".png")]
+    return [outputs.check_out_file(Path(out).with_suffix(suffix), "--out") for suffix in (".csv", ".md", ".png")]
 
 
 def run_sweep(args: argparse.Namespace) -> None:
@@ -135,7 +135,7 @@ def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -
     writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
-    checks.write_text(csv_path, table.getvalue())
+    outputs.write_text(csv_path, table.getvalue())
     kid_name = "KID" if metric == "FID" else "KID-clf"
     lines = [f"| checkpoint | NFE | {metric} | {kid_name} x1e3 | accuracy | transport cost |", "|---" * 6 + "|"]
     for row in rows:
@@ -143,7 +143,7 @@ def write_sweep(rows: list[dict], paths: list[Path], metric: str, solver: str) -
         acc_text = "" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
         lines.append(f"| {row['label']} | {row['nfe']} | {row['value']:.2f} | {kid_text} | {acc_text} | "
                      f"{row['transport_cost']:.2f} |")
-    checks.write_text(md_path, "\n".join(lines) + "\n")
+    outputs.write_text(md_path, "\n".join(lines) + "\n")
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         series.setdefault(row["label"], []).append((row["nfe"], row["value"]))
@@ -214,7 +214,7 @@ def plot_curves(series: dict[str, list[tuple[float, float]]], path: str | Path, 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     # atomic: a run killed mid-write keeps the old plot; a file object needs the format named
     image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    checks.atomic_write(path, lambda file: image.save(file, format=image_format))
+    outputs.atomic_write(path, lambda file: image.save(file, format=image_format))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flow import couple, flow_loss, sample_t, transport_cost  # noqa: E402
-from plumbing import checks, readers  # noqa: E402
+from plumbing import checks, outputs, readers  # noqa: E402
 from prior import ClassPrior, GaussianPrior  # noqa: E402
 from sample import integrate  # noqa: E402
 
@@ -168,7 +168,7 @@ def draw_trajectories(runs: dict, centres: np.ndarray, path: str, per_class: int
             draw.line([to_pixel(p, i) for p in trajectory], fill=COLOURS[c % 8], width=1)
             x0 = to_pixel(trajectory[0], i)
             draw.ellipse((x0[0] - 2, x0[1] - 2, x0[0] + 2, x0[1] + 2), outline="black")
-    checks.atomic_write(path, lambda file: image.save(file, format=Image.registered_extensions()[
+    outputs.atomic_write(path, lambda file: image.save(file, format=Image.registered_extensions()[
         Path(path).suffix.lower()]), "--png")
 
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     checks.check_finite(args.sigma, "--sigma", "give a positive number such as 0.5")
     if args.sigma <= 0:
         raise ValueError(f"--sigma must be positive, got {args.sigma}")
-    checks.check_out_file(args.png, "--png", readers.IMAGE_SUFFIXES)  # creates runs/ if needed
+    outputs.check_out_file(args.png, "--png", readers.IMAGE_SUFFIXES)  # creates runs/ if needed
     torch.set_num_threads(1)  # 2-D points and a small MLP: extra threads only add overhead
     nfes = (1, 2, 4, 8)
     results = run(args.layout, args.classes if args.layout == "ring" else 2, args.steps, args.batch_size,

@@ -2,7 +2,7 @@
 
     checkpoint   model, EMA, optimizer, step, every process's RNG states, the run's config and
                  the fitted prior; written to a new temporary file, fsynced and renamed
-                 (checks.save_torch), read back with weights_only=True (checks.load_torch): tensors
+                 (outputs.save_torch), read back with weights_only=True (checks.load_torch): tensors
                  and plain Python values only, so the prior's numpy arrays are stored as tensors
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checks
+from . import checks, outputs
 
 
 def prior_to_checkpoint(prior) -> dict:
@@ -27,7 +27,7 @@ def prior_to_checkpoint(prior) -> dict:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary file, then rename: a run killed mid-write keeps the old file."""
-    checks.save_torch(path, state, "--out")  # a full disk: one line naming the file and --out
+    outputs.save_torch(path, state, "--out")  # a full disk: one line naming the file and --out
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict:

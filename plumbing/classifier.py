@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checks
+from . import checks, outputs
 from . import data
 
 
@@ -95,7 +95,7 @@ def fit_and_save(path: str | Path, train_set, test_set, steps: int = 1000, batch
     """train_classifier, then its file (weights, sizes, accuracies; atomic): (train, test) accuracy."""
     net, train_acc, test_acc = train_classifier(train_set, test_set, steps, batch_size, lr, width, seed, device,
                                                 eval_images)
-    checks.save_torch(path, {"model": {k: v.cpu() for k, v in net.state_dict().items()},
+    outputs.save_torch(path, {"model": {k: v.cpu() for k, v in net.state_dict().items()},
                              "channels": train_set.channels, "image_size": train_set.image_size,
                              "num_classes": train_set.num_classes, "width": width, "dataset": train_set.name,
                              "steps": steps, "seed": seed, "train_accuracy": train_acc, "test_accuracy": test_acc})
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     args.device = checks.resolve_device(args.device)
-    out = checks.check_out_file(args.out, "--out")  # before the training, not after it
+    out = outputs.check_out_file(args.out, "--out")  # before the training, not after it
     options = {"image_size": args.image_size} if args.image_size else {}
     train_set, test_set = (data.load_dataset(args.dataset, args.data_dir, split, **options) for split in ("train", "test"))
     start = time.perf_counter()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import checks, readers
+from . import checks, outputs, readers
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad: int = 2,
@@ -37,7 +37,7 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad:
             canvas[top:top + height * scale, left:left + width * scale] = tile
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     picture = Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
-    checks.atomic_write(path, lambda file: picture.save(file, format=Image.registered_extensions()[
+    outputs.atomic_write(path, lambda file: picture.save(file, format=Image.registered_extensions()[
         Path(path).suffix.lower()]), flag)
 
 
@@ -50,7 +50,7 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, c
               "arr_1": torch.as_tensor(labels).cpu().numpy().astype(np.int64)}
     if cond is not None:
         arrays["cond"] = cond.cpu().numpy().astype(np.float32)
-    checks.save_npz(path, arrays, flag)
+    outputs.save_npz(path, arrays, flag)
 
 
 SAMPLES_HINT = "make one with python sample.py (arr_0: uint8 images N x H x W x C, arr_1: N labels)"

@@ -421,6 +421,7 @@ def test_help_shows_defaults(capsys, monkeypatch):
     assert caught.value.code == 0 and "(default: 10000)" in text and "(default: runs/sweep)" in text
     # python -m plumbing.classifier --help: its own options
     monkeypatch.setattr(sys, "argv", ["classifier.py", "--help"])
+    monkeypatch.delitem(sys.modules, "plumbing.classifier", raising=False)  # run it fresh, as python -m does
     with pytest.raises(SystemExit) as caught:
         runpy.run_module("plumbing.classifier", run_name="__main__")
     text = " ".join(capsys.readouterr().out.split())

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from plumbing import conditions, data, stats
-from plumbing.config import Config, data_fingerprint, fit_prior, prior_code
+from plumbing.config import Config
+from plumbing.priorcache import data_fingerprint, fit_prior, prior_code
 import prior
 import sample
 import train

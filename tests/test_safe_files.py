@@ -31,7 +31,7 @@ import pytest
 import torch
 
 import train
-from plumbing import checks, readers
+from plumbing import checks, outputs, readers
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "tiny", "--max-images", "64", "--batch-size", "8", "--log-every", "1", "--sample-every", "0",
@@ -62,14 +62,14 @@ def test_the_temporary_file_is_new_and_a_planted_symlink_is_not_followed(tmp_pat
     victim = tmp_path / "victim"
     victim.write_text("precious")
     (tmp_path / "ckpt.pt.tmp").symlink_to(victim)  # the name the old code opened for writing
-    checks.save_torch(tmp_path / "ckpt.pt", {"step": 1})
+    outputs.save_torch(tmp_path / "ckpt.pt", {"step": 1})
     assert victim.read_text() == "precious"
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True) == {"step": 1}
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "ckpt.pt.tmp", "victim"]  # nothing else left
-    umask = checks.current_umask()
+    umask = outputs.current_umask()
     assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     (tmp_path / "ckpt.pt").chmod(0o640)
-    checks.write_text(tmp_path / "ckpt.pt", "again")
+    outputs.write_text(tmp_path / "ckpt.pt", "again")
     assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == 0o640  # a rewrite keeps the file's mode
 
 
@@ -77,12 +77,12 @@ WRITE_OVER_OLD_FILES = r"""
 import json, sys
 from pathlib import Path
 import torch
-from plumbing import checks
+from plumbing import outputs
 folder, results = Path(sys.argv[1]), {}
 big = "x" * (1 << 20)
-for name, save in (("ckpt.pt", lambda p: checks.save_torch(p, {"weights": torch.zeros(1 << 18)}, "--out")),
-                   ("stats.npz", lambda p: checks.save_npz(p, {"mu": list(range(1 << 17))})),
-                   ("report.txt", lambda p: checks.write_text(p, big))):
+for name, save in (("ckpt.pt", lambda p: outputs.save_torch(p, {"weights": torch.zeros(1 << 18)}, "--out")),
+                   ("stats.npz", lambda p: outputs.save_npz(p, {"mu": list(range(1 << 17))})),
+                   ("report.txt", lambda p: outputs.write_text(p, big))):
     try:
         save(folder / name)
         results[name] = None
@@ -191,24 +191,24 @@ def test_a_failed_run_releases_the_folder(tmp_path):
     with pytest.raises(ValueError, match="already holds a run"):  # raised while the lock is held
         train.train(train.parse_args([*QUICK, "--steps", "1", "--out", str(tmp_path)]))
     assert not leftovers(tmp_path)
-    with checks.FolderLock(tmp_path):  # free again, in this process too
+    with outputs.FolderLock(tmp_path):  # free again, in this process too
         with pytest.raises(ValueError, match=f"in use by pid {os.getpid()}"):
-            checks.FolderLock(tmp_path).acquire()
+            outputs.FolderLock(tmp_path).acquire()
 
 
 def test_a_stale_or_empty_lock_file_is_taken_over(tmp_path, capsys):
     lock = tmp_path / ".lock"
     lock.write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": "another-host", "started": "then"}))
-    with checks.FolderLock(tmp_path):  # its flock is free: whoever wrote it is gone
+    with outputs.FolderLock(tmp_path):  # its flock is free: whoever wrote it is gone
         assert lock_holder(tmp_path) == os.getpid()
     lock.write_text("")
     os.utime(lock, (0, 0))  # empty and old: its writer died before writing its name
-    with checks.FolderLock(tmp_path):
+    with outputs.FolderLock(tmp_path):
         pass
     assert "pid 4206649 on host another-host" in capsys.readouterr().out and not lock.exists()
     lock.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="cannot open .*remove it"):
-        checks.FolderLock(tmp_path).acquire()
+        outputs.FolderLock(tmp_path).acquire()
 
 
 # ---------------------------------------------------------------- idx headers that lie
