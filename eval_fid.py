@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     for flag in ("batch_size", "max_images", "image_size"):  # calc has only --batch-size; None: the default
         checks.check_at_least(getattr(args, flag, None), 1, "--" + flag.replace("_", "-"))
     args.device = checks.resolve_device(args.device)
+    checks.set_cpu_threads(args.device)
     {"ref": run_ref, "calc": run_calc}[args.command](args)
 
 

@@ -197,7 +197,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch
     model = model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return model, prior, config
+    return model, prior, {**config, "class_names": checkpoint.get("class_names") or []}
 
 
 def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tensor, list[int]]:
@@ -220,6 +220,15 @@ def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tenso
                                      **config.get("dataset_options", {}))
         vectors = as_condition(first_conditions(held_out, args.conditions), 0, config["cond_dim"])
     return vectors, list(range(len(vectors)))
+
+
+def row_names(config: dict, ids: list[int]) -> dict[int, str]:
+    """What the grid's rows are called: "3 circle" (the dataset's class names), or "cond 3" (the
+    condition's row in --cond-file or the held-out split)."""
+    if config.get("cond_dim", 0):
+        return {i: f"cond {i}" for i in ids}
+    names = config.get("class_names") or []
+    return {i: f"{i} {names[i]}" if i < len(names) else str(i) for i in ids}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     checks.check_at_least(args.n, 1, "--n")
     checks.check_at_least(args.batch_size, 1, "--batch-size")
     device = checks.resolve_device(args.device)
+    checks.set_cpu_threads(device)
     stem = (f"samples_{args.solver}_nfe{args.nfe}" + (f"_cfg{args.cfg:g}" if args.cfg != 1.0 else "")
             + f"_n{args.n}" + (f"_seed{args.seed}" if args.seed else ""))  # other runs keep their files
     model, prior, config = load_checkpoint(args.ckpt, device)
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     cond, row_ids, seeds = per_condition(conditions, ids, args.n, args.seed)
     images = generate(model, prior, cond, seeds, args.nfe, args.solver, args.cfg, args.batch_size, device,
                       progress=True)
-    samplefiles.save_grid(images, row_ids, out_png, flag="--out-png")
+    samplefiles.save_grid(images, row_ids, out_png, row_names(config, ids), flag="--out-png")
     samplefiles.save_samples(out_npz, images, row_ids, cond if config.get("cond_dim", 0) else None, "--out-npz")
     print(f"wrote {out_png} (grid of up to 20 rows x 16) and {out_npz} ({len(ids)} "
           f"{'conditions' if config.get('cond_dim', 0) else 'classes'} x {args.n} = {len(images)} images)")

@@ -248,6 +248,7 @@ def start_or_resume(config: Config) -> tuple[Run, object, int]:
     check_config(config)
     check_resume_steps(config, checkpoint)
     rank, world, device = setup_distributed(config.device)
+    threads = checks.set_cpu_threads(device)
     if config.batch_size % world:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by the number of processes ({world})")
     if config.batch_size // world < config.grad_accum:
@@ -291,7 +292,8 @@ def start_or_resume(config: Config) -> tuple[Run, object, int]:
         what = f"{dataset.cond_dim}-d condition vectors" if dataset.cond_dim else f"{dataset.num_classes} classes"
         print(f"{config.dataset}: {num_images} images, {what}, {dataset.image_size}px | "
               f"prior {config.prior}, coupling {config.coupling} | preset {config.preset} "
-              f"({unet.count_parameters(run.model):,} parameters) | {device} x{world}, {run.precision} | "
+              f"({unet.count_parameters(run.model):,} parameters) | {device} x{world}, {run.precision}"
+              + (f" ({threads})" if threads else "") + " | "
               f"steps {run.step}..{config.steps} at batch {config.batch_size}"
               + (f" in {config.grad_accum} micro-batches" if config.grad_accum > 1 else "") + f" | writing to {out}/")
     return run, dataset, num_images
@@ -341,7 +343,9 @@ def sample_grid(run: Run, dataset, step: int, per_row: int = 8, rows: int = 10) 
     images = sample.generate(run.ema, run.prior, cond, seeds, run.config.sample_nfe, "euler", device=run.device)
     folder = Path(run.config.out) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    samplefiles.save_grid(images, row, folder / f"step_{step:07d}.png")
+    names = ({i: f"cond {i}" for i in range(len(shown))} if dataset.cond_dim else
+             {i: f"{i} {name}" for i, name in enumerate(dataset.class_names or [])})
+    samplefiles.save_grid(images, row, folder / f"step_{step:07d}.png", names)
 
 
 def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import pickle
 import platform
 import sys
@@ -107,6 +108,22 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     elif device.type not in ("cpu", "mps"):
         raise ValueError(f"--device {name}: unsupported device type '{device.type}'; use cpu or cuda")
     return device
+
+
+def set_cpu_threads(device: torch.device) -> str:
+    """On a CPU, torch's default of one thread per core busy-waits at every OpenMP barrier, so when
+    other jobs share the cores it collapses: on 2 shared cores the demo ran at 9-60 img/s in
+    windows where one thread gave a steady ~100 (bench/RESULTS.md, "CPU threads"). Unless
+    OMP_NUM_THREADS says otherwise, use half the cores (one on a 2-core machine). Returns what
+    was chosen, for the run's header line; on a GPU nothing is changed."""
+    if device.type != "cpu":
+        return ""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return f"{torch.get_num_threads()} CPU threads (OMP_NUM_THREADS)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // 2)
+    torch.set_num_threads(threads)
+    return f"{threads} CPU thread{'s' * (threads > 1)} of {cores} cores, OMP_NUM_THREADS=N to choose"
 
 
 def describe_device(device: torch.device) -> str:

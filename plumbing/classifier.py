@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     args.device = checks.resolve_device(args.device)
+    checks.set_cpu_threads(args.device)
     out = outputs.check_out_file(args.out, "--out")  # before the training, not after it
     options = {"image_size": args.image_size} if args.image_size else {}
     train_set, test_set = (data.load_dataset(args.dataset, args.data_dir, split, **options) for split in ("train", "test"))

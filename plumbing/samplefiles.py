@@ -11,34 +11,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from . import checks, outputs, readers
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, pad: int = 2,
-              max_rows: int = 20, max_columns: int = 16, flag: str = "") -> None:
-    """PNG grid: one row per class (ascending id), its samples left to right; white padding.
+def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, names: dict[int, str] | None = None,
+              pad: int = 2, max_rows: int = 20, max_columns: int = 16, flag: str = "") -> None:
+    """PNG grid: one row per class or condition (ascending id), its samples left to right, the
+    row's name on its left (names[id], else the id); white padding.
 
-    At most max_rows classes and max_columns samples each are shown (a picture to look at; the
-    .npz keeps every image). Tiles under 64 px are upscaled by an integer factor (nearest).
+    At most max_rows rows and max_columns samples each are shown (a picture to look at; the .npz
+    keeps every image). Tiles under 64 px are upscaled by an integer factor (nearest).
     """
     images, labels = images.cpu().numpy(), np.asarray(torch.as_tensor(labels).cpu())
     _, channels, height, width = images.shape
     scale = max(1, 64 // max(height, width))
-    rows = [images[labels == c][:max_columns] for c in np.unique(labels)[:max_rows]]
+    ids = np.unique(labels)[:max_rows]
+    rows = [images[labels == c][:max_columns] for c in ids]
+    texts = [(names or {}).get(int(c), str(int(c))) for c in ids]
     columns = max((len(row) for row in rows), default=0)
-    tile_h, tile_w = height * scale + pad, width * scale + pad
-    canvas = np.full((len(rows) * tile_h + pad, columns * tile_w + pad, channels), 255, dtype=np.uint8)
+    tile_h, tile_w, left = height * scale + pad, width * scale + pad, label_margin(texts)
+    canvas = np.full((len(rows) * tile_h + pad, left + columns * tile_w + pad, channels), 255, dtype=np.uint8)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             tile = image.transpose(1, 2, 0).repeat(scale, axis=0).repeat(scale, axis=1)
-            top, left = pad + r * tile_h, pad + c * tile_w
-            canvas[top:top + height * scale, left:left + width * scale] = tile
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+            top, start = pad + r * tile_h, left + pad + c * tile_w
+            canvas[top:top + height * scale, start:start + width * scale] = tile
     picture = Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    for r, text in enumerate(texts):
+        draw.text((pad + 2, pad + r * tile_h + (tile_h - pad) // 2), text, fill=0 if channels == 1 else (0, 0, 0),
+                  font=font, anchor="lm")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     outputs.atomic_write(path, lambda file: picture.save(file, format=Image.registered_extensions()[
         Path(path).suffix.lower()]), flag)
+
+
+def label_margin(texts: list[str]) -> int:
+    """Width in pixels of the grid's left column of row names (pillow's default font), 0 for none."""
+    font = ImageFont.load_default()
+    return max((int(font.getlength(text)) + 8 for text in texts), default=0)
 
 
 def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, cond: torch.Tensor | None = None,

@@ -142,12 +142,17 @@ def test_generate_does_not_depend_on_batch_size():
 def test_save_grid_and_npz(tmp_path, channels):
     images = torch.randint(0, 256, (5, channels, 32, 32), dtype=torch.uint8)
     labels = torch.tensor([0, 0, 0, 2, 2])
-    samplefiles.save_grid(images, labels, tmp_path / "grid.png")
+    samplefiles.save_grid(images, labels, tmp_path / "grid.png", names={2: "square"})
     samplefiles.save_samples(tmp_path / "samples", images, labels)
+    left = samplefiles.label_margin(["0", "square"])  # the row names' column
+    assert left > samplefiles.label_margin(["0"]) > 0
     with Image.open(tmp_path / "grid.png") as grid:  # 2 rows x 3 columns of 64 px tiles, 2 px padding
-        assert grid.size == (3 * 66 + 2, 2 * 66 + 2) and grid.mode == ("L" if channels == 1 else "RGB")
-        pixels = np.asarray(grid).reshape(2 * 66 + 2, 3 * 66 + 2, channels)
-    assert np.array_equal(pixels[2:66:2, 2:66:2].transpose(2, 0, 1), images[0].numpy())  # nearest x2
+        assert grid.size == (left + 3 * 66 + 2, 2 * 66 + 2) and grid.mode == ("L" if channels == 1 else "RGB")
+        pixels = np.asarray(grid).reshape(2 * 66 + 2, left + 3 * 66 + 2, channels)
+    assert np.array_equal(pixels[2:66:2, left + 2:left + 66:2].transpose(2, 0, 1), images[0].numpy())  # nearest x2
+    assert np.array_equal(pixels[68:132:2, left + 2:left + 66:2].transpose(2, 0, 1), images[3].numpy())  # class 2
+    for row in (slice(2, 66), slice(68, 132)):  # each row's name is drawn (dark pixels) in the margin
+        assert pixels[row, :left].min() < 128
     with np.load(tmp_path / "samples") as arrays:
         assert sorted(arrays.files) == ["arr_0", "arr_1"]
         assert arrays["arr_0"].dtype == np.uint8 and arrays["arr_0"].shape == (5, 32, 32, channels)
@@ -186,7 +191,7 @@ def checkpoint(tmp_path_factory):
 def test_cli_writes_grid_and_npz(checkpoint):
     sample.main(["--ckpt", str(checkpoint), "--nfe", "1", "--n", "2", "--classes", "2,0", "--device", "cpu"])
     with Image.open(checkpoint.parent / "samples_euler_nfe1_n2.png") as grid:
-        assert grid.size == (2 * 66 + 2, 2 * 66 + 2)
+        assert grid.size[1] == 2 * 66 + 2 and grid.size[0] > 2 * 66 + 2  # 2 rows of 2, the names on the left
     with np.load(checkpoint.parent / "samples_euler_nfe1_n2.npz") as arrays:
         assert arrays["arr_0"].shape == (4, 32, 32, 3) and arrays["arr_0"].dtype == np.uint8
         assert arrays["arr_1"].tolist() == [2, 2, 0, 0]
