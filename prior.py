@@ -65,7 +65,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from plumbing import checks, outputs
 from plumbing.conditions import check_cond
 from plumbing.stats import (RunningClassStats, cluster_stats, em_passes, kmeans_plus_plus, lloyd_passes,
                             log_responsibilities, mixture_tables, model_space, nearest)
@@ -140,13 +139,6 @@ class Prior:
         if str(device) not in cache:
             cache[str(device)] = make(device)
         return cache[str(device)]
-
-    def save(self, path: str) -> None:
-        outputs.save_npz(path, self.state_dict())  # temporary file + rename: a killed fit leaves no half file
-
-    @classmethod
-    def load(cls, path: str) -> Prior:
-        return cls.from_state_dict(load_npz(path))
 
 
 def check_spread(cov: str, sigma: float, scale: float) -> None:
@@ -535,12 +527,6 @@ class MapperPrior(Prior):
                              if key.startswith("net.")})
         prior.net = net.requires_grad_(False).eval()
         return prior
-
-
-def load_npz(path: str) -> dict:
-    """A prior's saved state; a missing, damaged or foreign file is a one-line error naming it."""
-    return checks.load_npz(path, "prior statistics file", "train.py fits and writes it when the file is absent",
-                           keys=("name",))
 
 
 PRIORS: dict[str, type[Prior]] = {"gaussian": GaussianPrior, "class": ClassPrior, "kmeans": KMeansPrior,

@@ -163,23 +163,8 @@ class UNet(nn.Module):
                  attention_downsample: tuple[int, ...] = (2,), num_head_channels: int = 64,
                  dropout: float = 0.0, cond_dim: int = 0):
         super().__init__()
-        levels = len(channel_mult)
-        if image_size < 1 or image_size % 2 ** (levels - 1) != 0:
-            raise ValueError(f"image_size {image_size} must be divisible by {2 ** (levels - 1)} "
-                             f"for {levels} resolution levels; resize the images or pick another preset")
-        if channels < 1:
-            raise ValueError(f"channels ({channels}) must be at least 1")
-        if base_channels < 16 or any(w % 4 or w % min(32, w // 4) for w in [base_channels * m for m in channel_mult]):
-            raise ValueError(f"base_channels {base_channels} times each of channel_mult {tuple(channel_mult)} must "
-                             f"split into group-norm groups (min(32, width/4)): use a multiple of 16 or 32")
-        if any(factor not in [2 ** level for level in range(levels)] for factor in attention_downsample):
-            raise ValueError(f"attention_downsample {tuple(attention_downsample)} must list factors among "
-                             f"{[2 ** level for level in range(levels)]} (one per resolution level)")
-        widths = [base_channels * mult for mult in channel_mult]
-        attended = [width for level, width in enumerate(widths) if 2 ** level in attention_downsample]
-        if any(width % num_head_channels != 0 for width in attended + widths[-1:]):
-            raise ValueError(f"num_head_channels {num_head_channels} must divide the channel count "
-                             f"of every attention layer {sorted(set(attended + widths[-1:]))}")
+        check_architecture(image_size, channels, base_channels, channel_mult, attention_downsample, num_head_channels)
+        levels, widths = len(channel_mult), [base_channels * mult for mult in channel_mult]
         self.image_size, self.channels, self.num_classes, self.cond_dim = image_size, channels, num_classes, cond_dim
         self.base_channels = base_channels
         emb_dim = 4 * base_channels
@@ -259,3 +244,25 @@ def build_unet(preset: str, image_size: int, channels: int, num_classes: int = 0
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+def check_architecture(image_size: int, channels: int, base_channels: int, channel_mult: tuple[int, ...],
+                       attention_downsample: tuple[int, ...], num_head_channels: int) -> None:
+    """A UNet these numbers can build, else one line saying which number to change."""
+    levels = len(channel_mult)
+    if image_size < 1 or image_size % 2 ** (levels - 1) != 0:
+        raise ValueError(f"image_size {image_size} must be divisible by {2 ** (levels - 1)} "
+                         f"for {levels} resolution levels; resize the images or pick another preset")
+    if channels < 1:
+        raise ValueError(f"channels ({channels}) must be at least 1")
+    if base_channels < 16 or any(w % 4 or w % min(32, w // 4) for w in [base_channels * m for m in channel_mult]):
+        raise ValueError(f"base_channels {base_channels} times each of channel_mult {tuple(channel_mult)} must "
+                         f"split into group-norm groups (min(32, width/4)): use a multiple of 16 or 32")
+    if any(factor not in [2 ** level for level in range(levels)] for factor in attention_downsample):
+        raise ValueError(f"attention_downsample {tuple(attention_downsample)} must list factors among "
+                         f"{[2 ** level for level in range(levels)]} (one per resolution level)")
+    widths = [base_channels * mult for mult in channel_mult]
+    attended = [width for level, width in enumerate(widths) if 2 ** level in attention_downsample]
+    if any(width % num_head_channels != 0 for width in attended + widths[-1:]):
+        raise ValueError(f"num_head_channels {num_head_channels} must divide the channel count "
+                         f"of every attention layer {sorted(set(attended + widths[-1:]))}")

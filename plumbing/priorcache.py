@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 import prior as priors
-from . import batches, outputs
+from . import batches, checks, outputs
 from .config import Config
 
 
@@ -73,7 +73,7 @@ def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device
     if rank == 0:
         stored = None
         if path.exists():
-            stored = priors.load_npz(str(path))
+            stored = read_stats(path)
             if str(stored.get("cache_key", "")) != key:
                 edited = str(stored.get("name")) == config.prior and str(stored.get("prior_code", code)) != code
                 why = f"another version of the {config.prior} prior's code" if edited else "other data or options"
@@ -94,7 +94,7 @@ def fit_prior(config: Config, dataset, num_images: int, fingerprint: str, device
                                    "prior_code": code}, "--prior-stats" if config.prior_stats else "--out")
     if world > 1:
         dist.barrier()  # the other processes wait for rank 0's file
-    fitted = priors.prior_from_state(priors.load_npz(str(path)))
+    fitted = priors.prior_from_state(read_stats(path))
     expected = (dataset.channels, dataset.image_size, dataset.image_size)
     if tuple(fitted.shape) != expected:
         raise ValueError(f"{path} was fitted on images of shape {tuple(fitted.shape)}, but {config.dataset} has "
@@ -164,3 +164,21 @@ def checked_state(prior, before: dict) -> dict:
                              f"{' as a numpy array' if isinstance(value, torch.Tensor) else ''}, or it is lost when "
                              f"the prior is reloaded from prior_stats.npz")
     return state
+
+
+# ----------------------------------------------------------------------------- the statistics file
+
+def read_stats(path: str | Path) -> dict:
+    """A prior's saved state; a missing, damaged or foreign file is a one-line error naming it."""
+    return checks.load_npz(path, "prior statistics file", "train.py fits and writes it when the file is absent",
+                           keys=("name",))
+
+
+def save_prior(prior: priors.Prior, path: str | Path, flag: str = "") -> None:
+    outputs.save_npz(path, prior.state_dict(), flag)  # temporary file + rename: a killed fit leaves no half file
+
+
+def load_prior(path: str | Path, cls: type[priors.Prior] | None = None) -> priors.Prior:
+    """The prior saved in `path`, as `cls` or (None) as the class its name says in prior.PRIORS."""
+    state = read_stats(path)
+    return cls.from_state_dict(state) if cls is not None else priors.prior_from_state(state)

@@ -15,7 +15,7 @@ import torch
 
 from plumbing import conditions, data, stats
 from plumbing.config import Config
-from plumbing.priorcache import data_fingerprint, fit_prior, prior_code
+from plumbing.priorcache import data_fingerprint, fit_prior, load_prior, prior_code
 import prior
 import sample
 import train
@@ -181,7 +181,7 @@ def test_a_pca_prior_written_by_a_fork_trains_and_samples(tmp_path, monkeypatch)
                                   "--prior-opt", "rank=2"]))
     state = torch.load(out / "ckpt.pt", weights_only=True)["prior"]["state"]
     assert state["directions"].shape == (10, 2, 3 * 32 * 32) and isinstance(state["explained"], float)
-    loaded = PCAPrior.load(out / "prior_stats.npz")
+    loaded = load_prior(out / "prior_stats.npz", PCAPrior)
     assert type(loaded.explained) is float and 0 < loaded.explained <= 1  # a number comes back a number
     sample.main(["--ckpt", str(out / "ckpt.pt"), "--nfe", "2", "--n", "2", "--classes", "0,4"])
     with np.load(next(out.glob("samples_*.npz"))) as arrays:
@@ -243,7 +243,7 @@ def test_a_tuple_in_fitted_comes_back(tmp_path, monkeypatch):
     monkeypatch.setitem(prior.PRIORS, "pca", ShapeInFitted)
     train.train(train.parse_args([*QUICK, "--steps", "1", "--out", str(tmp_path), "--prior", "pca",
                                   "--prior-opt", "rank=1"]))
-    assert tuple(ShapeInFitted.load(tmp_path / "prior_stats.npz").shape) == (3, 32, 32)
+    assert tuple(load_prior(tmp_path / "prior_stats.npz", ShapeInFitted).shape) == (3, 32, 32)
 
 
 class EditedPCA(PCAPrior):  # the same prior after an edit of its code

@@ -7,6 +7,7 @@ import prior as prior_module
 from prior import build_prior, prior_from_state
 from plumbing.config import parse_prior_options
 from prior import PRIORS, ClassPrior, GaussianPrior, KMeansPrior, MapperPrior
+from plumbing.priorcache import load_prior, save_prior
 
 K, SHAPE = 4, (2, 3, 3)
 
@@ -106,8 +107,8 @@ def test_save_load_round_trips_exactly(tmp_path, name):
         images, labels = make_data()
         batches, draw = list(batches_of(images, labels, 32, np.arange(len(labels)))), torch.tensor([0, 1, 2, 3, 0])
         prior = build_prior(name).fit(batches, K)
-    prior.save(tmp_path / "stats.npz")
-    loaded = PRIORS[name].load(tmp_path / "stats.npz")
+    save_prior(prior, tmp_path / "stats.npz")
+    loaded = load_prior(tmp_path / "stats.npz", PRIORS[name])
     state, again = prior.state_dict(), loaded.state_dict()
     assert state.keys() == again.keys()
     for key in state:
@@ -138,7 +139,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"class ids must be in 0\.\.1"):
         ClassPrior().fit(batches_of(images, labels + 1, 8, np.arange(20)), 2)
     with pytest.raises(FileNotFoundError, match="no prior statistics file at"):
-        ClassPrior.load("/nonexistent/stats.npz")
+        load_prior("/nonexistent/stats.npz", ClassPrior)
 
 
 def test_prior_options_are_checked_and_typed():
@@ -237,8 +238,8 @@ def test_a_prior_that_lists_its_fitted_arrays_saves_and_loads_without_writing_ei
         Offsets().state_dict()
     fitted = Offsets(k=5, scale=0.25, mode="mul", signed=True)
     fitted.offset, fitted.dataset = np.arange(6.0).reshape(2, 3), "toy"
-    fitted.save(tmp_path / "offsets.npz")
-    loaded = Offsets.load(tmp_path / "offsets.npz")
+    save_prior(fitted, tmp_path / "offsets.npz")
+    loaded = load_prior(tmp_path / "offsets.npz", Offsets)
     assert (loaded.k, loaded.scale, loaded.mode, loaded.signed, loaded.dataset) == (5, 0.25, "mul", True, "toy")
     assert [type(v) for v in (loaded.k, loaded.scale, loaded.mode, loaded.signed)] == [int, float, str, bool]
     np.testing.assert_array_equal(loaded.offset, fitted.offset)
