@@ -313,7 +313,7 @@ class KMeansPrior(Prior):
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                null: torch.Tensor | None = None, x1: torch.Tensor | None = None) -> torch.Tensor:
         check_cond(cond, self.num_classes, vectors=False)
-        means, stds, _, _ = self.on_device(cond.device, self._tables)
+        means, stds = self.on_device(cond.device, self._tables)[:2]
         rows = self.components(cond, generator, x1)
         if null is not None:
             rows = torch.where(null, len(means) - 1, rows)
@@ -399,15 +399,8 @@ class GMMPrior(Prior):
         uniform = torch.rand(scores.shape, generator=generator, device=cond.device, dtype=torch.float64)
         return cond * self.k + (scores - (-uniform.log()).log()).argmax(1)
 
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
-               null: torch.Tensor | None = None, x1: torch.Tensor | None = None) -> torch.Tensor:
-        check_cond(cond, self.num_classes, vectors=False)
-        means, stds = self.on_device(cond.device, self._tables)[:2]
-        rows = self.components(cond, generator, x1)
-        if null is not None:
-            rows = torch.where(null, len(means) - 1, rows)
-        noise = torch.randn((len(cond), *self.shape), generator=generator, device=cond.device)
-        return (means[rows] + stds[rows] * noise.flatten(1)).view(len(cond), *self.shape)
+    # x0 = a component's mean + its spread * noise, as KMeansPrior: only components() differs
+    sample = KMeansPrior.sample
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         std = spread(self.stds, self.cov, self.sigma, self.scale, self.min_std)
