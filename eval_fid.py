@@ -1,6 +1,6 @@
 """The metric, self-contained: FID (or offline FD-clf), KID and conditional accuracy of a sample set.
 
-Features f(x) come from features.py: Inception's 2048-d pool3 or, offline (`--features clf`), the
+Features f(x) come from plumbing/features.py: Inception's 2048-d pool3 or, offline (`--features clf`), the
 penultimate layer of a classifier trained on the dataset ("FD-clf", never FID), whose predictions give
 the conditional accuracy (the share of samples classified as the class they were generated for).
 

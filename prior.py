@@ -23,7 +23,7 @@ so the marginal source is a mixture with components near the data; the paths x0 
 shorter and cross less. A "null" row (classifier-free guidance's unconditional half) draws
 from the dataset-wide component N(mu, Sigma) built from the global mean and std.
 
-The statistics are fitted in streamed passes (stats.py: Chan's merge, per-class k-means, EM).
+The statistics are fitted in streamed passes (plumbing/stats.py: Chan's merge, per-class k-means, EM).
 
 A prior is one class here and one name in PRIORS; train.py and sample.py need nothing else:
 
@@ -246,7 +246,7 @@ class KMeansPrior(Prior):
     One centroid per class cannot represent a class with several modes: at NFE 1 every sample
     lands on the class mean. Here class c has components (w_cj, m_cj, s_cj), j < k:
         fit     per class, k-means++ on the first `init_images` images of the class, then `passes`
-                streamed Lloyd passes over all images (stats.py); a last pass measures the final
+                streamed Lloyd passes over all images (plumbing/stats.py); a last pass measures the final
                 clusters: w_cj = share of the class, m_cj = mean, s_cj = per-pixel std
         train   x0 = m_cj + s * noise with j = the cluster of x1 (nearest m_cj of x1's class)
         sample  j ~ Categorical(w_c), then the same; null rows: the dataset-wide N(mu, std)

@@ -131,10 +131,17 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
 
 # ----------------------------------------------------------------------------- the loop
 
-@outputs.holding_folders  # the --out lock that start_or_resume takes is released however train() ends
 def train(config: Config) -> list[float]:
-    """Train the run `config` describes (or continue it: config.resume); returns the logged losses."""
-    run, dataset, num_images = start_or_resume(config)
+    """Train the run `config` describes (or continue it: config.resume); returns the logged losses.
+    The --out folder holds one run at a time: a second one (or a --resume of this one) is refused."""
+    config, checkpoint = checked_config(config)  # nothing is written before the flags are known good
+    with outputs.hold_folder(config.out, "--out", int(os.environ.get("RANK", 0))):
+        run, dataset, num_images = start_or_resume(config, checkpoint)
+        return loop(run, dataset, num_images)
+
+
+def loop(run: Run, dataset, num_images: int) -> list[float]:
+    """Steps run.step + 1 .. --steps: log, check, checkpoint and sample at their cadence."""
     config, out, start = run.config, Path(run.config.out), run.step
     prefetch = Prefetcher(dataset, num_images, start, config.batch_size, config.seed, run.rank, run.world,
                           pin=run.device.type == "cuda")
@@ -240,13 +247,18 @@ def build_run(config: Config, dataset, prior: Prior, device: torch.device, rank:
     return Run(config, device, precision, prior, model, network, ema, optimizer, generator, rank, world)
 
 
-def start_or_resume(config: Config) -> tuple[Run, object, int]:
-    """(the run, its dataset, the number of training images): the prior fitted (or read from the
-    cache) and a new network, or the checkpoint's prior, weights, optimizer and RNG states."""
+def checked_config(config: Config) -> tuple[Config, dict | None]:
+    """(the config to run, the checkpoint it continues or None), every flag checked."""
     config, checkpoint = load_resume(config)
     config = with_preset(config)
     check_config(config)
     check_resume_steps(config, checkpoint)
+    return config, checkpoint
+
+
+def start_or_resume(config: Config, checkpoint: dict | None) -> tuple[Run, object, int]:
+    """(the run, its dataset, the number of training images): the prior fitted (or read from the
+    cache) and a new network, or the checkpoint's prior, weights, optimizer and RNG states."""
     rank, world, device = setup_distributed(config.device)
     threads = checks.set_cpu_threads(device)
     if config.batch_size % world:
@@ -256,8 +268,6 @@ def start_or_resume(config: Config) -> tuple[Run, object, int]:
                          f"process gets per step; use at most that")
     out = Path(config.out)
     if rank == 0:  # every path we write, checked before any work
-        outputs.check_out_dir(out, "--out")
-        outputs.hold_folder(out, "--out")  # one run per folder: a second one (or a --resume of this one) is refused
         if config.prior_stats:
             outputs.check_out_file(config.prior_stats, "--prior-stats", (".npz",))
         if checkpoint is None and (out / "ckpt.pt").exists():

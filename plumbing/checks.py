@@ -119,7 +119,7 @@ def set_cpu_threads(device: torch.device) -> str:
     if device.type != "cpu":
         return ""
     if os.environ.get("OMP_NUM_THREADS"):
-        return f"{torch.get_num_threads()} CPU threads (OMP_NUM_THREADS)"
+        return f"{torch.get_num_threads()} CPU thread{'s' * (torch.get_num_threads() > 1)}, set by OMP_NUM_THREADS"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // 2)
     torch.set_num_threads(threads)

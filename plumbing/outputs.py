@@ -9,12 +9,12 @@
                  keeps the old PATH and is one line naming PATH, the cause and the flag to change
     LogFile      the training log, appended to; its failures are one line too
     FolderLock   one run per --out folder at a time (OUT/.lock, held with flock; a lock left by a
-                 killed run is taken over); hold_folder / holding_folders for train.py
+                 killed run is taken over); `with hold_folder(OUT):` in train.py
 """
 from __future__ import annotations
 
+import contextlib
 import errno
-import functools
 import json
 import os
 import signal
@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 import numpy as np
 import torch
@@ -399,31 +399,9 @@ def holder_gone(holder: dict) -> bool:
     return False
 
 
-Function = TypeVar("Function", bound=Callable)
-_scopes = threading.local()
-
-
-def hold_folder(folder: str | Path, flag: str = "--out") -> FolderLock:
-    """Take FOLDER's lock (FolderLock) until the innermost function decorated with @holding_folders
-    returns or raises: one line in a long function instead of a `with` around all of it."""
-    scopes = getattr(_scopes, "stack", None)
-    if not scopes:
-        raise RuntimeError("hold_folder() outside a function decorated with @holding_folders")
-    lock = FolderLock(folder, flag).acquire()
-    scopes[-1].append(lock)
-    return lock
-
-
-def holding_folders(function: Function) -> Function:
-    """Release every lock hold_folder took during a call of `function`, however the call ends."""
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        if not hasattr(_scopes, "stack"):
-            _scopes.stack = []
-        _scopes.stack.append([])
-        try:
-            return function(*args, **kwargs)
-        finally:
-            for lock in reversed(_scopes.stack.pop()):
-                lock.release()
-    return wrapper  # type: ignore[return-value]
+def hold_folder(folder: str | Path, flag: str = "--out", rank: int = 0) -> contextlib.AbstractContextManager:
+    """`with hold_folder(OUT):` the folder checked writable, then held (FolderLock) for the block;
+    only rank 0 of a torchrun job holds it (the others write nothing there)."""
+    if rank != 0:
+        return contextlib.nullcontext()
+    return FolderLock(check_out_dir(folder, flag), flag)
