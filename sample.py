@@ -61,7 +61,7 @@ def num_steps(nfe: int, solver: str, evals_per_velocity: int = 1) -> int:
     cost = f"{solver} uses {SOLVERS[solver]} evaluation{'s' * (SOLVERS[solver] > 1)} per step"
     if evals_per_velocity == 2:
         cost += " and guidance doubles each (conditional + unconditional)"
-    raise ValueError(f"nfe={nfe} cannot be spent exactly: {cost}, so nfe must be a positive "
+    raise ValueError(f"--nfe {nfe} cannot be spent exactly: {cost}, so --nfe must be a positive "
                      f"multiple of {per_step}: try {' or '.join(map(str, budgets))}")
 
 
@@ -234,7 +234,7 @@ def row_names(config: dict, ids: list[int]) -> dict[int, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = checks.Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
-    parser.add_argument("--nfe", type=int, default=8, help="network evaluations per image (cfg: both halves)")
+    parser.add_argument("--nfe", type=checks.positive_int, default=8, help="network evaluations per image (cfg: both halves)")
     parser.add_argument("--solver", default="euler", choices=list(SOLVERS))
     parser.add_argument("--n", type=checks.positive_int, default=8, help="images per class (or per condition vector)")
     parser.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")

@@ -331,7 +331,7 @@ def test_reference_stores_the_classifier_absolutely_and_a_missing_one_says_clf(t
 # ---------------------------------------------------------------- 8. flag ranges that argparse can say
 
 @pytest.mark.parametrize("main, argv, flag", [
-    (sample.main, ["--nfe", "0"], "nfe=0 cannot be spent exactly.*try 1"),  # num_steps' own message (kept)
+    (sample.main, ["--nfe", "0"], "argument --nfe: must be at least 1, got 0"),
     (sample.main, ["--n", "0"], "argument --n: must be at least 1"),
     (sample.main, ["--batch-size", "-3"], "argument --batch-size: must be at least 1"),
     (sample.main, ["--conditions", "0"], "argument --conditions: must be at least 1"),

@@ -205,7 +205,7 @@ def test_load_checkpoint_uses_ema_and_own_prior(checkpoint):
 
 
 @pytest.mark.parametrize("argv,pattern", [
-    (["--nfe", "0"], "nfe=0 .*try 1"),
+    (["--nfe", "0"], "argument --nfe: must be at least 1, got 0"),
     (["--nfe", "7", "--solver", "rk4"], "multiple of 4: try 4 or 8"),
     (["--nfe", "3", "--cfg", "2"], "guidance doubles.*try 2 or 4"),
     (["--classes", "1,3"], r"valid class ids are 0\.\.2"),
@@ -231,5 +231,5 @@ def test_script_reports_one_line_error(tmp_path):
                              "--solver", "rk4"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        "error: nfe=7 cannot be spent exactly: rk4 uses 4 evaluations per step, so nfe must be a "
+        "error: --nfe 7 cannot be spent exactly: rk4 uses 4 evaluations per step, so --nfe must be a "
         "positive multiple of 4: try 4 or 8"]
