@@ -26,6 +26,12 @@ import torch
 from . import checks
 
 
+def check_class_ids(ids: torch.Tensor, num_classes: int, what: str = "class ids") -> None:
+    """The one range check of class ids, 0..num_classes-1 (it reads them on the host: a sync on CUDA)."""
+    if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < num_classes:
+        raise ValueError(f"{what} must be in 0..{num_classes - 1}, got {int(ids.min())}..{int(ids.max())}")
+
+
 def check_cond(cond: torch.Tensor, num_classes: int, vectors: bool | None = None) -> None:
     """Class ids: int64 in 0..num_classes-1; vectors: float (N, E). vectors=False/True: only that kind
     (what a prior calls in sample(); it runs every training step, so it never syncs a GPU)."""
@@ -34,8 +40,8 @@ def check_cond(cond: torch.Tensor, num_classes: int, vectors: bool | None = None
             raise ValueError("this prior needs condition vectors (N, E), got class ids; use --prior class or kmeans")
         # Only on CPU: there a bad id would index past the table silently, while on CUDA the
         # check would cost a host sync every training step (and indexing asserts on device).
-        if cond.device.type == "cpu" and len(cond) and (int(cond.min()) < 0 or int(cond.max()) >= num_classes):
-            raise ValueError(f"class ids must be in 0..{num_classes - 1}, got {int(cond.min())}..{int(cond.max())}")
+        if cond.device.type == "cpu":
+            check_class_ids(cond, num_classes)
     elif cond.is_floating_point() and cond.ndim == 2:
         if vectors is False:
             raise ValueError("this prior needs class ids, got condition vectors; use --prior mapper or gaussian")
@@ -57,8 +63,7 @@ def as_condition(cond, num_classes: int, cond_dim: int) -> torch.Tensor:
     if cond.ndim != 1 or cond.is_floating_point():
         raise ValueError(f"this model takes class ids (N,), got {cond.dtype} of shape {tuple(cond.shape)}")
     cond = cond.long().cpu()
-    if len(cond) and not 0 <= int(cond.min()) <= int(cond.max()) < num_classes:
-        raise ValueError(f"class ids must lie in 0..{num_classes - 1}, got {int(cond.min())}..{int(cond.max())}")
+    check_class_ids(cond, num_classes)
     return cond
 
 
@@ -91,10 +96,9 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
         classes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ValueError(f"--classes must be comma-separated class ids like 0,3,7, got {text!r}") from None
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad or not classes:
-        raise ValueError(f"--classes {text!r}: valid class ids are 0..{num_classes - 1} "
-                         f"(this checkpoint has {num_classes} classes)")
+    if not classes:
+        raise ValueError(f"--classes {text!r} names no class; give ids in 0..{num_classes - 1}")
+    check_class_ids(torch.tensor(classes), num_classes, f"--classes {text!r}: this checkpoint's class ids")
     return list(dict.fromkeys(classes))  # a repeated id would only repeat the same seeds
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .conditions import check_class_ids
 from .data import to_model
 
 
@@ -47,8 +48,7 @@ class RunningClassStats:
         if labels.dtype != torch.int64:
             raise ValueError("this prior groups images by class id, got condition vectors; "
                              "for vector conditions use --prior mapper or gaussian")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
-            raise ValueError(f"class ids must be in 0..{k - 1}, got {int(labels.min())}..{int(labels.max())}")
+        check_class_ids(labels, k)
         self.shape = tuple(x.shape[1:])
         x, labels = x.flatten(1).double(), labels.to(x.device)
         if self.count is None:

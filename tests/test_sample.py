@@ -208,8 +208,8 @@ def test_load_checkpoint_uses_ema_and_own_prior(checkpoint):
     (["--nfe", "0"], "argument --nfe: must be at least 1, got 0"),
     (["--nfe", "7", "--solver", "rk4"], "multiple of 4: try 4 or 8"),
     (["--nfe", "3", "--cfg", "2"], "guidance doubles.*try 2 or 4"),
-    (["--classes", "1,3"], r"valid class ids are 0\.\.2"),
-    (["--classes", "-1"], r"valid class ids are 0\.\.2"),
+    (["--classes", "1,3"], r"--classes '1,3': this checkpoint's class ids must be in 0\.\.2, got 1\.\.3"),
+    (["--classes", "-1"], r"class ids must be in 0\.\.2, got -1\.\.-1"),
     (["--classes", "a"], "comma-separated class ids"),
 ])
 def test_cli_bad_arguments(checkpoint, argv, pattern):
