@@ -57,7 +57,7 @@ DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts
 def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a uint8 batch; returns (loss, grad norm) as device tensors (no sync)."""
     config, device, generator = run.config, run.device, run.generator
-    x1 = data.to_model(images.to(device, non_blocking=True))
+    x1 = data.to_model(images.to(device, non_blocking=True))  # uint8 pixels -> float32 in [-1, 1]
     if device.type == "cuda":
         x1 = x1.contiguous(memory_format=torch.channels_last)
     cond = cond.to(device, non_blocking=True)

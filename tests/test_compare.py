@@ -69,9 +69,13 @@ def test_verdict_rule():
     # the sum of the spreads, not the larger one: 1.0 apart, spreads 0.71 and 0.71 -> within
     assert "within" in compare.verdict("a", "b", [0.5, 1.5], [1.5, 2.5])
     assert "below" in compare.verdict("a", "b", [0.5, 1.5], [2.0, 3.0, 2.5])
-    assert "the lead shrinks" in compare.step_verdict("mine", "gaussian", {1: 0.5, 2: 0.8})
-    assert "the lead grows" in compare.step_verdict("mine", "gaussian", {1: 0.9, 2: 0.6})
-    assert "the lead holds" in compare.step_verdict("mine", "gaussian", {1: 0.8, 2: 0.81})
+    assert "the lead shrank since step 1 and shrank since step 1" in compare.step_verdict("mine", "gaussian",
+                                                                                         {1: 0.5, 2: 0.8})
+    assert "the lead grew since step 1" in compare.step_verdict("mine", "gaussian", {1: 0.9, 2: 0.6})
+    assert "the lead held since step 1" in compare.step_verdict("mine", "gaussian", {1: 0.8, 2: 0.86})
+    # shrinks early, then holds: the MNIST kmeans run's shape (middle of 8 steps: the 4th)
+    early = dict(zip(range(500, 4001, 500), (0.28, 0.38, 0.44, 0.46, 0.43, 0.45, 0.45, 0.43)))
+    assert "the lead shrank since step 500 and held since step 2000" in compare.step_verdict("k", "g", early)
     assert "not ahead" in compare.step_verdict("mine", "gaussian", {1: 0.8, 2: 1.1})
 
 
