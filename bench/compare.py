@@ -172,8 +172,9 @@ def step_verdict(label: str, base: str, ratios: dict[int, float], tolerance: flo
     Ahead (ratio < 1) or behind at the final step; over the whole run and over its second half
     (the steps from the middle one on), the lead grew when the final ratio is below the earlier
     one by more than `tolerance` of it (10%: on MNIST the ratio moved by up to 5% between
-    neighbouring measured steps of one run, bench/RESULTS.md), shrank when above it by more, else held: a lead that shrinks early and
-    then holds is told apart from one that keeps shrinking."""
+    neighbouring measured steps of one run, bench/RESULTS.md), shrank when above it by more,
+    else held: a lead that shrinks early and then holds is told apart from one that keeps
+    shrinking."""
     steps = sorted(ratios)
     trail = ", ".join(f"{ratios[s]:.2f}" for s in steps)
     where = f"ratio {label} / {base} at steps {', '.join(map(str, steps))}: {trail}"
