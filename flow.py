@@ -21,6 +21,14 @@ the data. How x0 is paired with x1 decides how straight that field is:
                  null rows apart; every row alone for condition vectors), so a source drawn
                  for class c is never paired with another class's image
 
+On class-conditional data prefer class_ot to ot. With a class-blind source (--prior gaussian),
+`ot` pairs class c's images with the noise points nearest to them, so the source class c is
+trained from is no longer the N(0, I) it is sampled from. Measured on MNIST (tiny network, 1000
+steps, one seed, bench/RESULTS.md): ot is better at NFE 1-2 (FD-clf 128 vs 153 and 17.7 vs
+22.0 for independent pairing) but worse from NFE 4 on (4.65 vs 3.47 at NFE 8) and less faithful
+to the class (accuracy 0.82 vs 0.89 at NFE 8); class_ot is better than both from NFE 4 (2.95 at
+NFE 8, accuracy 0.90).
+
 The paper's measure of path length is the transport cost E ||x1 - x0||^2.
 """
 from __future__ import annotations

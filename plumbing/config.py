@@ -119,7 +119,9 @@ def build_parser() -> checks.Parser:
         help="an option of the prior's constructor, repeatable: --prior-opt sigma=0.5 --prior-opt cov=diag "
              "(a wrong key lists the prior's options)")
     flag("--prior-stats", "prior statistics .npz (default: OUT/prior_stats.npz, fitted if missing)")
-    flag("--coupling", f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}")
+    flag("--coupling", f"pairing of x0 and x1: {', '.join(flow.COUPLINGS)}; on class-conditional data prefer "
+                       "class_ot to ot (ot pairs a class with noise that is not the source it is sampled from: "
+                       "worse from NFE 4, lower accuracy; flow.py)")
     flag("--couple-global", "under torchrun: solve ot / class_ot over the whole gathered batch", action="store_true")
     flag("--sigma-min", "width of the probability path at t=1", type=float)
     flag("--preset", f"network size: {', '.join(unet.PRESETS)} (default: tiny on a CPU, small on a GPU)")
