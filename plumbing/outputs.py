@@ -251,6 +251,7 @@ class FolderLock:
                                  f"is empty and locked); if no run uses this folder, delete that file")
             time.sleep(0.05)
         self.catch_sigterm()
+        remove_leftovers(self.folder)
         return self
 
     def try_acquire(self) -> bool:
@@ -337,6 +338,17 @@ class FolderLock:
         if self.previous_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.previous_sigterm)
         self.previous_sigterm = None
+
+
+def remove_leftovers(folder: Path) -> None:
+    """The temporary files a killed run left behind (atomic_write's .NAME.XXXXXXXX.tmp, in the
+    folder and its sub-folders such as samples/): a run that holds the folder's lock is the only
+    writer there, so none of them is being written."""
+    stale = [path for pattern in (".*.tmp", "*/.*.tmp") for path in folder.glob(pattern) if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        print(f"{folder}: removed {len(stale)} temporary file(s) a stopped run left ({stale[0].name}, ...)")
 
 
 def raise_system_exit(signum: int, frame: object) -> None:

@@ -186,6 +186,19 @@ def test_one_run_per_folder_and_a_killed_run_resumes(tmp_path):
                 process.wait()
 
 
+def test_taking_the_folder_removes_what_a_killed_write_left(tmp_path, capsys):
+    """kill -9 inside atomic_write leaves its .NAME.XXXXXXXX.tmp; the next holder of the folder
+    (the only writer there) removes such files, and nothing else."""
+    (tmp_path / "samples").mkdir()
+    stale = [tmp_path / ".ckpt.pt.abc123xy.tmp", tmp_path / "samples" / ".step_0000010.png.k2j4l5m6.tmp"]
+    kept = [tmp_path / "ckpt.pt", tmp_path / "notes.tmp", tmp_path / "samples" / "step_0000010.png"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    with outputs.FolderLock(tmp_path):
+        assert [path.exists() for path in stale + kept] == [False, False, True, True, True]
+    assert "removed 2 temporary file(s)" in capsys.readouterr().out
+
+
 def test_a_failed_run_releases_the_folder(tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"not ours")
     with pytest.raises(ValueError, match="already holds a run"):  # raised while the lock is held
