@@ -166,6 +166,7 @@ def generate(model: torch.nn.Module, prior, cond: torch.Tensor, seeds: list[int]
 def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch.nn.Module, object, dict]:
     """(model with the EMA weights in eval mode on device, the checkpoint's own prior, config)."""
     path, device = Path(path), torch.device(device)
+    path = path / "ckpt.pt" if path.is_dir() else path  # a run's folder: its checkpoint
     hint = "train one first (python train.py) or pass --ckpt PATH"
     checkpoint = checks.load_torch(path, "checkpoint", hint, keys=("ema", "config", "prior"))
     config = checks.require_keys(checkpoint["config"], ("preset", "image_size", "channels", "num_classes"),
@@ -233,7 +234,7 @@ def row_names(config: dict, ids: list[int]) -> dict[int, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = checks.Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
+    parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py (or its run's folder)")
     parser.add_argument("--nfe", type=checks.positive_int, default=8, help="network evaluations per image (cfg: both halves)")
     parser.add_argument("--solver", default="euler", choices=list(SOLVERS))
     parser.add_argument("--n", type=checks.positive_int, default=8, help="images per class (or per condition vector)")
@@ -249,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-png", default=None, help="default: next to the checkpoint")
     parser.add_argument("--out-npz", default=None, help="default: next to the checkpoint")
     args = parser.parse_args(argv)
+    if Path(args.ckpt).is_dir():  # a run's folder: its checkpoint, and the outputs beside it
+        args.ckpt = str(Path(args.ckpt) / "ckpt.pt")
 
     checks.check_finite(args.cfg, "--cfg", "give a number such as 1 (no guidance) or 2")
     num_steps(args.nfe, args.solver, 1 if args.cfg == 1.0 else 2)  # fail on a bad budget before loading

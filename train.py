@@ -281,6 +281,9 @@ def start_or_resume(config: Config, checkpoint: dict | None) -> tuple[Run, objec
     options = dataset_options(config)
     dataset = data.load_dataset(config.dataset, config.data_dir, "train", **options)
     num_images = min(len(dataset), config.max_images or len(dataset))
+    if config.batch_size > num_images:  # before the prior's fit, not when the first batch is read
+        raise ValueError(f"--batch-size {config.batch_size} is larger than the dataset ({num_images} images): "
+                         f"use at most {num_images}")
     fingerprint = data_fingerprint(dataset, num_images)
     if checkpoint is None:
         prior = fit_prior(config, dataset, num_images, fingerprint, device, rank, world)

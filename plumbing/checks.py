@@ -47,6 +47,9 @@ def load_torch(path: str | Path, what: str, hint: str, keys: Iterable[str] = ())
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}: {hint}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise ValueError(f"{path}: not a readable {what} (not a torch zip archive: truncated, or another kind of "
+                         f"file); {hint}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
