@@ -33,7 +33,6 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checks, outputs
+from . import outputs
 
 
 def prior_to_checkpoint(prior) -> dict:

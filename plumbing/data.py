@@ -29,7 +29,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import readers
 from . import shapes

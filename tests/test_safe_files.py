@@ -31,7 +31,7 @@ import pytest
 import torch
 
 import train
-from plumbing import checks, outputs, readers
+from plumbing import outputs, readers
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "tiny", "--max-images", "64", "--batch-size", "8", "--log-every", "1", "--sample-every", "0",
