@@ -29,7 +29,7 @@ weights when found, else FD-clf, the features of an offline classifier trained i
 KID, conditional accuracy (attribute errors for vector conditions), the training coupling's
 transport cost and the path straightness (experiment.path_straightness); FD at --step-nfe at
 every measured training step. Then over the training seeds: the mean, the spread (sample std,
-ddof 1) and min/max, and the verdicts against --baseline (see `verdict` and `step_verdict`).
+ddof 1) and min/max, and the verdicts against --baseline (compare_report.py: `verdict` and `step_verdict`).
 
 Writes OUT/report.md, OUT/results.csv (one row per method x seed x step x NFE), OUT/fd_vs_nfe.png,
 OUT/fd_vs_step.png and sample grids in OUT/grids/.
@@ -37,16 +37,13 @@ OUT/fd_vs_step.png and sample grids in OUT/grids/.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,12 +55,11 @@ import experiment  # noqa: E402
 import flow  # noqa: E402
 import prior as priors  # noqa: E402
 import sample  # noqa: E402
-import sweep  # noqa: E402
 import unet  # noqa: E402
-from experiment import Evaluator, Results, table, timed  # noqa: E402
+from compare_report import report  # noqa: E402
+from experiment import Evaluator, Results, timed  # noqa: E402
 
 NULL_SOURCES = ("global", "class")
-ATTRIBUTES = ("colour_error", "position_error_px", "size_rank_correlation")
 
 
 # ----------------------------------------------------------------------------- the methods
@@ -144,60 +140,6 @@ def parse_methods(texts: list[str]) -> list[Method]:
     if not methods:
         raise ValueError("--priors needs at least one entry")
     return methods
-
-
-# ----------------------------------------------------------------------------- the verdicts
-
-def verdict(label: str, base: str, values: list[float], base_values: list[float]) -> str:
-    """The method's FD against the baseline's over training seeds (lower is better).
-
-    With at least two seeds on each side, the spread of each is its sample std (ddof 1), and the
-    method is "below" (or "above") the baseline by more than the seed spread when the difference
-    of the means is larger than the sum of the two spreads, else "within the seed spread". With one
-    seed on either side there is no spread to compare: only the difference is reported."""
-    mean, base_mean = float(np.mean(values)), float(np.mean(base_values))
-    if min(len(values), len(base_values)) < 2:
-        return (f"{label} vs {base}: one seed: no spread to compare ({mean:.3g} vs {base_mean:.3g}, "
-                f"difference {mean - base_mean:+.3g})")
-    spread, base_spread = float(np.std(values, ddof=1)), float(np.std(base_values, ddof=1))
-    numbers = f"({mean:.3g} vs {base_mean:.3g}, spread {spread:.2g}/{base_spread:.2g})"
-    if abs(mean - base_mean) <= spread + base_spread:
-        return f"{label} within the seed spread of {base} {numbers}"
-    side = "below" if mean < base_mean else "above"
-    return f"{label} {side} {base} by more than the seed spread {numbers}"
-
-
-def step_verdict(label: str, base: str, ratios: dict[int, float], tolerance: float = 0.1) -> str:
-    """Does the lead at the final step hold? ratios: step -> mean FD of the method / the baseline's.
-    Ahead (ratio < 1) or behind at the final step; over the whole run and over its second half
-    (the steps from the middle one on), the lead grew when the final ratio is below the earlier
-    one by more than `tolerance` of it (10%: on MNIST the ratio moved by up to 5% between
-    neighbouring measured steps of one run, bench/RESULTS.md), shrank when above it by more,
-    else held: a lead that shrinks early and then holds is told apart from one that keeps
-    shrinking."""
-    steps = sorted(ratios)
-    trail = ", ".join(f"{ratios[s]:.2f}" for s in steps)
-    where = f"ratio {label} / {base} at steps {', '.join(map(str, steps))}: {trail}"
-    last = ratios[steps[-1]]
-    if last >= 1:
-        return f"{label} not ahead of {base} at the final step ({where})"
-
-    def trend(since: int) -> str:
-        earlier = ratios[since]
-        return "grew" if last < earlier * (1 - tolerance) else "shrank" if last > earlier * (1 + tolerance) else "held"
-
-    middle = steps[(len(steps) - 1) // 2]
-    return (f"{label} ahead of {base} at the final step; the lead {trend(steps[0])} since step {steps[0]} and "
-            f"{trend(middle)} since step {middle} ({where})")
-
-
-def spread_cell(values: list[float]) -> str:
-    """mean ± std [min, max] over training seeds (only the mean for one seed)."""
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{np.mean(values):.3g} ± {np.std(values, ddof=1):.2g} [{min(values):.3g}, {max(values):.3g}]"
 
 
 # ----------------------------------------------------------------------------- training
@@ -343,122 +285,6 @@ def point_key(method: Method, seed: int, step: int, solver: str, nfe: int) -> st
     return f"point/{method.key}_seed{seed}/step{step}/{solver}/{nfe}"
 
 
-# ----------------------------------------------------------------------------- the report
-
-def collect(args: argparse.Namespace, config: experiment.Config, methods: list[Method], points: dict
-            ) -> list[dict]:
-    """One row per method x seed x step x NFE with every metric (what results.csv holds)."""
-    rows = []
-    for method in methods:
-        for seed in args.seeds:
-            run = f"{method.slug}_seed{seed}"
-            for step in milestones(config):
-                for nfe in args.nfes:
-                    point = points.get(point_key(method, seed, step, args.solver, nfe))
-                    if point is None:
-                        continue
-                    final = step == config.steps
-                    extras = {"transport_cost": points.get(f"cost/{run}", {}).get("transport_cost"),
-                              **{k: v for k, v in points.get(f"straight/{run}", {}).items() if k != "n"}} if final else {}
-                    rows.append({"method": method.label, "prior": method.prior,
-                                 "prior_options": json.dumps(dict(method.options), sort_keys=True),
-                                 "coupling": method.coupling, "null_source": method.null_source, "cfg": method.cfg,
-                                 "seed": seed, "step": step, "solver": args.solver, "nfe": nfe,
-                                 **{k: v for k, v in point.items() if k not in ("solver", "nfe", "cfg")}, **extras})
-    return rows
-
-
-def values(rows: list[dict], label: str, field: str, **where) -> list[float]:
-    return [r[field] for r in rows if r["method"] == label and r.get(field) is not None
-            and all(r[k] == v for k, v in where.items())]
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    outputs.write_text(path, text.getvalue())
-
-
-def report(args: argparse.Namespace, config: experiment.Config, methods: list[Method], metric: str,
-           points: dict) -> tuple[list[str], list[str]]:
-    """(the report's lines, the lines printed in the terminal: the FD table and the verdicts)."""
-    rows = collect(args, config, methods, points)
-    write_csv(rows, args.out / "results.csv")
-    labels, base, final = [m.label for m in methods], args.baseline, config.steps
-    name = metric + (" (features of an offline classifier trained on the data, not FID)" if metric == "FD-clf" else "")
-    fd = table(["method", *[f"NFE {n}" for n in args.nfes]],
-               [[label, *[spread_cell(values(rows, label, "value", step=final, nfe=n)) for n in args.nfes]]
-                for label in labels])
-    verdicts = []
-    for nfe in args.nfes:
-        base_values = values(rows, base, "value", step=final, nfe=nfe)
-        for label in labels:
-            mine = values(rows, label, "value", step=final, nfe=nfe)
-            if label != base and mine and base_values:
-                verdicts.append(f"- NFE {nfe}: {verdict(label, base, mine, base_values)}")
-    steps = milestones(config)
-    step_means = {label: {s: float(np.mean(v)) for s in steps
-                          if (v := values(rows, label, "value", step=s, nfe=args.step_nfe))} for label in labels}
-    step_lines = [f"- {step_verdict(label, base, {s: step_means[label][s] / step_means[base][s] for s in steps if s in step_means[label] and s in step_means[base]})}"
-                  for label in labels if label != base and set(step_means[label]) & set(step_means[base])]
-    terminal = [f"{metric} at step {final} (mean ± std [min, max] over training seeds {args.seeds}):", *fd, "",
-                f"Against {base} (lower is better):", *verdicts, *step_lines]
-
-    vector = any(r.get("colour_error") is not None for r in rows)
-    quality = ATTRIBUTES if vector else ("accuracy",)
-    lines = [f"# Prior comparison: `{args.command}`", "",
-             f"{time.strftime('%Y-%m-%d %H:%M')}, {checks.describe_device(checks.resolve_device(args.device))}, "
-             f"torch {torch.__version__}. Dataset {args.dataset}; preset {config.preset}, {config.steps} steps at "
-             f"batch {config.batch_size}, lr {config.lr:g} (warm-up {config.warmup}), EMA {config.ema}, label dropout "
-             f"{config.label_dropout}, the same for every method; training seeds {args.seeds}. {config.n} samples per "
-             f"point ({'held-out condition vectors' if vector else 'class-balanced'}, sampling seed "
-             f"{args.sample_seed}: the same starting noise for every method); solver {args.solver}; metric {name}.",
-             "", "Wall time: " + ", ".join(f"{k.removeprefix('time/')} {v['seconds'] / 60:.1f} min"
-                                           for k, v in sorted(points.items()) if k.startswith("time/")) + ".", "",
-             f"## {metric} against NFE at the final step (lower is better)", "", *fd, "",
-             "## Verdicts", "", "Rule: with two or more training seeds per method, a method is below (better) or "
-             f"above the baseline {base} when the difference of the means exceeds the sum of the two sample std's "
-             "over training seeds; else within the seed spread. With one seed there is no spread to compare.", "",
-             *verdicts, "", f"FD at NFE {args.step_nfe} against training steps, as the ratio to {base}:", "",
-             *step_lines, ""]
-    lines += [f"## {', '.join(quality)} at the final step (mean over seeds)", ""]
-    lines += table(["method", "metric", *[f"NFE {n}" for n in args.nfes]],
-                   [[label, field, *[spread_cell(values(rows, label, field, step=final, nfe=n)) for n in args.nfes]]
-                    for label in labels for field in quality])
-    lines += ["", "## Paths at the final step", "", "transport cost E‖x1 − x0‖² of the training coupling (summed "
-              f"over pixels); from a {config.straight_nfe}-NFE midpoint solve of {config.straight_n} samples, per "
-              "dimension: endpoint gap E‖x(1) − (x0 + v(x0, 0))‖²/D, straightness E∫‖(x(1) − x0) − v(x(t), t)‖² dt/D "
-              "(0 when straight), chord E‖x(1) − x0‖²/D.", ""]
-    first_nfe = args.nfes[0]
-    lines += table(["method", "transport cost", "endpoint gap", "straightness", "chord"],
-                   [[label, *[spread_cell(values(rows, label, f, step=final, nfe=first_nfe))
-                              for f in ("transport_cost", "endpoint_gap", "straightness", "chord")]]
-                    for label in labels])
-    lines += ["", f"## {metric} at NFE {args.step_nfe} against training steps (mean over seeds)", ""]
-    lines += table(["method", *[f"step {s}" for s in steps]],
-                   [[label, *[spread_cell(values(rows, label, "value", step=s, nfe=args.step_nfe)) for s in steps]]
-                    for label in labels])
-    sweep.plot_curves({label: [(n, float(np.mean(v))) for n in args.nfes
-                               if (v := values(rows, label, "value", step=final, nfe=n))] for label in labels},
-                      args.out / "fd_vs_nfe.png", metric, f"{args.dataset}, {args.solver}", log_y=True)
-    sweep.plot_curves({label: sorted(curve.items()) for label, curve in step_means.items()},
-                      args.out / "fd_vs_step.png", f"{metric} at NFE {args.step_nfe}", args.dataset,
-                      "training step (log scale)", log_y=True)
-    lines += ["", "![FD against NFE](fd_vs_nfe.png)", "", "![FD against training steps](fd_vs_step.png)", "",
-              f"## Samples at NFE {' and '.join(map(str, grid_nfes(args)))} (training seed {args.seeds[0]}; one row per "
-              "class, or the first held-out conditions in order)", ""]
-    few, more = grid_nfes(args)
-    for method in methods:
-        left, right = (args.out / "grids" / f"{method.key}_nfe{n}.png" for n in (few, more))
-        if left.is_file() and right.is_file():
-            experiment.side_by_side(left, right, args.out / "grids" / f"{method.key}.png",
-                                    (f"{method.label}, NFE {few}", f"{method.label}, NFE {more}"))
-            lines += [f"![{method.label}, NFE {few} and {more}](grids/{method.key}.png)", ""]
-    return lines, terminal
-
-
 # ----------------------------------------------------------------------------- main
 
 def build_parser() -> checks.Parser:
@@ -582,7 +408,8 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     trained = train_runs(config, args, methods, results)
     ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
     timed(results, "measure", lambda: measure(ev, args, methods, trained, results))
-    lines, terminal = report(args, config, methods, ev.metric, results.points)
+    lines, terminal = report(args, config, methods, ev.metric, results.points, milestones(config), point_key,
+                             grid_nfes(args))
     outputs.write_text(args.out / "report.md", "\n".join(lines) + "\n")
     return Comparison(args, config, methods, trained, ev, results, terminal)
 

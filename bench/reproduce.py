@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from plumbing import checks, outputs  # noqa: E402
 import compare  # noqa: E402
+import compare_report  # noqa: E402
 import toy2d  # noqa: E402
 from experiment import CONFIGS, Config, Results, driver_parser, driver_setup, table, timed  # noqa: E402
 
@@ -145,7 +146,7 @@ def sections(done: compare.Comparison, parts: list[str]) -> list[str]:
                                                                      for k in range(1, config.noise_seeds + 1)]]
             found = [points[key]["value"] for key in keys if key in points]
             if found:
-                rows.append([m.label, " ".join(f"{v:.2f}" for v in found), compare.spread_cell(found)])
+                rows.append([m.label, " ".join(f"{v:.2f}" for v in found), compare_report.spread_cell(found)])
         lines += table(["method", "values", "mean ± std [min, max]"], rows)
         curves = {name: {n: points[k]["value"] for n in done.args.nfes
                          if (k := compare.point_key(compare.parse_method(entry), seed, final, "euler", n)) in points}

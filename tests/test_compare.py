@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare  # noqa: E402
+import compare_report  # noqa: E402
 import experiment  # noqa: E402
 
 SMOKE = ["--dataset", "shapes", "--image-size", "16", "--steps", "4", "--batch-size", "8", "--warmup", "2",
@@ -60,23 +61,23 @@ def test_duplicates_and_unknown_baseline_are_refused(tmp_path):
 
 
 def test_verdict_rule():
-    below = compare.verdict("mine", "gaussian", [3.0, 3.2], [5.8, 6.0])
+    below = compare_report.verdict("mine", "gaussian", [3.0, 3.2], [5.8, 6.0])
     assert below.startswith("mine below gaussian by more than the seed spread (3.1 vs 5.9")
-    assert "within the seed spread" in compare.verdict("mine", "gaussian", [3.0, 5.0], [4.5, 5.5])
-    assert "above gaussian by more than" in compare.verdict("mine", "gaussian", [8.0, 8.2], [5.8, 6.0])
-    one = compare.verdict("mine", "gaussian", [3.0], [5.0, 6.0])
+    assert "within the seed spread" in compare_report.verdict("mine", "gaussian", [3.0, 5.0], [4.5, 5.5])
+    assert "above gaussian by more than" in compare_report.verdict("mine", "gaussian", [8.0, 8.2], [5.8, 6.0])
+    one = compare_report.verdict("mine", "gaussian", [3.0], [5.0, 6.0])
     assert "one seed: no spread to compare" in one and "difference -2.5" in one
     # the sum of the spreads, not the larger one: 1.0 apart, spreads 0.71 and 0.71 -> within
-    assert "within" in compare.verdict("a", "b", [0.5, 1.5], [1.5, 2.5])
-    assert "below" in compare.verdict("a", "b", [0.5, 1.5], [2.0, 3.0, 2.5])
-    assert "the lead shrank since step 1 and shrank since step 1" in compare.step_verdict("mine", "gaussian",
+    assert "within" in compare_report.verdict("a", "b", [0.5, 1.5], [1.5, 2.5])
+    assert "below" in compare_report.verdict("a", "b", [0.5, 1.5], [2.0, 3.0, 2.5])
+    assert "the lead shrank since step 1 and shrank since step 1" in compare_report.step_verdict("mine", "gaussian",
                                                                                          {1: 0.5, 2: 0.8})
-    assert "the lead grew since step 1" in compare.step_verdict("mine", "gaussian", {1: 0.9, 2: 0.6})
-    assert "the lead held since step 1" in compare.step_verdict("mine", "gaussian", {1: 0.8, 2: 0.86})
+    assert "the lead grew since step 1" in compare_report.step_verdict("mine", "gaussian", {1: 0.9, 2: 0.6})
+    assert "the lead held since step 1" in compare_report.step_verdict("mine", "gaussian", {1: 0.8, 2: 0.86})
     # shrinks early, then holds: the MNIST kmeans run's shape (middle of 8 steps: the 4th)
     early = dict(zip(range(500, 4001, 500), (0.28, 0.38, 0.44, 0.46, 0.43, 0.45, 0.45, 0.43)))
-    assert "the lead shrank since step 500 and held since step 2000" in compare.step_verdict("k", "g", early)
-    assert "not ahead" in compare.step_verdict("mine", "gaussian", {1: 0.8, 2: 1.1})
+    assert "the lead shrank since step 500 and held since step 2000" in compare_report.step_verdict("k", "g", early)
+    assert "not ahead" in compare_report.step_verdict("mine", "gaussian", {1: 0.8, 2: 1.1})
 
 
 def test_smoke_run_caches_training_and_refuses_another_budget(tmp_path, monkeypatch):
