@@ -328,8 +328,10 @@ class KMeansPrior(Prior):
                 torch.tensor(self.weights > 0, device=device))
 
 
-class GMMPrior(Prior):
-    """A diagonal Gaussian mixture per class, fitted by EM: KMeansPrior with soft clusters.
+class GMMPrior(KMeansPrior):
+    """A diagonal Gaussian mixture per class, fitted by EM: KMeansPrior with soft clusters (its
+    tables' layout, check_counts and sample() are KMeansPrior's; its options, fit and components()
+    are its own).
 
         p0(x | c) = sum_j w_cj N(m_cj, diag v_cj),   j < k,   v_cj >= min_std^2
         fit     k-means as KMeansPrior (k-means++ seeds, `kmeans_passes` Lloyd passes); its
@@ -341,9 +343,6 @@ class GMMPrior(Prior):
         sample  j ~ Categorical(w_c); null rows: the dataset-wide N(mu, std)
     s = scale * sqrt(v_cj) (cov="diag": at scale 1 the fitted mixture itself) or sigma (cov="iso").
     """
-
-    conditions = ("classes",)
-    check_counts = KMeansPrior.check_counts  # k components need k images in every class
 
     name = "gmm"
     fitted = ("weights", "means", "stds")
@@ -366,8 +365,6 @@ class GMMPrior(Prior):
         self.weights: np.ndarray | None = None  # (K, k) float64, rows sum to 1
         self.means: np.ndarray | None = None  # (K*k + 1, C, H, W) float64; last row: the whole dataset
         self.stds: np.ndarray | None = None  # (K*k + 1, C, H, W): sqrt(v_cj); last row: the dataset's std
-
-    num_classes, shape = KMeansPrior.num_classes, KMeansPrior.shape  # the same tables' layout
 
     def fit(self, batches: Batches, num_classes: int, dataset: str = "") -> GMMPrior:
         k = self.k
@@ -398,9 +395,6 @@ class GMMPrior(Prior):
         # Gumbel-max: argmax_j (log p_j + G_j) is j with probability p_j; on the device, no host sync
         uniform = torch.rand(scores.shape, generator=generator, device=cond.device, dtype=torch.float64)
         return cond * self.k + (scores - (-uniform.log()).log()).argmax(1)
-
-    # x0 = a component's mean + its spread * noise, as KMeansPrior: only components() differs
-    sample = KMeansPrior.sample
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         std = spread(self.stds, self.cov, self.sigma, self.scale, self.min_std)
