@@ -47,14 +47,13 @@ def load_torch(path: str | Path, what: str, hint: str, keys: Iterable[str] = ())
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}: {hint}")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        raise ValueError(f"{path}: not a readable {what} (not a torch zip archive: truncated, or another kind of "
-                         f"file); {hint}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "GLOBAL" not in str(err):  # garbage bytes, a truncated pickle
-            raise ValueError(f"{path}: not a readable {what} (its pickle is damaged); {hint}") from None
+            # (no zip check before: files saved by torch < 1.6, e.g. pytorch-fid's Inception weights, are no zip)
+            raise ValueError(f"{path}: not a readable {what} (another kind of file, or a damaged one); {hint}") \
+                from None
         # an object other than tensors and plain values: torch's text goes on to advise
         # weights_only=False, which would run what the file names
         found = str(err).split("GLOBAL")[1].split()[0].strip(" :.,") if "GLOBAL " in str(err) else "an object"
