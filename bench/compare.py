@@ -22,7 +22,8 @@ SLUG is the prior name, each option sorted by key as -KEYVALUE, then -coupling_N
 -null_source_NAME when not the default: kmeans:k=16 -> kmeans-k16, gaussian:coupling=ot ->
 gaussian-coupling_ot. A folder whose method.json differs from this run's is refused (another
 --out). Every measured point lands in OUT/results.json (experiment.Results), so measuring
-continues too.
+continues too. Runs with other --priors may share one --out at the same time (one per core or
+GPU): each adds its points to results.json, and train.py's folder lock refuses one run twice.
 
 Measured, per method, training seed and NFE at the final checkpoint: FD (FID with the Inception
 weights when found, else FD-clf, the features of an offline classifier trained in OUT/clf.pt),

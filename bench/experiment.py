@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -90,11 +91,16 @@ CONFIGS = {
 # ----------------------------------------------------------------------------- bookkeeping
 
 class Results:
-    """results.json: measured points by key, written atomically after each one."""
+    """results.json: measured points by key, written atomically after each one.
+
+    Several drivers may share one --out (compare.py with other --priors, one per core or GPU):
+    put() re-reads the file under a lock (.results.json.lock, flock) and adds its one point, so
+    each adds to the others' points instead of writing its own older copy over them."""
 
     def __init__(self, path: Path):
         self.path = path
         self.points: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+        self.added = 0  # points this process measured (the file may grow by another's too)
 
     def get(self, key: str, compute) -> dict:
         if key not in self.points:
@@ -102,16 +108,22 @@ class Results:
         return self.points[key]
 
     def put(self, key: str, value: dict) -> None:
-        self.points[key] = value
-        outputs.write_text(self.path, json.dumps(self.points, indent=1))
+        lock = os.open(self.path.parent / f".{self.path.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            outputs.flock(lock, wait=True)  # released by the close
+            self.points = (json.loads(self.path.read_text()) if self.path.is_file() else {}) | {key: value}
+            outputs.write_text(self.path, json.dumps(self.points, indent=1))
+        finally:
+            os.close(lock)
+        self.added += 1
 
 
 def timed(results: Results, part: str, work) -> None:
     """Run one part; its wall time (of the runs that computed it) is kept in results.json. A re-run
     that finds every point measured adds nothing, so the time does not creep up."""
-    begin, before = time.perf_counter(), len(results.points)
+    begin, before = time.perf_counter(), results.added
     work()
-    if len(results.points) > before:
+    if results.added > before:
         previous = results.points.get(f"time/{part}", {}).get("seconds", 0.0)
         results.put(f"time/{part}", {"seconds": previous + time.perf_counter() - begin})
 

@@ -109,3 +109,18 @@ def test_smoke_run_caches_training_and_refuses_another_budget(tmp_path, monkeypa
     with pytest.raises(ValueError, match=r"gaussian_seed0 was trained for another configuration \(budget.lr 0.001 "
                                          r"there, 0.002 here\): use another --out"):
         compare.main([*argv, "--lr", "0.002"])
+
+
+def test_two_drivers_in_one_out_keep_each_others_points(tmp_path):
+    # Two compare.py runs in one --out (other --priors each, one per core): each loaded results.json
+    # before the other measured anything; the points of both must be in the file afterwards.
+    path = tmp_path / "results.json"
+    first, second = experiment.Results(path), experiment.Results(path)
+    first.put("point/gaussian_seed0/step4/euler/1", {"fd": 3.0})
+    second.put("point/class_seed0/step4/euler/1", {"fd": 2.0})
+    first.put("point/gaussian_seed0/step4/euler/2", {"fd": 1.0})
+    assert json.loads(path.read_text()) == {"point/gaussian_seed0/step4/euler/1": {"fd": 3.0},
+                                            "point/class_seed0/step4/euler/1": {"fd": 2.0},
+                                            "point/gaussian_seed0/step4/euler/2": {"fd": 1.0}}
+    assert (first.added, second.added) == (2, 1)
+    assert experiment.Results(path).get("point/class_seed0/step4/euler/1", lambda: {"fd": -1.0}) == {"fd": 2.0}
