@@ -45,7 +45,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,7 +55,6 @@ import experiment  # noqa: E402
 import flow  # noqa: E402
 import prior as priors  # noqa: E402
 import sample  # noqa: E402
-import unet  # noqa: E402
 from compare_report import report  # noqa: E402
 from experiment import Evaluator, Results, timed  # noqa: E402
 
@@ -204,27 +202,11 @@ def plan(config: experiment.Config, args: argparse.Namespace, runs: list[tuple[M
         new_steps += config.steps - max(done, default=0)
         lines.append(f"  {method.slug}_seed{seed}: {state}")
     if new_steps:
-        rate = images_per_second(config, args)
+        rate = experiment.images_per_second(config, args)
         lines.append(f"  to train: {new_steps} steps x batch {config.batch_size}, about "
                      f"{new_steps * config.batch_size / rate / 60:.1f} min at {rate:.0f} img/s "
                      "(3 timed network steps; the prior's fit and the measuring come on top)")
     return lines
-
-
-def images_per_second(config: experiment.Config, args: argparse.Namespace, steps: int = 3) -> float:
-    """Forward + backward of the preset's network on one batch, timed over a few steps."""
-    train_set = data.load_dataset(args.dataset, args.data_dir, "train", **experiment.dataset_options(config, args))
-    device = checks.resolve_device(args.device)
-    model = unet.build_unet(config.preset, train_set.image_size, train_set.channels, max(train_set.num_classes, 1),
-                            train_set.cond_dim).to(device)
-    x = torch.randn(config.batch_size, train_set.channels, train_set.image_size, train_set.image_size, device=device)
-    cond = (torch.zeros(config.batch_size, train_set.cond_dim, device=device) if train_set.cond_dim
-            else torch.zeros(config.batch_size, dtype=torch.long, device=device))
-    t = torch.rand(config.batch_size, device=device)
-    begin = time.perf_counter()
-    for _ in range(steps):
-        model(x, t, cond).square().mean().backward()
-    return steps * config.batch_size / (time.perf_counter() - begin)
 
 
 def train_runs(config: experiment.Config, args: argparse.Namespace, methods: list[Method], results: Results

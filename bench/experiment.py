@@ -4,7 +4,8 @@ kept, then measured point by point into a cache that a killed run continues from
     Config          the budget (preset, steps, batch, lr, EMA, samples per point, ...); CONFIGS:
                     cpu (MNIST, 2 CPU cores), gpu (CIFAR-10, one GPU), smoke (seconds, for tests)
     train_method    a method's train.Config under that budget, trained in segments ending at the
-                    measured steps (a resumed run repeats the uninterrupted one exactly)
+                    measured steps (a resumed run repeats the uninterrupted one exactly);
+                    images_per_second: the budget's training speed, for a time estimate
     Evaluator       the feature network (Inception if its weights are found, else an offline
                     classifier trained here), the reference statistics, the checkpoints
     Results         results.json: every measured point, written atomically after each one
@@ -36,6 +37,7 @@ import eval_fid  # noqa: E402
 import sample  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
 import train  # noqa: E402
+import unet  # noqa: E402
 from plumbing.features import build_extractor  # noqa: E402
 
 
@@ -190,6 +192,22 @@ def train_method(config: Config, args: argparse.Namespace, slug: str, method: di
             outputs.atomic_write(keep, lambda file: file.write((run_dir / "ckpt.pt").read_bytes()))
         saved[step] = keep
     return saved
+
+
+def images_per_second(config: Config, args: argparse.Namespace, steps: int = 3) -> float:
+    """Forward + backward of the preset's network on one batch, timed over a few steps."""
+    train_set = data.load_dataset(args.dataset, args.data_dir, "train", **dataset_options(config, args))
+    device = checks.resolve_device(args.device)
+    model = unet.build_unet(config.preset, train_set.image_size, train_set.channels, max(train_set.num_classes, 1),
+                            train_set.cond_dim).to(device)
+    x = torch.randn(config.batch_size, train_set.channels, train_set.image_size, train_set.image_size, device=device)
+    cond = (torch.zeros(config.batch_size, train_set.cond_dim, device=device) if train_set.cond_dim
+            else torch.zeros(config.batch_size, dtype=torch.long, device=device))
+    t = torch.rand(config.batch_size, device=device)
+    begin = time.perf_counter()
+    for _ in range(steps):
+        model(x, t, cond).square().mean().backward()
+    return steps * config.batch_size / (time.perf_counter() - begin)
 
 
 # ----------------------------------------------------------------------------- measuring
