@@ -73,12 +73,8 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Prior:
-    """What every prior shares: the interface above, its defaults, saving and loading.
-
-    fit() gets uint8 (N, C, H, W) images on the training device and int64 class ids or float
-    condition vectors (stats.model_space converts the images). Saved: the options (read back
-    from attributes of the same names) and the arrays named in `fitted`. Used for training and
-    sampling: the prior RELOADED from that state, so nothing else fit() sets survives."""
+    """What every prior shares: the interface above with its defaults, and saving and loading
+    (the options, read back from attributes of the same names, and the arrays in `fitted`)."""
 
     name = ""
     shape: tuple[int, ...] = ()
@@ -397,13 +393,12 @@ class GMMPrior(KMeansPrior):
         return cond * self.k + (scores - (-uniform.log()).log()).argmax(1)
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        std = spread(self.stds, self.cov, self.sigma, self.scale, self.min_std)
+        """KMeansPrior's means and stds (x0's), then the log weights and the mixture's own tables
+        (the posterior's, whatever cov and scale say)."""
         fitted = [torch.tensor(a[:-1].reshape(self.num_classes, self.k, -1), dtype=torch.float64, device=device)
-                  for a in (self.means, self.stds)]  # the mixture's own, whatever cov and scale say
+                  for a in (self.means, self.stds)]
         weights = torch.tensor(self.weights, dtype=torch.float64, device=device)
-        return (torch.tensor(self.means.reshape(len(self.means), -1), dtype=torch.float32, device=device),
-                torch.tensor(std.reshape(len(std), -1), dtype=torch.float32, device=device),
-                weights.log(), *mixture_tables(weights, fitted[0], fitted[1].square()))
+        return (*super()._tables(device)[:2], weights.log(), *mixture_tables(weights, fitted[0], fitted[1].square()))
 
 
 class MapperPrior(Prior):
