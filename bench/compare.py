@@ -33,7 +33,7 @@ every measured training step. Then over the training seeds: the mean, the spread
 ddof 1) and min/max, and the verdicts against --baseline (compare_report.py: `verdict` and `step_verdict`).
 
 Writes OUT/report.md, OUT/results.csv (one row per method x seed x step x NFE), OUT/fd_vs_nfe.png,
-OUT/fd_vs_step.png and sample grids in OUT/grids/.
+OUT/fd_vs_step.png and sample grids in OUT/grids/ (KEY_seedS_nfeN.png, of the first training seed).
 """
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def measure(ev: Evaluator, args: argparse.Namespace, methods: list[Method],
                 for nfe in args.nfes if step == final else [args.step_nfe]:
                     if not spendable(nfe, args.solver, method.cfg):
                         continue
-                    grid = (args.out / "grids" / f"{method.key}_nfe{nfe}.png"
+                    grid = (args.out / "grids" / f"{method.key}_seed{seed}_nfe{nfe}.png"
                             if step == final and seed == args.seeds[0] and nfe in grid_nfes(args) else None)
                     results.get(point_key(method, seed, step, args.solver, nfe),
                                 lambda: ev.point(ckpt, args.solver, nfe, method.cfg, grid=grid))

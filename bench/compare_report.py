@@ -186,9 +186,11 @@ def report(args: argparse.Namespace, config: experiment.Config, methods: list, m
               "class, or the first held-out conditions in order)", ""]
     few, more = grid_nfes
     for method in methods:
-        left, right = (args.out / "grids" / f"{method.key}_nfe{n}.png" for n in (few, more))
+        # the seed in the name: runs of other --seeds in this --out (in parallel) write their own
+        name = f"{method.key}_seed{args.seeds[0]}"
+        left, right = (args.out / "grids" / f"{name}_nfe{n}.png" for n in (few, more))
         if left.is_file() and right.is_file():
-            experiment.side_by_side(left, right, args.out / "grids" / f"{method.key}.png",
+            experiment.side_by_side(left, right, args.out / "grids" / f"{name}.png",
                                     (f"{method.label}, NFE {few}", f"{method.label}, NFE {more}"))
-            lines += [f"![{method.label}, NFE {few} and {more}](grids/{method.key}.png)", ""]
+            lines += [f"![{method.label}, NFE {few} and {more}](grids/{name}.png)", ""]
     return lines, terminal

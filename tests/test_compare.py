@@ -97,7 +97,9 @@ def test_smoke_run_caches_training_and_refuses_another_budget(tmp_path, monkeypa
     assert len(rows) == 2 * (2 + 1 + 2) + 3 * 2 and {r["metric"] for r in rows} == {"FD-clf"}
     assert "NFE 2: class below gaussian" in report or "NFE 2: class within the seed spread" in report \
         or "NFE 2: class above gaussian" in report
-    for name in ("fd_vs_nfe.png", "fd_vs_step.png", "grids/class-cfg2_nfe2.png", "grids/gaussian_nfe1.png"):
+    assert not list((out / "grids").glob("*seed1*"))  # grids of the first training seed only
+    for name in ("fd_vs_nfe.png", "fd_vs_step.png", "grids/class-cfg2_seed0_nfe2.png",
+                 "grids/gaussian_seed0_nfe1.png", "grids/class_seed0.png"):
         assert (out / name).is_file(), name
 
     def refuse(*args, **kwargs):
