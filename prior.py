@@ -334,8 +334,10 @@ class GMMPrior(KMeansPrior):
                 clusters' shares, means and variances start `passes` streamed EM passes
                 (stats.em_passes: soft responsibilities in float64, the variances floored)
         train   x0 = m_cj + s * noise, j drawn from x1's posterior r_j(x1) under the fitted
-                mixture (assign="posterior"; x0's marginal is still the mixture), or x1's most
-                likely component (assign="argmax": KMeansPrior's hard coupling)
+                mixture (assign="posterior"; x0's marginal is still the mixture), x1's most
+                likely component (assign="argmax"), or the component of the nearest mean
+                (assign="nearest": KMeansPrior's rule, argmin_j ||x1 - m_cj||^2, which argmax
+                equals only where the variances are equal)
         sample  j ~ Categorical(w_c); null rows: the dataset-wide N(mu, std)
     s = scale * sqrt(v_cj) (cov="diag": at scale 1 the fitted mixture itself) or sigma (cov="iso").
     """
@@ -349,9 +351,9 @@ class GMMPrior(KMeansPrior):
         if k < 1 or passes < 0 or kmeans_passes < 0 or init_images < 1 or not min_std > 0:
             raise ValueError(f"gmm needs k >= 1, passes >= 0, kmeans_passes >= 0, init_images >= 1 and min_std > 0, "
                              f"got {k}, {passes}, {kmeans_passes}, {init_images}, {min_std}")
-        if assign not in ("posterior", "argmax"):
-            raise ValueError(f"unknown assign '{assign}'; choose 'posterior' (drawn from x1's responsibilities) "
-                             f"or 'argmax' (x1's most likely component)")
+        if assign not in ("posterior", "argmax", "nearest"):
+            raise ValueError(f"unknown assign '{assign}'; choose 'posterior' (drawn from x1's responsibilities), "
+                             f"'argmax' (x1's most likely component) or 'nearest' (the nearest mean)")
         check_spread(cov, sigma, scale)
         self.k, self.cov, self.sigma, self.scale = int(k), cov, float(sigma), float(scale)
         self.passes, self.kmeans_passes, self.init_images = int(passes), int(kmeans_passes), int(init_images)
@@ -380,10 +382,13 @@ class GMMPrior(KMeansPrior):
 
     def components(self, cond: torch.Tensor, generator: torch.Generator | None,
                    x1: torch.Tensor | None) -> torch.Tensor:
-        """Component row c k + j of each sample: from x1's responsibilities, or drawn by weight."""
-        _, _, log_weights, vectors, offsets = self.on_device(cond.device, self._tables)
+        """Component row c k + j of each sample: from x1 (assign), or drawn by weight."""
+        means, _, log_weights, vectors, offsets = self.on_device(cond.device, self._tables)
         if x1 is None:
             scores = log_weights[cond]
+        elif self.assign == "nearest":
+            centroids = means[:-1].view(self.num_classes, self.k, -1)
+            return cond * self.k + nearest(x1.flatten(1).float(), cond, centroids, log_weights.isfinite())
         else:
             scores = log_responsibilities(x1.flatten(1).double(), cond, vectors, offsets)[0]
             if self.assign == "argmax":

@@ -157,3 +157,20 @@ def test_gmm_trains_and_samples_through_the_scripts(tmp_path):
     sample.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--nfe", "2", "--n", "2", "--classes", "0,3"])
     with np.load(next(tmp_path.glob("samples_*.npz"))) as arrays:
         assert arrays["arr_0"].shape == (4, 32, 32, 3) and arrays["arr_1"].tolist() == [0, 0, 3, 3]
+
+
+def test_nearest_is_the_nearest_mean_where_argmax_is_not():
+    """assign="nearest": argmin_j ||x1 - m_cj||^2 over x1's class, by brute force; with unequal
+    variances the most likely component (argmax) is another one for some x1."""
+    images, labels, *_ = known_mixture(n=2000, std_range=(0.05, 0.6), seed=4)
+    data = batches(images, labels)
+    nearest_gmm = GMMPrior(k=3, passes=3, seed=0, assign="nearest").fit(data, 2)
+    argmax_gmm = GMMPrior(k=3, passes=3, seed=0, assign="argmax").fit(data, 2)
+    x1, cond = images[:500].float(), labels[:500]
+    got = nearest_gmm.components(cond, torch.Generator().manual_seed(0), x1).numpy()
+    means = nearest_gmm.means[:-1].reshape(2, 3, -1)
+    flat = x1.flatten(1).double().numpy()
+    expected = [3 * c + int(np.argmin(((means[c] - row) ** 2).sum(1))) for row, c in zip(flat, cond.tolist())]
+    np.testing.assert_array_equal(got, expected)
+    most_likely = argmax_gmm.components(cond, torch.Generator().manual_seed(0), x1).numpy()
+    assert (most_likely != got).any()
