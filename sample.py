@@ -30,17 +30,19 @@ the batch size, the device count or which other conditions are sampled in the sa
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 import unet
 from prior import prior_from_state
-from plumbing import checks, data, outputs, readers, samplefiles
-from plumbing.conditions import (as_condition, check_guidance, first_conditions, parse_classes, per_condition,
-                                 read_vectors)
+from plumbing import checks, data, outputs, pairs, readers, samplefiles
+from plumbing.conditions import (MAX_PAIR_SEED, as_condition, check_guidance, first_conditions, pair_seed,
+                                 parse_classes, per_condition, read_vectors)
 
 # what the solver integrates: dx/dt = field(x, t), one batch's conditions already bound (guided_field)
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -130,6 +132,16 @@ def prior_noise(prior, cond: torch.Tensor, seeds: list[int], null: torch.Tensor 
                       for j in range(len(cond))]).float()
 
 
+def solve(model: torch.nn.Module, prior, cond: torch.Tensor, seeds: list[int], calls: int, solver: str,
+          cfg: float = 1.0, null: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, x1) float32 for one batch on cond's device: x0 from the prior with one seed per image,
+    x1 its ODE solution with `calls` velocity calls."""
+    x0 = prior_noise(prior, cond, seeds, null)
+    if cond.device.type == "cuda":
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    return x0, integrate(guided_field(model, cond, cfg, null), x0, calls, solver)
+
+
 @torch.no_grad()  # not inference_mode: the prior caches tables made here for later training use
 def generate(model: torch.nn.Module, prior, cond: torch.Tensor, seeds: list[int] | torch.Tensor,
              nfe: int, solver: str = "euler", cfg: float = 1.0, batch_size: int = 256,
@@ -152,14 +164,67 @@ def generate(model: torch.nn.Module, prior, cond: torch.Tensor, seeds: list[int]
     images = []
     for start in tqdm(range(0, len(cond), batch_size), desc="sampling", disable=not progress):
         batch_cond, batch_null = cond[start:start + batch_size].to(device), null[start:start + batch_size].to(device)
-        x0 = prior_noise(prior, batch_cond, seeds[start:start + batch_size], batch_null)
-        if device.type == "cuda":
-            x0 = x0.contiguous(memory_format=torch.channels_last)
-        x1 = integrate(guided_field(model, batch_cond, cfg, batch_null), x0, calls, solver)
+        _, x1 = solve(model, prior, batch_cond, seeds[start:start + batch_size], calls, solver, cfg, batch_null)
         images.append(data.to_uint8(x1).cpu())  # one sync per batch, none inside the solver
     if not images:
         return torch.zeros((0, *prior.shape), dtype=torch.uint8)
     return torch.cat(images).contiguous()
+
+
+# ----------------------------------------------------------------------------- reflow pairs
+# Reflow (Liu et al. 2022, "Flow Straight and Fast", Sec. 2.3) trains a new flow on the pairs
+# (x0, x1 = ODE_teacher(x0)) of a trained one; train.py --pairs trains on what this writes.
+
+def pair_conditions(config: dict, count: int, seed: int) -> torch.Tensor:
+    """The condition of each pair: class ids cycling 0..K-1 (class-balanced, as the metrics draw
+    them); condition vectors: the teacher's training rows in an order drawn from the seed."""
+    if not config.get("cond_dim", 0):
+        return torch.arange(count) % config["num_classes"]
+    train_split = data.load_dataset(config["dataset"], config.get("data_dir"), "train",
+                                    **config.get("dataset_options", {}))
+    rows = min(len(train_split), config.get("max_images") or len(train_split))
+    order = np.random.default_rng([seed, rows]).permutation(rows)
+    return as_condition(train_split.get(order[np.arange(count) % rows])[1], 0, config["cond_dim"])
+
+
+@torch.no_grad()
+def make_pairs(model: torch.nn.Module, prior, config: dict, teacher: Path, folder: str | Path, count: int,
+               nfe: int, solver: str = "midpoint", cfg: float = 1.0, seed: int = 0, chunk: int = 1024,
+               batch_size: int = 256, device: torch.device | str | None = None, progress: bool = True) -> dict:
+    """Write `count` reflow pairs of the teacher (model, prior, config: load_checkpoint's) to
+    folder, chunk by chunk (plumbing/pairs.py); a folder a killed run left is continued. Pair j
+    starts from prior noise seeded conditions.pair_seed(seed, j) (disjoint from every sample and
+    metric seed); x1 is the teacher's solution with `solver` in exactly `nfe` evaluations, with
+    guidance cfg baked in (as InstaFlow does). Returns pairs.json's record; memory: one chunk."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    calls = num_steps(nfe, solver, 1 if cfg == 1.0 else 2) * SOLVERS[solver]
+    spec = {"kind": pairs.KIND, "version": pairs.VERSION, "count": count, "chunk": chunk, "seed": seed,
+            "teacher": {"checkpoint": str(Path(teacher).resolve()), "sha256": pairs.sha256_of(teacher),
+                        "step": config.get("step")},
+            "solver": solver, "nfe": nfe, "cfg": cfg, "run": {key: config.get(key) for key in pairs.RUN_FIELDS},
+            **{key: config.get(key, 0) for key in ("dataset", "image_size", "channels", "num_classes", "cond_dim",
+                                                   "prior", "prior_options")}}
+    todo = pairs.begin(folder, spec)
+    cond_all = pair_conditions(config, count, seed)
+    left = sum(len(pairs.chunk_rows(spec, index)) for index in todo)
+    bar = tqdm(total=count, initial=count - left, unit="pair", desc=f"pairs ({solver}, NFE {nfe})",
+               disable=not progress, dynamic_ncols=True)
+    start_time = time.perf_counter()
+    for index in todo:
+        rows = pairs.chunk_rows(spec, index)
+        seeds = [pair_seed(seed, j) for j in rows]
+        x0s, x1s = [], []
+        for first in range(0, len(rows), batch_size):
+            cond = cond_all[rows.start + first:min(rows.start + first + batch_size, rows.stop)].to(device)
+            x0, x1 = solve(model, prior, cond, seeds[first:first + batch_size], calls, solver, cfg)
+            x0s.append(x0.cpu())
+            x1s.append(x1.cpu())
+            bar.update(len(cond))
+        pairs.write_chunk(folder, index, torch.cat(x0s), torch.cat(x1s), cond_all[rows.start:rows.stop], seeds)
+    bar.close()
+    spec = pairs.read_spec(folder)
+    spec["pairs_per_second"] = left / max(time.perf_counter() - start_time, 1e-9) if left else None
+    return spec
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch.nn.Module, object, dict]:
@@ -197,7 +262,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> tuple[torch
     model = model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return model, prior, {**config, "class_names": checkpoint.get("class_names") or []}
+    return model, prior, {**config, "class_names": checkpoint.get("class_names") or [], "step": checkpoint.get("step")}
 
 
 def load_conditions(args: argparse.Namespace, config: dict) -> tuple[torch.Tensor, list[int]]:
@@ -234,8 +299,9 @@ def row_names(config: dict, ids: list[int]) -> dict[int, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = checks.Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py (or its run's folder)")
-    parser.add_argument("--nfe", type=checks.positive_int, default=8, help="network evaluations per image (cfg: both halves)")
-    parser.add_argument("--solver", default="euler", choices=list(SOLVERS))
+    parser.add_argument("--nfe", type=checks.positive_int, default=None,
+                        help="network evaluations per image, cfg: both halves (default: 8; with --pairs 32)")
+    parser.add_argument("--solver", default=None, choices=list(SOLVERS), help="default: euler; with --pairs midpoint")
     parser.add_argument("--n", type=checks.positive_int, default=8, help="images per class (or per condition vector)")
     parser.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
     parser.add_argument("--cond-file", default=None, help="vector checkpoints: an .npy of (M, E) conditions")
@@ -248,9 +314,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out-png", default=None, help="default: next to the checkpoint")
     parser.add_argument("--out-npz", default=None, help="default: next to the checkpoint")
+    parser.add_argument("--pairs", default=None, metavar="DIR",
+                        help="instead of images: write --count reflow pairs (x0, the teacher's x1) to DIR for "
+                             "train.py --pairs; a stopped run continues")
+    parser.add_argument("--count", type=checks.positive_int, default=4096, help="with --pairs: how many pairs")
+    parser.add_argument("--chunk", type=checks.positive_int, default=1024,
+                        help="with --pairs: pairs per file (what a stopped run may lose; the memory it takes)")
     args = parser.parse_args(argv)
     if Path(args.ckpt).is_dir():  # a run's folder: its checkpoint, and the outputs beside it
         args.ckpt = str(Path(args.ckpt) / "ckpt.pt")
+    args.nfe = args.nfe or (32 if args.pairs else 8)
+    args.solver = args.solver or ("midpoint" if args.pairs else "euler")
+    if args.pairs:
+        return main_pairs(args)
 
     checks.check_finite(args.cfg, "--cfg", "give a number such as 1 (no guidance) or 2")
     num_steps(args.nfe, args.solver, 1 if args.cfg == 1.0 else 2)  # fail on a bad budget before loading
@@ -274,6 +350,29 @@ def main(argv: list[str] | None = None) -> None:
     samplefiles.save_samples(out_npz, images, row_ids, cond if config.get("cond_dim", 0) else None, "--out-npz")
     print(f"wrote {out_png} (grid of up to 20 rows x 16) and {out_npz} ({len(ids)} "
           f"{'conditions' if config.get('cond_dim', 0) else 'classes'} x {args.n} = {len(images)} images)")
+
+
+def main_pairs(args: argparse.Namespace) -> None:
+    """sample.py --pairs DIR: the teacher's reflow pairs instead of images."""
+    used = [flag for flag, value in (("--classes", args.classes), ("--cond-file", args.cond_file),
+                                     ("--out-png", args.out_png), ("--out-npz", args.out_npz)) if value]
+    if used:
+        raise ValueError(f"--pairs makes pairs of every condition and writes only DIR: drop {', '.join(used)}")
+    if args.seed > MAX_PAIR_SEED:
+        raise ValueError(f"--seed must be at most {MAX_PAIR_SEED} with --pairs (pair seeds must fit 64 bits), "
+                         f"got {args.seed}")
+    checks.check_finite(args.cfg, "--cfg", "give a number such as 1 (no guidance) or 2")
+    num_steps(args.nfe, args.solver, 1 if args.cfg == 1.0 else 2)
+    device = checks.resolve_device(args.device)
+    checks.set_cpu_threads(device)
+    model, prior, config = load_checkpoint(args.ckpt, device)
+    check_guidance(args.cfg, config, args.ckpt)
+    spec = make_pairs(model, prior, config, Path(args.ckpt), args.pairs, args.count, args.nfe, args.solver, args.cfg,
+                      args.seed, args.chunk, args.batch_size, device)
+    rate = spec["pairs_per_second"]
+    speed = f" at {rate:.1f} pairs/s = {rate * args.nfe:.0f} network evaluations/s" if rate else " (all were made before)"
+    print(f"wrote {args.count} pairs to {args.pairs}/{speed}; train on them: python train.py --pairs {args.pairs} "
+          f"--out OUT")
 
 
 if __name__ == "__main__":

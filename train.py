@@ -10,8 +10,14 @@ One training step, the whole method (prior.py, flow.py, unet.py hold the pieces)
                                             null rows: the dataset-wide component
                                             (prior(c, no null) with --null-source class)
     x0             re-paired by --coupling   (independent, ot, class_ot within prior.groups)
-    t              ~ U[0, 1]
+    t              ~ U[0, 1]                (--t-dist u_shaped: Lee et al. 2024's, flow.sample_t)
     loss           = || v_theta(x_t, t, c, null) - (x1 - x0) ||^2,   x_t = (1 - t) x0 + t x1
+
+Reflow (--pairs DIR, Liu et al. 2022): the batch is (x0, x1, c) from a trained teacher's pairs
+(sample.py --pairs: x0 from the teacher's prior, x1 its ODE solution), so x0 is the pair's, not a
+fresh draw, and there is no coupling; the run takes the teacher's data, prior and network and by
+default starts from its EMA weights (--init). A null row learns the flow from its class's own
+prior component (what --null-source class trains), the x0 its pair was drawn from.
 
 then AdamW with warm-up, gradient clipping and an EMA of the weights (the EMA is what
 sample.py uses). Everything that is random comes from --seed and is saved in the
@@ -22,6 +28,7 @@ gives the losses of the uninterrupted one.
     python train.py --dataset imagenet64 --data-dir DIR    # the full job on one GPU
     torchrun --nproc_per_node 8 train.py ...               # the same, on 8 GPUs (DDP)
     python train.py --resume                               # continue out/ckpt.pt
+    python train.py --pairs out/pairs --out out_reflow     # reflow on a teacher's pairs
 """
 from __future__ import annotations
 
@@ -46,7 +53,8 @@ from plumbing import checks, conditions, data, outputs, samplefiles
 from plumbing.batches import Prefetcher
 from plumbing.checkpoint import prior_to_checkpoint, rng_state, save_checkpoint, set_rng_state
 from plumbing.config import (Config, check_config, check_resume_steps, dataset_options, load_resume, parse_args,
-                             trim_log, with_preset)
+                             trim_log, with_pairs, with_preset)
+from plumbing.pairs import PairsDataset, read_spec, sha256_of
 from plumbing.priorcache import data_fingerprint, fit_prior
 
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
@@ -57,16 +65,19 @@ DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts
 def train_step(run: Run, images: torch.Tensor, cond: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a uint8 batch; returns (loss, grad norm) as device tensors (no sync)."""
     config, device, generator = run.config, run.device, run.generator
-    x1 = data.to_model(images.to(device, non_blocking=True))  # uint8 pixels -> float32 in [-1, 1]
-    if device.type == "cuda":
-        x1 = x1.contiguous(memory_format=torch.channels_last)
     cond = cond.to(device, non_blocking=True)
     null = torch.rand(len(cond), device=device, generator=generator) < config.label_dropout
-    # --null-source global: a null row's x0 comes from the dataset-wide component; class: from its own
-    # condition's, so the null field is the flow from the whole mixture, the source CFG starts from
-    x0 = run.prior.sample(cond, generator, null if config.null_source == "global" else None, x1)
-    x0 = couple(run, x0, x1, run.prior.groups(cond, null))
-    t = flow.sample_t(len(cond), device, generator)
+    if config.pairs:  # reflow: the batch is (x0, x1) pairs of the teacher, x0 drawn from its prior
+        x0, x1 = images.to(device, non_blocking=True).unbind(1)
+    else:
+        x1 = data.to_model(images.to(device, non_blocking=True))  # uint8 pixels -> float32 in [-1, 1]
+        # --null-source global: a null row's x0 comes from the dataset-wide component; class: from its
+        # own condition's, so the null field is the flow from the whole mixture, the source CFG starts from
+        x0 = run.prior.sample(cond, generator, null if config.null_source == "global" else None, x1)
+        x0 = couple(run, x0, x1, run.prior.groups(cond, null))
+    if device.type == "cuda":
+        x0, x1 = x0.contiguous(memory_format=torch.channels_last), x1.contiguous(memory_format=torch.channels_last)
+    t = flow.sample_t(len(cond), device, generator, config.t_dist)
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(step, config)
     run.optimizer.zero_grad(set_to_none=True)
@@ -250,6 +261,7 @@ def build_run(config: Config, dataset, prior: Prior, device: torch.device, rank:
 def checked_config(config: Config) -> tuple[Config, dict | None]:
     """(the config to run, the checkpoint it continues or None), every flag checked."""
     config, checkpoint = load_resume(config)
+    config, _ = with_pairs(config)
     config = with_preset(config)
     check_config(config)
     check_resume_steps(config, checkpoint)
@@ -279,13 +291,21 @@ def start_or_resume(config: Config, checkpoint: dict | None) -> tuple[Run, objec
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     options = dataset_options(config)
-    dataset = data.load_dataset(config.dataset, config.data_dir, "train", **options)
-    num_images = min(len(dataset), config.max_images or len(dataset))
+    teacher = None
+    if config.pairs:  # reflow: the pairs are the data, the teacher's prior is the prior
+        teacher = load_teacher(config.pairs, checkpoint is None and config.init == "teacher")
+        dataset = PairsDataset(config.pairs, teacher.get("class_names") or [])
+        num_images, fingerprint = len(dataset), "pairs:" + sha256_of(Path(config.pairs) / "pairs.json")
+    else:
+        dataset = data.load_dataset(config.dataset, config.data_dir, "train", **options)
+        num_images = min(len(dataset), config.max_images or len(dataset))
+        fingerprint = data_fingerprint(dataset, num_images)
     if config.batch_size > num_images:  # before the prior's fit, not when the first batch is read
-        raise ValueError(f"--batch-size {config.batch_size} is larger than the dataset ({num_images} images): "
-                         f"use at most {num_images}")
-    fingerprint = data_fingerprint(dataset, num_images)
-    if checkpoint is None:
+        raise ValueError(f"--batch-size {config.batch_size} is larger than the {'pairs' if config.pairs else 'dataset'} "
+                         f"({num_images} images): use at most {num_images}")
+    if teacher is not None and checkpoint is None:
+        prior = prior_from_state(teacher["prior"]["state"])
+    elif checkpoint is None:
         prior = fit_prior(config, dataset, num_images, fingerprint, device, rank, world)
     else:  # the checkpoint's own prior, after checking that the data is the same
         saved = checkpoint["config"].get("data_fingerprint")
@@ -295,6 +315,10 @@ def start_or_resume(config: Config, checkpoint: dict | None) -> tuple[Run, objec
                              f"the original data")
         prior = prior_from_state(checkpoint["prior"]["state"])
     run = build_run(config, dataset, prior, device, rank, world)
+    if teacher is not None and checkpoint is None and config.init == "teacher":  # the teacher's EMA weights
+        weights = {key.removeprefix("_orig_mod."): value for key, value in teacher["ema"].items()}
+        run.model.load_state_dict(weights)
+        run.ema.load_state_dict(weights)
     run.saved_config = {**config.saved(), "dataset_options": options, "image_size": dataset.image_size,
                         "channels": dataset.channels, "num_classes": dataset.num_classes,
                         "cond_dim": dataset.cond_dim, "world_size": world, "data_fingerprint": fingerprint}
@@ -303,13 +327,27 @@ def start_or_resume(config: Config, checkpoint: dict | None) -> tuple[Run, objec
         restore(run, checkpoint)
     if rank == 0:
         what = f"{dataset.cond_dim}-d condition vectors" if dataset.cond_dim else f"{dataset.num_classes} classes"
-        print(f"{config.dataset}: {num_images} images, {what}, {dataset.image_size}px | "
+        print(f"{config.dataset}: {num_images} {'reflow pairs' if config.pairs else 'images'}, {what}, {dataset.image_size}px | "
               f"prior {config.prior}, coupling {config.coupling} | preset {config.preset} "
               f"({unet.count_parameters(run.model):,} parameters) | {device} x{world}, {run.precision}"
               + (f" ({threads})" if threads else "") + " | "
               f"steps {run.step}..{config.steps} at batch {config.batch_size}"
               + (f" in {config.grad_accum} micro-batches" if config.grad_accum > 1 else "") + f" | writing to {out}/")
     return run, dataset, num_images
+
+
+def load_teacher(folder: str, with_weights: bool) -> dict:
+    """The checkpoint that made the pairs in `folder` (its prior, class names and, for --init
+    teacher, EMA weights), checked to be the very file: its sha256 is in pairs.json."""
+    spec = read_spec(folder)
+    path = Path(spec["teacher"]["checkpoint"])
+    hint = (f"the pairs in {folder} were made by {path}: put it back, or make new pairs with sample.py --pairs")
+    if not path.is_file():
+        raise FileNotFoundError(f"no teacher checkpoint at {path}: {hint}")
+    if sha256_of(path) != spec["teacher"]["sha256"]:
+        raise ValueError(f"{path} is not the checkpoint that made the pairs in {folder} (its sha256 changed: trained "
+                         f"on since?): make new pairs from it with sample.py --pairs")
+    return checks.load_torch(path, "teacher checkpoint", hint, keys=("prior",) + (("ema",) if with_weights else ()))
 
 
 def restore(run: Run, checkpoint: dict) -> None:

@@ -72,6 +72,19 @@ def image_seed(run_seed: int, class_id: int, index: int) -> int:
     return (run_seed * 1_000_003 + class_id) * 1_000_033 + index
 
 
+# image_seed is one-to-one on (run seed, class < 1_000_003, index < 1_000_033) and checks.MAX_SEED
+# caps the run seeds of samples and metrics at 2**24 - 1; pair seeds take run seeds from 2**24 on,
+# so no pair starts from the noise of any image a metric or grid draws
+PAIR_SEEDS_FROM = 2**24
+MAX_PAIR_SEED = 2**20 - 1  # the largest seed below keeps every pair seed under 2**64 (torch's limit)
+
+
+def pair_seed(seed: int, index: int) -> int:
+    """Seed of reflow pair `index` made with --seed `seed`: image_seed(2**24 + seed, index // 1_000_033,
+    index % 1_000_033), i.e. (2**24 + seed) * 1_000_003 * 1_000_033 + index."""
+    return image_seed(PAIR_SEEDS_FROM + seed, index // 1_000_033, index % 1_000_033)
+
+
 def per_condition(conditions: torch.Tensor, ids: list[int], n: int, seed: int
                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """n images of each condition, condition by condition: (cond, id of each image's condition,

@@ -30,7 +30,7 @@ import torch
 import flow
 import prior as priors
 import unet
-from . import checks, data, outputs
+from . import checks, data, outputs, pairs
 from .checkpoint import CHECKPOINT_KEYS
 
 
@@ -56,6 +56,9 @@ class Config:
     label_dropout: float = 0.1
     null_source: str = "global"
     seed: int = 0
+    t_dist: str = "uniform"  # flow.sample_t: uniform, or u_shaped (Lee et al. 2024, for reflow)
+    pairs: str | None = None  # reflow: train on this folder's (x0, x1) pairs (sample.py --pairs), not on data
+    init: str = "teacher"  # with --pairs: start from the teacher's EMA weights, or from scratch
     # How it runs (RESUMABLE): a resume may change these; not given again, they keep their values.
     data_dir: str | None = None
     lr: float = 1e-3
@@ -90,7 +93,7 @@ RECIPES: dict[str, dict] = {
 }
 # What defines a run and what a resume may change: the two groups of Config's fields.
 RUN_KEYS = ("dataset", "resize_to", "cond", "max_images", "prior", "prior_options", "coupling", "couple_global",
-            "sigma_min", "preset", "batch_size", "label_dropout", "null_source", "seed")
+            "sigma_min", "preset", "batch_size", "label_dropout", "null_source", "seed", "t_dist", "pairs", "init")
 RESUMABLE = ("data_dir", "lr", "warmup", "weight_decay", "grad_clip", "ema", "steps", "grad_accum", "log_every",
              "ckpt_every", "sample_every", "sample_nfe", "precision", "compile", "device")
 
@@ -140,6 +143,12 @@ def build_parser() -> checks.Parser:
     flag("--compile", "torch.compile the network", action="store_true")
     flag("--device", "cuda, cuda:N, cpu (default: cuda if available)")
     flag("--seed", "seed of everything random", type=int)
+    flag("--t-dist", f"distribution of t in training: {', '.join(flow.T_DISTRIBUTIONS)} (Lee et al. 2024's, for reflow)",
+         choices=list(flow.T_DISTRIBUTIONS))
+    flag("--pairs", "reflow: train on the (x0, x1) pairs in this folder (python sample.py --ckpt TEACHER --pairs DIR) "
+                    "instead of data and fresh prior draws; the teacher's dataset, prior and preset are taken over")
+    flag("--init", "with --pairs: start from the teacher's EMA weights (teacher) or new ones (scratch)",
+         choices=["teacher", "scratch"])
     flag("--out", "output folder: ckpt.pt, log.jsonl, samples/")
     flag("--log-every", "steps between log lines", type=int)
     flag("--ckpt-every", "steps between checkpoints", type=int)
@@ -202,6 +211,10 @@ def check_config(config: Config) -> None:
         given = " ".join(f"--prior-opt {key}={value}" for key, value in config.prior_options.items())
         raise ValueError(f"--prior {config.prior} {given or '(default options)'}: {err}") from None
     check_prior_serves(config)
+    if config.pairs is None and "init" in config.given:
+        raise ValueError("--init applies to a reflow run only: give --pairs DIR (made by sample.py --pairs)")
+    if config.t_dist not in flow.T_DISTRIBUTIONS:
+        raise ValueError(f"unknown --t-dist '{config.t_dist}'; choose one of: {', '.join(flow.T_DISTRIBUTIONS)}")
     if config.seed > checks.MAX_SEED:  # image seeds (conditions.image_seed) must fit torch's 64 bits
         raise ValueError(f"--seed must be at most {checks.MAX_SEED}, got {config.seed}")
     for name in ("lr", "grad_clip"):
@@ -290,6 +303,34 @@ def convert_option(text: str, default: object, flag: str) -> object:
         raise ValueError(f"{flag}={text!r}: expected a finite {type(default).__name__}, like the default "
                          f"{default!r}") from None
     return text
+
+
+# ----------------------------------------------------------------------------- reflow
+
+def with_pairs(config: Config) -> tuple[Config, dict | None]:
+    """(the config to run, pairs.json's record or None). A run on --pairs takes the teacher run's
+    data, prior and network (pairs.RUN_FIELDS): its samples start from the teacher's prior, so
+    sample.py and eval_fid.py need nothing new. A flag that says otherwise is refused, and so is a
+    coupling: the pairs are the coupling."""
+    if config.pairs is None:
+        return config, None
+    spec = pairs.read_spec(config.pairs)
+    teacher = spec["run"]
+    names = flag_names()
+    clash = [key for key in pairs.RUN_FIELDS if key in config.given and key != "data_dir"
+             and getattr(config, key) != teacher.get(key)]
+    if clash:
+        said = ", ".join(f"{names[key]} {getattr(config, key)} (the pairs' teacher: {teacher.get(key)})" for key in clash)
+        raise ValueError(f"--pairs {config.pairs} were made by a run of another kind: {said}; drop "
+                         f"{'that flag' if len(clash) == 1 else 'those flags'} (a reflow run takes the teacher's) "
+                         f"or make pairs from a teacher of that kind")
+    if config.coupling != "independent" or config.couple_global:
+        raise ValueError(f"--coupling {config.coupling}: a reflow run's source for each x1 is its pair's x0; "
+                         "drop --coupling / --couple-global with --pairs")
+    taken = {key: teacher.get(key) for key in pairs.RUN_FIELDS if key not in config.given}
+    if not taken.get("prior_options"):
+        taken["prior_options"] = {}
+    return replace(config, **taken), spec
 
 
 # ----------------------------------------------------------------------------- resume
