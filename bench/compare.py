@@ -14,6 +14,13 @@ keys its constructor's options, typed by their defaults, plus three reserved key
     cfg=W                              guidance weight at sampling time: the same trained run as
                                        the entry without it (a guided step costs 2 NFE: odd NFE
                                        are skipped for it)
+    reflow=N                           reflow (Liu et al. 2022): N pairs of the entry's trained run
+                                       (its final checkpoint, --reflow-solver in --reflow-nfe
+                                       evaluations, seeds from the training seed) in OUT/pairs/, then
+                                       --reflow-steps of train.py --pairs from its EMA weights
+    longer=N                           the control: the trained run trained on, on data with fresh
+                                       prior draws, for the compute reflow=N adds (its fine-tuning
+                                       steps, and its pairs' evaluations at 3 per training image)
 
 Training is cached by its whole configuration: OUT/train/SLUG_seedS/ with method.json (what
 was trained: prior, options, coupling, seed, budget) and ckpt_STEP.pt at each measured step
@@ -31,6 +38,13 @@ KID, conditional accuracy (attribute errors for vector conditions), the training
 transport cost and the path straightness (experiment.path_straightness); FD at --step-nfe at
 every measured training step. Then over the training seeds: the mean, the spread (sample std,
 ddof 1) and min/max, and the verdicts against --baseline (compare_report.py: `verdict` and `step_verdict`).
+
+The report gives each entry's compute (training images seen, pair-generation evaluations), so
+"is reflow from my prior better than from the Gaussian, and than training longer, at equal compute?"
+is one command:
+
+    python bench/compare.py --dataset mnist --priors gaussian gaussian:reflow=4096 gaussian:longer=4096 \
+        kmeans:k=16 kmeans:k=16,reflow=4096 kmeans:k=16,longer=4096 --steps 4000 --nfe 1,2,4,8,16
 
 Writes OUT/report.md, OUT/results.csv (one row per method x seed x step x NFE), OUT/fd_vs_nfe.png,
 OUT/fd_vs_step.png and sample grids in OUT/grids/ (KEY_seedS_nfeN.png, of the first training seed).
@@ -71,6 +85,13 @@ class Method:
     coupling: str = "independent"
     null_source: str = "global"
     cfg: float = 1.0
+    reflow: int = 0  # > 0: reflowed from the trained run on this many of its pairs
+    longer: int = 0  # > 0: the control: the trained run trained on for the compute of reflow=N
+
+    @property
+    def base(self) -> Method:
+        """The entry's trained run (the reflow teacher), sampled without guidance."""
+        return Method(self.prior, self.options, self.coupling, self.null_source)
 
     @property
     def label(self) -> str:
@@ -79,6 +100,7 @@ class Method:
         pairs += [f"coupling={self.coupling}"] * (self.coupling != "independent")
         pairs += [f"null_source={self.null_source}"] * (self.null_source != "global")
         pairs += [f"cfg={self.cfg:g}"] * (self.cfg != 1.0)
+        pairs += [f"reflow={self.reflow}"] * bool(self.reflow) + [f"longer={self.longer}"] * bool(self.longer)
         return self.prior + (":" + ",".join(pairs) if pairs else "")
 
     @property
@@ -86,7 +108,8 @@ class Method:
         """The training run's folder name (cfg is not part of it: sampling only)."""
         return (self.prior + "".join(f"-{k}{v}" for k, v in self.options)
                 + (f"-coupling_{self.coupling}" if self.coupling != "independent" else "")
-                + (f"-null_source_{self.null_source}" if self.null_source != "global" else ""))
+                + (f"-null_source_{self.null_source}" if self.null_source != "global" else "")
+                + (f"-reflow{self.reflow}" if self.reflow else "") + (f"-longer{self.longer}" if self.longer else ""))
 
     @property
     def key(self) -> str:
@@ -111,7 +134,7 @@ def parse_method(text: str) -> Method:
                 raise ValueError(f"{pair!r} is not key=value")
             if key.strip() in reserved or key.strip() in [o.partition("=")[0].strip() for o in options]:
                 raise ValueError(f"{key.strip()} is given twice")
-            if key.strip() in ("coupling", "null_source", "cfg"):
+            if key.strip() in ("coupling", "null_source", "cfg", "reflow", "longer"):
                 reserved[key.strip()] = value.strip()
             else:
                 options.append(pair)
@@ -123,9 +146,13 @@ def parse_method(text: str) -> Method:
         if null_source not in NULL_SOURCES:
             raise ValueError(f"null_source={null_source!r}: choose one of {', '.join(NULL_SOURCES)}")
         cfg = float(convert_option(reserved.get("cfg", "1.0"), 1.0, "cfg"))
+        reflow, longer = (int(convert_option(reserved.get(k, "0"), 0, k)) for k in ("reflow", "longer"))
+        if min(reflow, longer) < 0 or (reflow and longer):
+            raise ValueError("reflow=N (pairs) or longer=N (the control for N pairs' compute) takes one N > 0, "
+                             "and an entry is one or the other")
     except ValueError as err:
         raise ValueError(f"--priors {text!r}: {str(err).replace('--prior-opt ', '')}") from None
-    return Method(name, tuple(sorted(prior_options.items())), coupling, null_source, cfg)
+    return Method(name, tuple(sorted(prior_options.items())), coupling, null_source, cfg, reflow, longer)
 
 
 def parse_methods(texts: list[str]) -> list[Method]:
@@ -150,12 +177,16 @@ def budget_of(config: experiment.Config, args: argparse.Namespace) -> dict:
     return {**budget, **{key: value for key, value in extra.items() if value is not None}}
 
 
-def method_json(method: Method, seed: int, budget: dict) -> str:
-    """What a training folder was trained for (null_source only when not the default)."""
+def method_json(method: Method, seed: int, budget: dict, reflow: experiment.Reflow | None = None) -> str:
+    """What a training folder was trained for (null_source only when not the default; a reflowed
+    run or its control: the pairs and fine-tuning settings too)."""
     record = {"prior": method.prior, "prior_options": dict(method.options), "coupling": method.coupling,
               "seed": seed, "budget": budget}
     if method.null_source != "global":
         record["null_source"] = method.null_source
+    if method.reflow or method.longer:
+        record["reflow"] = {"pairs" if method.reflow else "longer_for_pairs": method.reflow or method.longer,
+                            **dataclasses.asdict(reflow or experiment.Reflow())}
     return json.dumps(record, indent=1, sort_keys=True)
 
 
@@ -191,14 +222,35 @@ def milestones(config: experiment.Config) -> list[int]:
     return [round(config.steps * (k + 1) / config.checkpoints) for k in range(config.checkpoints)]
 
 
+def folder_steps(method: Method, config: experiment.Config, args: argparse.Namespace) -> list[int]:
+    """The steps a training folder keeps as ckpt_STEP.pt (a reflowed run counts its own steps)."""
+    reflow = args.reflow
+    if method.reflow:
+        return [round(reflow.steps * (k + 1) / reflow.checkpoints) for k in range(reflow.checkpoints)]
+    if method.longer:
+        extra = reflow.control_steps(method.longer, config.batch_size)
+        return [config.steps + round(extra * (k + 1) / reflow.checkpoints) for k in range(reflow.checkpoints)]
+    return milestones(config)
+
+
+def compute(method: Method, config: experiment.Config, args: argparse.Namespace) -> dict:
+    """What an entry cost: training images seen and network evaluations spent on reflow pairs."""
+    steps = config.steps + (args.reflow.steps if method.reflow else 0)
+    if method.longer:
+        steps = max(folder_steps(method, config, args))
+    return {"training_images": steps * config.batch_size, "pair_evaluations": method.reflow * args.reflow.nfe,
+            "evaluations": 3 * steps * config.batch_size + method.reflow * args.reflow.nfe}
+
+
 def plan(config: experiment.Config, args: argparse.Namespace, runs: list[tuple[Method, int]]) -> list[str]:
     """Before training: which runs are cached, partly trained or new, and a time estimate."""
     lines, new_steps = [], 0
     for method, seed in runs:
         run_dir = args.out / "train" / f"{method.slug}_seed{seed}"
-        done = [s for s in milestones(config) if (run_dir / f"ckpt_{s:07d}.pt").is_file()]
-        state = "cached" if len(done) == config.checkpoints else f"trained to step {max(done)}" if done else "new"
-        new_steps += config.steps - max(done, default=0)
+        wanted = folder_steps(method, config, args)
+        done = [s for s in wanted if (run_dir / f"ckpt_{s:07d}.pt").is_file()]
+        state = "cached" if len(done) == len(wanted) else f"trained to step {max(done)}" if done else "new"
+        new_steps += max(wanted) - max(done, default=config.steps if method.longer else 0)
         lines.append(f"  {method.slug}_seed{seed}: {state}")
     if new_steps:
         rate = experiment.images_per_second(config, args)
@@ -214,19 +266,47 @@ def train_runs(config: experiment.Config, args: argparse.Namespace, methods: lis
     run that trained anything is kept in results.json as time/train/SLUG_seedS."""
     runs: dict[tuple[str, int], dict[int, Path]] = {}
     limit = {key: getattr(args, key) for key in ("cond", "max_images") if getattr(args, key) is not None}
+
+    def trained(method: Method, seed: int) -> dict[int, Path]:
+        if (method.slug, seed) in runs:
+            return runs[(method.slug, seed)]
+        teacher = trained(method.base, seed) if method.reflow or method.longer else {}
+        name = f"{method.slug}_seed{seed}"
+        run_dir = args.out / "train" / name
+        before = all((run_dir / f"ckpt_{s:07d}.pt").is_file() for s in folder_steps(method, config, args))
+        targs = argparse.Namespace(**{**vars(args), "out": args.out / "train", "seed": seed})
+        begin = time.perf_counter()
+        if method.reflow:  # the pairs of the trained run's final checkpoint, then a run on them
+            pairs_dir = args.out / "pairs" / f"{method.base.slug}_seed{seed}_{args.reflow.solver}{args.reflow.nfe}"
+            pairs_dir = pairs_dir.with_name(pairs_dir.name + f"_n{method.reflow}")
+            if not before:
+                timed_part(results, f"pairs/{pairs_dir.name}", lambda: experiment.make_pairs(
+                    teacher[max(teacher)], pairs_dir, method.reflow, args.reflow, seed, args.device, config.sample_batch))
+                begin = time.perf_counter()  # the pairs' time is their own
+            runs[(method.slug, seed)] = experiment.train_reflow(config, targs, teacher[max(teacher)], pairs_dir, run_dir,
+                                                                args.reflow)
+        elif method.longer:
+            extra = args.reflow.control_steps(method.longer, config.batch_size)
+            runs[(method.slug, seed)] = experiment.train_longer(config, targs, teacher[max(teacher)], run_dir, extra,
+                                                                args.reflow, {**method.training(), **limit})
+        else:
+            runs[(method.slug, seed)] = experiment.train_method(config, targs, name, {**method.training(), **limit})
+        if not before:
+            timed_part(results, f"train/{name}", lambda: None, time.perf_counter() - begin)
+        return runs[(method.slug, seed)]
+
     for method in methods:
         for seed in args.seeds:
-            if (method.slug, seed) in runs:
-                continue
-            name = f"{method.slug}_seed{seed}"
-            before = all((args.out / "train" / name / f"ckpt_{s:07d}.pt").is_file() for s in milestones(config))
-            targs = argparse.Namespace(**{**vars(args), "out": args.out / "train", "seed": seed})
-            begin = time.perf_counter()
-            runs[(method.slug, seed)] = experiment.train_method(config, targs, name, {**method.training(), **limit})
-            if not before:
-                previous = results.points.get(f"time/train/{name}", {}).get("seconds", 0.0)
-                results.put(f"time/train/{name}", {"seconds": previous + time.perf_counter() - begin})
+            trained(method, seed)
     return runs
+
+
+def timed_part(results: Results, part: str, work, seconds: float = 0.0) -> None:
+    """Run work() and add its wall time (plus `seconds` already spent) to results.json's time/PART."""
+    begin = time.perf_counter()
+    work()
+    previous = results.points.get(f"time/{part}", {}).get("seconds", 0.0)
+    results.put(f"time/{part}", {"seconds": previous + seconds + time.perf_counter() - begin})
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -299,6 +379,12 @@ def build_parser() -> checks.Parser:
     arg("--clf-width", type=int, default=32)
     arg("--ref-images", type=int, default=10_000, help="training images in the reference statistics")
     arg("--straight-n", type=int, default=100, help="samples of the straightness measure")
+    arg("--reflow-nfe", type=int, default=32, help="reflow=N entries: the teacher's NFE per pair")
+    arg("--reflow-solver", default="midpoint", choices=sorted(sample.SOLVERS), help="reflow=N: the teacher's solver")
+    arg("--reflow-steps", type=int, default=1000, help="reflow=N: fine-tuning steps on the pairs (from the EMA)")
+    arg("--reflow-lr", type=float, default=2e-4, help="reflow=N and longer=N: their learning rate")
+    arg("--reflow-t-dist", default="uniform", choices=list(flow.T_DISTRIBUTIONS), help="reflow=N: t in fine-tuning")
+    arg("--reflow-checkpoints", type=int, default=4, help="reflow=N and longer=N: measured steps of the fine-tuning")
     arg("--compile", action="store_true", help="torch.compile the networks in training")
     arg("--device", default=None, help="default: cuda if available, else cpu")
     arg("--out", default=None, help="default: runs/compare_DATASET")
@@ -332,6 +418,12 @@ def setup(argv: list[str], base: experiment.Config | None = None
         checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
     if args.checkpoints > args.steps:
         raise ValueError(f"--checkpoints {args.checkpoints} is more than --steps {args.steps}")
+    for flag in ("reflow_nfe", "reflow_steps", "reflow_checkpoints"):
+        checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
+    checks.check_finite(args.reflow_lr, "--reflow-lr")
+    sample.num_steps(args.reflow_nfe, args.reflow_solver)  # a budget the teacher's solver cannot spend fails now
+    args.reflow = experiment.Reflow(args.reflow_nfe, args.reflow_solver, args.reflow_steps, args.reflow_lr,
+                                    args.reflow_t_dist, min(args.reflow_checkpoints, args.reflow_steps))
     args.step_nfe = args.step_nfe or max([n for n in args.nfes if n <= 8] or args.nfes[:1])
     if args.step_nfe not in args.nfes:
         raise ValueError(f"--step-nfe {args.step_nfe} is not one of --nfe {args.nfe}")
@@ -370,14 +462,17 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     as in setup)."""
     args, config, methods = setup(argv, base)
     budget = budget_of(config, args)
-    runs = [(m, seed) for m in {m.slug: m for m in methods}.values() for seed in args.seeds]
+    # every training folder, a reflowed entry's trained run (its teacher) before it
+    trains = {m.slug: m for entry in methods for m in ([entry.base] if entry.reflow or entry.longer else []) + [entry]}
+    runs = [(m, seed) for m in trains.values() for seed in args.seeds]
     for method, seed in runs:  # every folder checked before any training
         run_dir = args.out / "train" / f"{method.slug}_seed{seed}"
         if (run_dir / "method.json").is_file():
-            claim_run(run_dir, method_json(method, seed, budget))
+            claim_run(run_dir, method_json(method, seed, budget, args.reflow))
     print("Training runs:", *plan(config, args, runs), sep="\n")
     for method, seed in runs:
-        claim_run(args.out / "train" / f"{method.slug}_seed{seed}", method_json(method, seed, budget))
+        claim_run(args.out / "train" / f"{method.slug}_seed{seed}", method_json(method, seed, budget, args.reflow))
+    args.compute = {m.label: compute(m, config, args) for m in methods}
     results = Results(args.out / "results.json")
     measured = json.loads(json.dumps({"n": config.n, "sample_seed": args.sample_seed, "features": config.features,
                                       "clf_steps": config.clf_steps, "clf_width": config.clf_width,
@@ -390,8 +485,8 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     trained = train_runs(config, args, methods, results)
     ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
     timed(results, "measure", lambda: measure(ev, args, methods, trained, results))
-    lines, terminal = report(args, config, methods, ev.metric, results.points, milestones(config), point_key,
-                             grid_nfes(args))
+    every_step = sorted({step for method in methods for seed in args.seeds for step in trained[(method.slug, seed)]})
+    lines, terminal = report(args, config, methods, ev.metric, results.points, every_step, point_key, grid_nfes(args))
     outputs.write_text(args.out / "report.md", "\n".join(lines) + "\n")
     return Comparison(args, config, methods, trained, ev, results, terminal)
 

@@ -86,12 +86,13 @@ def collect(args: argparse.Namespace, steps: list[int], methods: list, points: d
     for method in methods:
         for seed in args.seeds:
             run = f"{method.slug}_seed{seed}"
-            for step in steps:
+            own = [s for s in steps if any(key(method, seed, s, args.solver, n) in points for n in args.nfes)]
+            for step in own:
                 for nfe in args.nfes:
                     point = points.get(key(method, seed, step, args.solver, nfe))
                     if point is None:
                         continue
-                    final = step == steps[-1]
+                    final = step == own[-1]  # a reflowed run ends after its teacher's steps
                     extras = {"transport_cost": points.get(f"cost/{run}", {}).get("transport_cost"),
                               **{k: v for k, v in points.get(f"straight/{run}", {}).items() if k != "n"}} if final else {}
                     rows.append({"method": method.label, "prior": method.prior,
@@ -123,23 +124,26 @@ def report(args: argparse.Namespace, config: experiment.Config, methods: list, m
     rows = collect(args, steps, methods, points, key)
     write_csv(rows, args.out / "results.csv")
     labels, base, final = [m.label for m in methods], args.baseline, config.steps
+    ends = {label: max([r["step"] for r in rows if r["method"] == label] or [final]) for label in labels}
     name = metric + (" (features of an offline classifier trained on the data, not FID)" if metric == "FD-clf" else "")
     fd = table(["method", *[f"NFE {n}" for n in args.nfes]],
-               [[label, *[spread_cell(values(rows, label, "value", step=final, nfe=n)) for n in args.nfes]]
+               [[label, *[spread_cell(values(rows, label, "value", step=ends[label], nfe=n)) for n in args.nfes]]
                 for label in labels])
     verdicts = []
     for nfe in args.nfes:
-        base_values = values(rows, base, "value", step=final, nfe=nfe)
+        base_values = values(rows, base, "value", step=ends[base], nfe=nfe)
         for label in labels:
-            mine = values(rows, label, "value", step=final, nfe=nfe)
+            mine = values(rows, label, "value", step=ends[label], nfe=nfe)
             if label != base and mine and base_values:
                 verdicts.append(f"- NFE {nfe}: {verdict(label, base, mine, base_values)}")
     step_means = {label: {s: float(np.mean(v)) for s in steps
                           if (v := values(rows, label, "value", step=s, nfe=args.step_nfe))} for label in labels}
     step_lines = [f"- {step_verdict(label, base, {s: step_means[label][s] / step_means[base][s] for s in steps if s in step_means[label] and s in step_means[base]})}"
                   for label in labels if label != base and set(step_means[label]) & set(step_means[base])]
-    terminal = [f"{metric} at step {final} (mean ± std [min, max] over training seeds {args.seeds}):", *fd, "",
-                f"Against {base} (lower is better):", *verdicts, *step_lines]
+    terminal = [f"{metric} at step {final} (a reflowed run or its control: at its own last step; mean ± std [min, "
+                f"max] over training seeds {args.seeds}):", *fd, "", f"Against {base} (lower is better):", *verdicts,
+                *step_lines]
+    compute = getattr(args, "compute", {})
 
     vector = any(r.get("colour_error") is not None for r in rows)
     quality = ATTRIBUTES if vector else ("accuracy",)
@@ -158,17 +162,25 @@ def report(args: argparse.Namespace, config: experiment.Config, methods: list, m
              "over training seeds; else within the seed spread. With one seed there is no spread to compare.", "",
              *verdicts, "", f"FD at NFE {args.step_nfe} against training steps, as the ratio to {base}:", "",
              *step_lines, ""]
+    if compute:
+        lines += ["## Compute per entry (one training seed)", "", "Training images seen (training, and a reflowed "
+                  "run's fine-tuning), network evaluations spent on reflow pairs, and both in network evaluations "
+                  "(a training image counted as 3: the forward and a backward of about twice its cost).", ""]
+        lines += table(["method", "training images", "pair evaluations", "evaluations in all"],
+                       [[label, f"{compute[label]['training_images']:,}", f"{compute[label]['pair_evaluations']:,}",
+                         f"{compute[label]['evaluations']:,}"] for label in labels if label in compute])
+        lines += [""]
     lines += [f"## {', '.join(quality)} at the final step (mean over seeds)", ""]
     lines += table(["method", "metric", *[f"NFE {n}" for n in args.nfes]],
-                   [[label, field, *[spread_cell(values(rows, label, field, step=final, nfe=n)) for n in args.nfes]]
-                    for label in labels for field in quality])
+                   [[label, field, *[spread_cell(values(rows, label, field, step=ends[label], nfe=n))
+                                     for n in args.nfes]] for label in labels for field in quality])
     lines += ["", "## Paths at the final step", "", "transport cost E‖x1 − x0‖² of the training coupling (summed "
               f"over pixels); from a {config.straight_nfe}-NFE midpoint solve of {config.straight_n} samples, per "
               "dimension: endpoint gap E‖x(1) − (x0 + v(x0, 0))‖²/D, straightness E∫‖(x(1) − x0) − v(x(t), t)‖² dt/D "
               "(0 when straight), chord E‖x(1) − x0‖²/D.", ""]
     first_nfe = args.nfes[0]
     lines += table(["method", "transport cost", "endpoint gap", "straightness", "chord"],
-                   [[label, *[spread_cell(values(rows, label, f, step=final, nfe=first_nfe))
+                   [[label, *[spread_cell(values(rows, label, f, step=ends[label], nfe=first_nfe))
                               for f in ("transport_cost", "endpoint_gap", "straightness", "chord")]]
                     for label in labels])
     lines += ["", f"## {metric} at NFE {args.step_nfe} against training steps (mean over seeds)", ""]
@@ -176,7 +188,7 @@ def report(args: argparse.Namespace, config: experiment.Config, methods: list, m
                    [[label, *[spread_cell(values(rows, label, "value", step=s, nfe=args.step_nfe)) for s in steps]]
                     for label in labels])
     sweep.plot_curves({label: [(n, float(np.mean(v))) for n in args.nfes
-                               if (v := values(rows, label, "value", step=final, nfe=n))] for label in labels},
+                               if (v := values(rows, label, "value", step=ends[label], nfe=n))] for label in labels},
                       args.out / "fd_vs_nfe.png", metric, f"{args.dataset}, {args.solver}", log_y=True)
     sweep.plot_curves({label: sorted(curve.items()) for label, curve in step_means.items()},
                       args.out / "fd_vs_step.png", f"{metric} at NFE {args.step_nfe}", args.dataset,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -32,7 +33,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from plumbing import checks, classifier, data, inception, outputs, samplefiles, shapes  # noqa: E402
+from plumbing import checks, classifier, data, inception, outputs, pairs, samplefiles, shapes  # noqa: E402
+import flow  # noqa: E402
 import eval_fid  # noqa: E402
 import sample  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
@@ -194,6 +196,73 @@ def train_method(config: Config, args: argparse.Namespace, slug: str, method: di
     return saved
 
 
+# Reflow from a trained run (Liu et al. 2022): its pairs, a run trained on them, and the control
+# that trains the same run on data for the same added compute instead.
+
+@dataclasses.dataclass(frozen=True)
+class Reflow:
+    """What every reflowed entry shares: the pairs' teacher solve and the fine-tuning budget."""
+    nfe: int = 32  # the teacher's solve per pair
+    solver: str = "midpoint"
+    steps: int = 1000  # fine-tuning steps on the pairs, from the teacher's EMA weights
+    lr: float = 2e-4
+    t_dist: str = "uniform"
+    checkpoints: int = 4  # measured fine-tuning steps
+
+    def control_steps(self, pairs: int, batch_size: int) -> int:
+        """Steps of training on data with the compute of `pairs` pairs and the fine-tuning: a
+        training image costs about 3 network evaluations (forward, and a backward of about twice
+        the forward's cost), a pair `nfe` forward ones."""
+        return self.steps + math.ceil(pairs * self.nfe / (3 * batch_size))
+
+
+def make_pairs(teacher: Path, folder: Path, count: int, reflow: Reflow, seed: int, device: str | None,
+               batch_size: int) -> Path:
+    """sample.py --pairs, as a function: `count` pairs of the teacher checkpoint in folder
+    (resumed where a killed run stopped; pairs made otherwise there are refused)."""
+    model, prior, run = sample.load_checkpoint(teacher, checks.resolve_device(device))
+    sample.make_pairs(model, prior, run, teacher, folder, count, reflow.nfe, reflow.solver, 1.0, seed,
+                      min(count, 1024), batch_size, checks.resolve_device(device))
+    return folder
+
+
+def train_segments(config: Config, args: argparse.Namespace, run_dir: Path, milestones: list[int],
+                   fields: dict) -> dict[int, Path]:
+    """train.py up to each milestone in turn (resuming the folder's ckpt.pt), each kept as
+    ckpt_STEP.pt: {step: checkpoint}. fields: train.Config's, beyond train_config's budget."""
+    saved = {}
+    for step in milestones:
+        keep = run_dir / f"ckpt_{step:07d}.pt"
+        if not keep.is_file():
+            resume = "auto" if (run_dir / "ckpt.pt").is_file() else None
+            run = replace(train_config(config, args, run_dir, step, {}), **fields)
+            train.train(replace(run, resume=resume, given=("steps", "ckpt_every", "lr")))
+            outputs.atomic_write(keep, lambda file: file.write((run_dir / "ckpt.pt").read_bytes()))
+        saved[step] = keep
+    return saved
+
+
+def train_reflow(config: Config, args: argparse.Namespace, teacher: Path, pairs_dir: Path, run_dir: Path,
+                 reflow: Reflow) -> dict[int, Path]:
+    """train.py --pairs from the teacher's EMA: {teacher's step + fine-tuning step: checkpoint}."""
+    fine = config.steps
+    milestones = [round(reflow.steps * (k + 1) / reflow.checkpoints) for k in range(reflow.checkpoints)]
+    saved = train_segments(replace(config, lr=reflow.lr), args, run_dir, milestones,
+                           dict(pairs=str(pairs_dir), t_dist=reflow.t_dist, init="teacher"))
+    return {fine + step: path for step, path in saved.items()}
+
+
+def train_longer(config: Config, args: argparse.Namespace, teacher: Path, run_dir: Path, extra: int,
+                 reflow: Reflow, method: dict) -> dict[int, Path]:
+    """The control: the teacher's run trained on (on data, fresh prior draws) for `extra` more steps
+    at the fine-tuning's learning rate; {step: checkpoint}."""
+    if not (run_dir / "ckpt.pt").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        outputs.atomic_write(run_dir / "ckpt.pt", lambda file: file.write(teacher.read_bytes()))
+    milestones = [config.steps + round(extra * (k + 1) / reflow.checkpoints) for k in range(reflow.checkpoints)]
+    return train_segments(replace(config, lr=reflow.lr), args, run_dir, milestones, method)
+
+
 def images_per_second(config: Config, args: argparse.Namespace, steps: int = 3) -> float:
     """Forward + backward of the preset's network on one batch, timed over a few steps."""
     train_set = data.load_dataset(args.dataset, args.data_dir, "train", **dataset_options(config, args))
@@ -277,7 +346,11 @@ class Evaluator:
         return {"solver": solver, "nfe": nfe, "cfg": cfg, **result}
 
     def transport_cost(self, ckpt: Path) -> float:
+        """E||x1 - x0||^2 of the coupling the run trained on: a reflowed run's, of its pairs."""
         _, prior, run = self.load(ckpt)
+        if run.get("pairs"):
+            _, arrays = pairs.load(run["pairs"])
+            return float(flow.transport_cost(torch.from_numpy(arrays["x0"]), torch.from_numpy(arrays["x1"])))
         return sweep.run_transport_cost(prior, run, self.args.seed)
 
     def straightness(self, ckpt: Path) -> dict:

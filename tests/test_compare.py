@@ -126,3 +126,35 @@ def test_two_drivers_in_one_out_keep_each_others_points(tmp_path):
                                             "point/gaussian_seed0/step4/euler/2": {"fd": 1.0}}
     assert (first.added, second.added) == (2, 1)
     assert experiment.Results(path).get("point/class_seed0/step4/euler/1", lambda: {"fd": -1.0}) == {"fd": 2.0}
+
+
+def test_reflow_entries_make_pairs_fine_tune_and_report_their_compute(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    argv = [*SMOKE, "--priors", "gaussian", "gaussian:reflow=8", "gaussian:longer=8", "--out", str(out),
+            "--reflow-nfe", "2", "--reflow-steps", "4", "--reflow-checkpoints", "2", "--nfe", "1", "--step-nfe", "1"]
+    report = compare.main(argv).read_text()
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["gaussian-longer8_seed0", "gaussian-reflow8_seed0",
+                                                                  "gaussian_seed0"]
+    spec = json.loads((out / "pairs" / "gaussian_seed0_midpoint2_n8" / "pairs.json").read_text())
+    assert spec["count"] == 8 and spec["nfe"] == 2 and spec["teacher"]["step"] == 4  # the trained run's final step
+    assert spec["teacher"]["checkpoint"].endswith("gaussian_seed0/ckpt_0000004.pt")
+    # the reflowed run counts its fine-tuning after its teacher's 4 steps; the control trains on for the same
+    # compute: 4 steps, and 8 pairs x 2 evaluations at 3 per training image of batch 8: ceil(16 / 24) = 1 step
+    assert sorted(p.name for p in (out / "train" / "gaussian-reflow8_seed0").glob("ckpt_*.pt")) == \
+        ["ckpt_0000002.pt", "ckpt_0000004.pt"]
+    assert sorted(p.name for p in (out / "train" / "gaussian-longer8_seed0").glob("ckpt_*.pt")) == \
+        ["ckpt_0000006.pt", "ckpt_0000009.pt"]
+    record = json.loads((out / "train" / "gaussian-reflow8_seed0" / "method.json").read_text())
+    assert record["reflow"] == {"pairs": 8, "nfe": 2, "solver": "midpoint", "steps": 4, "lr": 2e-4,
+                                "t_dist": "uniform", "checkpoints": 2}
+    rows = {(r["method"], int(r["step"])) for r in csv.DictReader((out / "results.csv").open())}
+    assert {("gaussian:reflow=8", 8), ("gaussian:reflow=8", 6), ("gaussian:longer=8", 9)} <= rows
+    # compute: 4 x 8 training images, + 4 x 8 of fine-tuning and 16 pair evaluations; the control 9 x 8
+    assert "| gaussian:reflow=8 | 64 | 16 | 208 |" in report and "| gaussian:longer=8 | 72 | 0 | 216 |" in report
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained or measured again")
+    monkeypatch.setattr(experiment.train, "train", refuse)
+    monkeypatch.setattr(experiment.Evaluator, "point", refuse)
+    monkeypatch.setattr(experiment.sample, "make_pairs", refuse)
+    compare.main(argv)  # cached: no pairs, training or measuring again
