@@ -4,11 +4,14 @@
 
 For each preset: images/s of sample.generate (per-image seeded prior noise, the ODE solve,
 conversion to uint8) against nfe forward passes of the network alone on the same batch
-(target: under 5% outside). Weights are random: speed does not depend on them.
+(target: under 5% outside), and pairs/s of sample.make_pairs (reflow pairs: the same solve, float
+x0 and x1 written to a chunk file) on the same batch. Times NFE, both are network evaluations per
+second, which should be the network's own. Weights are random: speed does not depend on them.
 """
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,7 +65,17 @@ def bench_preset(preset: str, n: int, nfe: int, solver: str, device: torch.devic
                 model(x, t, c)
 
     network = timed(network_only, device)
-    return {"preset": preset, "img_per_s": n / total, "outside_share": 1 - network / total}
+    with tempfile.TemporaryDirectory() as folder:
+        teacher = Path(folder) / "teacher.pt"
+        torch.save({"ema": model.state_dict()}, teacher)  # make_pairs records the teacher's sha256
+        run = {"dataset": "bench", "image_size": size, "channels": 3, "num_classes": classes, "cond_dim": 0,
+               "prior": "class", "prior_options": {}}
+        made = iter(range(10))
+        pairs_time = timed(lambda: sample.make_pairs(model, prior, run, teacher, Path(folder) / f"p{next(made)}", n, nfe,
+                                                     solver, chunk=n, batch_size=n, device=device, progress=False),
+                           device)
+    return {"preset": preset, "img_per_s": n / total, "outside_share": 1 - network / total,
+            "pairs_per_s": n / pairs_time, "network_per_s": n * nfe / network}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,11 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = checks.resolve_device(args.device)
     print(f"device: {checks.describe_device(device)}; torch {torch.__version__}; {args.n} images in one batch; {args.solver}, NFE {args.nfe}")
-    print("| preset | images/s | outside the network |")
-    print("|---|---|---|")
+    print("| preset | images/s | outside the network | reflow pairs/s | evaluations/s: images, pairs, network alone |")
+    print("|---|---|---|---|---|")
     for preset in args.presets.split(","):
         r = bench_preset(preset, args.n, args.nfe, args.solver, device)
-        print(f"| {r['preset']} | {r['img_per_s']:.1f} | {100 * r['outside_share']:.1f}% |", flush=True)
+        print(f"| {r['preset']} | {r['img_per_s']:.1f} | {100 * r['outside_share']:.1f}% | {r['pairs_per_s']:.1f} | "
+              f"{r['img_per_s'] * args.nfe:.0f}, {r['pairs_per_s'] * args.nfe:.0f}, {r['network_per_s']:.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
