@@ -8,8 +8,18 @@ Frechet distance between the Gaussians fitted to two feature sets (float64, unbi
 
     FD = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr( (S1 S2)^(1/2) )
 
-with scipy.linalg.sqrtm and pytorch-fid's safeguards: a root that is not finite, or whose square is
-off S1 S2 by more than 1e-5 (relative, Frobenius), is retried with 1e-6 added to both diagonals; an
+The trace term needs no general matrix square root. With S1 = V diag(w) V^T (a symmetric
+eigendecomposition) and B = V diag(sqrt w), S1 = B B^T, and S1 S2 = B (B^T S2) has the eigenvalues of
+B^T S2 B (XY and YX share them), a symmetric positive semi-definite matrix; so
+
+    Tr (S1 S2)^(1/2) = sum_i sqrt(lambda_i(B^T S2 B))
+
+from two symmetric eigendecompositions (eigh), in float64: about 5x faster than scipy.linalg.sqrtm
+(pytorch-fid's way) at d = 2048, and on the GPU when there is one. Where the product is numerically
+singular (lambda_min <= d * 2^-52 * lambda_max: degenerate or too few features) pytorch-fid's number
+is whatever its sqrtm does there, which it regularises when the root fails; that case takes the
+reference path, frechet_distance_sqrtm: sqrtm, and a root that is not finite or whose square is off
+S1 S2 by more than 1e-5 (relative, Frobenius) is retried with 1e-6 added to both diagonals; an
 imaginary part above 1e-3 on the diagonal is an error, else dropped. Non-finite statistics, features
 or roots are errors, never a NaN result.
 
@@ -115,12 +125,9 @@ def root_is_accurate(root: np.ndarray, product: np.ndarray, tol: float = SQRTM_T
     return bool(np.isfinite(root).all() and np.linalg.norm(root @ root - product) <= tol * np.linalg.norm(product))
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6, sqrtm: Callable[[np.ndarray], np.ndarray] = scipy.linalg.sqrtm,
-                     tol: float = SQRTM_TOLERANCE) -> float:
-    """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr sqrtm(S1 S2), float64, pytorch-fid's safeguards.
-    A root that fails root_is_accurate is taken again of (S1 + eps I)(S2 + eps I); if that fails
-    too, ValueError. sqrtm is injectable so that tests can make the first root fail."""
+def check_statistics(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two (mean, covariance) pairs as float64 arrays of matching shapes, finite, or ValueError."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
@@ -128,6 +135,53 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                          f"vs {sigma2.shape} (made with different features?)")
     for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
         checks.check_finite(value, f"Frechet distance input {name}")
+    return mu1, sigma1, mu2, sigma2
+
+
+def product_eigenvalues(sigma1: np.ndarray, sigma2: np.ndarray, device: torch.device | None = None) -> np.ndarray:
+    """The eigenvalues of S1 S2, ascending, as those of the symmetric B^T S2 B with B = V diag(sqrt w)
+    and S1 = V diag(w) V^T (w below 0 is rounding of a PSD matrix: clipped). float64 throughout:
+    device None is numpy's LAPACK, a torch device torch.linalg there (a GPU; rounding-level
+    differences, ~1e-13 relative). eigh reads one triangle: covariances are symmetric."""
+    if device is None:
+        w, v = np.linalg.eigh(sigma1)
+        b = v * np.sqrt(np.clip(w, 0, None))
+        return np.linalg.eigvalsh(b.T @ sigma2 @ b)
+    s1, s2 = (torch.as_tensor(s, dtype=torch.float64).to(device) for s in (sigma1, sigma2))
+    w, v = torch.linalg.eigh(s1)
+    b = v * w.clamp(min=0).sqrt()
+    return torch.linalg.eigvalsh(b.T @ s2 @ b).cpu().numpy()  # the one host sync
+
+
+def is_singular(eigenvalues: np.ndarray) -> bool:
+    """Numerically singular: the smallest eigenvalue within rounding (d machine epsilons of the
+    largest) of zero. An exact zero comes out of eigh as +-1e-16 relative; such a product is where
+    sqrtm may fail and pytorch-fid regularises."""
+    return bool(eigenvalues[0] <= len(eigenvalues) * np.finfo(np.float64).eps * max(eigenvalues[-1], 0.0))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6, device: str | torch.device | None = None) -> float:
+    """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 sum sqrt(eigenvalues of S1 S2), float64 (the module
+    docstring). A numerically singular S1 S2 takes frechet_distance_sqrtm, pytorch-fid's path with
+    its eps regularisation. device: where the eigendecompositions run (default: cuda if available)."""
+    mu1, sigma1, mu2, sigma2 = check_statistics(mu1, sigma1, mu2, sigma2)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    eigenvalues = product_eigenvalues(sigma1, sigma2, None if device.type == "cpu" else device)
+    if is_singular(eigenvalues):  # also a covariance that is not PSD: the reference path says so
+        return frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2, eps)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eigenvalues).sum())
+
+
+def frechet_distance_sqrtm(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                           eps: float = 1e-6, sqrtm: Callable[[np.ndarray], np.ndarray] = scipy.linalg.sqrtm,
+                           tol: float = SQRTM_TOLERANCE) -> float:
+    """The reference: ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr sqrtm(S1 S2), float64, as pytorch-fid
+    computes it, with its safeguards. A root that fails root_is_accurate is taken again of
+    (S1 + eps I)(S2 + eps I); if that fails too, ValueError. sqrtm is injectable so that tests can
+    make the first root fail. frechet_distance's path for singular products; slow (sqrtm)."""
+    mu1, sigma1, mu2, sigma2 = check_statistics(mu1, sigma1, mu2, sigma2)
     product = sigma1 @ sigma2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # singular products are handled below
@@ -220,7 +274,8 @@ def score(extractor: Extractor, images: torch.Tensor, labels: np.ndarray | None,
     """The metric, KID (when the reference stores features) and conditional accuracy."""
     check_shape(tuple(images.shape[1:]), ref)
     mu, sigma, features, predictions = measure(extractor, images.split(batch_size), len(images))
-    result = {"metric": extractor.metric, "value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+    result = {"metric": extractor.metric, "value": frechet_distance(mu, sigma, ref["mu"], ref["sigma"],
+                                                                device=extractor.device),
               "kid": None, "kid_std": None, "accuracy": None, "n": len(images)}
     if "features" in ref:
         result["kid"], result["kid_std"] = kid(features, ref["features"], seed=seed)
