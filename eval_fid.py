@@ -205,18 +205,29 @@ def frechet_distance_sqrtm(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
 
 
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel k(a, b) = (a.b / d + 1)^3."""
-    d = x.shape[1]
-    k_xx, k_yy, k_xy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]
-    m, n = len(x), len(y)
-    within = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)) + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-    return float(within - 2 * k_xy.mean())
+def mmd2_unbiased(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> float | torch.Tensor:
+    """Unbiased MMD^2 with the cubic polynomial kernel k(a, b) = (a.b / d + 1)^3, of two numpy arrays
+    (a float) or two torch tensors (a 0-d tensor where they are: kid's GPU path, no host sync)."""
+    d, m, n = x.shape[1], len(x), len(y)
+    sums, diagonals = [], []
+    for a, b in ((x, x), (y, y), (x, y)):
+        kernel = a @ b.T  # for a @ a.T numpy calls BLAS syrk: half the work of a product
+        kernel /= d
+        kernel += 1  # in place: the numbers of a b^T / d + 1, without two temporaries
+        cube = kernel * kernel
+        cube *= kernel  # two products: 1 ulp from pow(k, 3) per entry, 6x faster than ** 3
+        sums.append(cube.sum())
+        diagonals.append(cube.diagonal().sum())
+    within = (sums[0] - diagonals[0]) / (m * (m - 1)) + (sums[1] - diagonals[1]) / (n * (n - 1))
+    value = within - 2 * sums[2] / (m * n)
+    return value if isinstance(value, torch.Tensor) else float(value)
 
 
 def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
-    """(mean, std) of the unbiased MMD^2 over random subsets of min(subset_size, n1, n2) per side."""
+        seed: int = 0, device: str | torch.device | None = None) -> tuple[float, float]:
+    """(mean, std) of the unbiased MMD^2 over random subsets of min(subset_size, n1, n2) per side.
+    float64; device: where the kernels are computed (default: cuda if available; the same subsets,
+    rounding-level differences)."""
     x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"KID needs two (n, d) feature arrays of equal d, got {x.shape} and {y.shape}")
@@ -226,8 +237,15 @@ def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, su
     if m == len(x) == len(y):
         num_subsets = 1  # every subset would be the whole of both sets
     rng = np.random.default_rng(seed)
-    values = [mmd2_unbiased(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
-              for _ in range(num_subsets)]
+    subsets = [(rng.choice(len(x), m, replace=False), rng.choice(len(y), m, replace=False))
+               for _ in range(num_subsets)]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        values = np.array([mmd2_unbiased(x[i], y[j]) for i, j in subsets])
+    else:
+        x_on, y_on = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        values = torch.stack([mmd2_unbiased(x_on[torch.from_numpy(i).to(device)], y_on[torch.from_numpy(j).to(device)])
+                              for i, j in subsets]).cpu().numpy()
     return float(np.mean(values)), float(np.std(values))
 
 
@@ -278,7 +296,7 @@ def score(extractor: Extractor, images: torch.Tensor, labels: np.ndarray | None,
                                                                 device=extractor.device),
               "kid": None, "kid_std": None, "accuracy": None, "n": len(images)}
     if "features" in ref:
-        result["kid"], result["kid_std"] = kid(features, ref["features"], seed=seed)
+        result["kid"], result["kid_std"] = kid(features, ref["features"], seed=seed, device=extractor.device)
     if predictions is not None and labels is not None:
         result["accuracy"] = float(np.mean(predictions == labels))
     return result

@@ -315,6 +315,42 @@ def test_kid_near_zero_for_one_distribution_positive_for_two():
     assert kid(a, c, num_subsets=5, subset_size=100, seed=1) == kid(a, c, num_subsets=5, subset_size=100, seed=1)
 
 
+def kid_as_written(x: np.ndarray, y: np.ndarray, num_subsets: int, m: int, seed: int) -> tuple[float, float]:
+    """The estimator as the module docstring writes it (the kernel by pow, the diagonal by trace),
+    on the subsets kid draws: x's then y's indices from one seeded generator."""
+    rng, values = np.random.default_rng(seed), []
+    for _ in range(num_subsets):
+        a, b = x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)]
+        k_xx, k_yy, k_xy = [(p @ q.T / x.shape[1] + 1) ** 3 for p, q in ((a, a), (b, b), (a, b))]
+        within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+        values.append(within - 2 * k_xy.sum() / m ** 2)
+    return float(np.mean(values)), float(np.std(values))
+
+
+def test_kid_same_numbers_as_the_formula():
+    rng = np.random.default_rng(13)
+    x, y = np.abs(rng.normal(size=(500, 64))), np.abs(rng.normal(size=(400, 64))) + 0.05
+    expected = kid_as_written(x, y, 8, 150, seed=3)
+    assert kid(x, y, num_subsets=8, subset_size=150, seed=3, device="cpu") == pytest.approx(expected, rel=1e-12)
+
+
+def test_mmd_torch_tensors_same_numbers_as_numpy():
+    # kid's GPU path computes mmd2_unbiased on tensors: the same code, here on the CPU
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(120, 48)), rng.normal(size=(90, 48)) + 0.2
+    value = eval_fid.mmd2_unbiased(torch.from_numpy(x), torch.from_numpy(y))
+    assert isinstance(value, torch.Tensor) and value.dtype == torch.float64
+    assert float(value) == pytest.approx(eval_fid.mmd2_unbiased(x, y), rel=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_kid_on_the_gpu_equals_the_cpu():
+    rng = np.random.default_rng(15)
+    x, y = np.abs(rng.normal(size=(600, 256))), np.abs(rng.normal(size=(500, 256))) + 0.05
+    on_gpu, on_cpu = (kid(x, y, num_subsets=10, subset_size=300, device=device) for device in ("cuda", "cpu"))
+    assert on_gpu == pytest.approx(on_cpu, rel=1e-11)
+
+
 # ---------------------------------------------------------------- Inception
 
 def conv(name: str, cin: int, cout: int, kh: int, kw: int) -> dict[str, tuple[int, ...]]:
