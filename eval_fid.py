@@ -244,8 +244,8 @@ def kid(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, su
         values = np.array([mmd2_unbiased(x[i], y[j]) for i, j in subsets])
     else:
         x_on, y_on = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        values = torch.stack([mmd2_unbiased(x_on[torch.from_numpy(i).to(device)], y_on[torch.from_numpy(j).to(device)])
-                              for i, j in subsets]).cpu().numpy()
+        values = torch.stack([mmd2_unbiased(x_on[torch.from_numpy(i).to(device)],
+                                            y_on[torch.from_numpy(j).to(device)]) for i, j in subsets]).cpu().numpy()
     return float(np.mean(values)), float(np.std(values))
 
 
