@@ -8,19 +8,21 @@ Frechet distance between the Gaussians fitted to two feature sets (float64, unbi
 
     FD = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr( (S1 S2)^(1/2) )
 
-The trace term needs no general matrix square root. With S1 = V diag(w) V^T (a symmetric
-eigendecomposition) and B = V diag(sqrt w), S1 = B B^T, and S1 S2 = B (B^T S2) has the eigenvalues of
-B^T S2 B (XY and YX share them), a symmetric positive semi-definite matrix; so
+The trace term needs no general matrix square root. Any factor S1 = B B^T gives S1 S2 = B (B^T S2),
+which has the eigenvalues of B^T S2 B (XY and YX share them), a symmetric positive semi-definite
+matrix; so
 
     Tr (S1 S2)^(1/2) = sum_i sqrt(lambda_i(B^T S2 B))
 
-from two symmetric eigendecompositions (eigh), in float64: about 5x faster than scipy.linalg.sqrtm
-(pytorch-fid's way) at d = 2048, and on the GPU when there is one. Where the product is numerically
-singular (lambda_min <= d * 2^-52 * lambda_max: degenerate or too few features) pytorch-fid's number
-is whatever its sqrtm does there, which it regularises when the root fails; that case takes the
-reference path, frechet_distance_sqrtm: sqrtm, and a root that is not finite or whose square is off
-S1 S2 by more than 1e-5 (relative, Frobenius) is retried with 1e-6 added to both diagonals; an
-imaginary part above 1e-3 on the diagonal is an error, else dropped. Non-finite statistics, features
+from one symmetric eigendecomposition (eigvalsh), in float64, on the GPU when there is one. The
+symmetric root B = S1^(1/2) (a second eigendecomposition) would do; the Cholesky factor B = L costs a
+tenth of that, and fails where S1 is not numerically positive definite: FD_TIMING faster than
+scipy.linalg.sqrtm (pytorch-fid's way) at d = 2048 (bench/RESULTS.md). Where the product is
+numerically singular (no Cholesky factor, or lambda_min <= d * 2^-52 * lambda_max: degenerate or too
+few features) pytorch-fid's number is whatever its sqrtm does there, which it regularises when the
+root fails; that case takes the reference path, frechet_distance_sqrtm: sqrtm, and a root that is
+not finite or whose square is off S1 S2 by more than 1e-5 (relative, Frobenius) is retried with 1e-6
+added to both diagonals; an imaginary part above 1e-3 on the diagonal is an error, else dropped. Non-finite statistics, features
 or roots are errors, never a NaN result.
 
 Kernel inception distance: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over
@@ -138,25 +140,29 @@ def check_statistics(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     return mu1, sigma1, mu2, sigma2
 
 
-def product_eigenvalues(sigma1: np.ndarray, sigma2: np.ndarray, device: torch.device | None = None) -> np.ndarray:
-    """The eigenvalues of S1 S2, ascending, as those of the symmetric B^T S2 B with B = V diag(sqrt w)
-    and S1 = V diag(w) V^T (w below 0 is rounding of a PSD matrix: clipped). float64 throughout:
-    device None is numpy's LAPACK, a torch device torch.linalg there (a GPU; rounding-level
-    differences, ~1e-13 relative). eigh reads one triangle: covariances are symmetric."""
+def product_eigenvalues(sigma1: np.ndarray, sigma2: np.ndarray,
+                        device: torch.device | None = None) -> np.ndarray | None:
+    """The eigenvalues of S1 S2, ascending, as those of the symmetric L^T S2 L with S1 = L L^T
+    (Cholesky); None when S1 has no Cholesky factor (not positive definite: a singular product).
+    float64 throughout: device None is numpy's LAPACK, a torch device torch.linalg there (a GPU;
+    rounding-level differences). Both read one triangle: covariances are symmetric."""
     if device is None:
-        w, v = np.linalg.eigh(sigma1)
-        b = v * np.sqrt(np.clip(w, 0, None))
-        return np.linalg.eigvalsh(b.T @ sigma2 @ b)
+        try:
+            factor = np.linalg.cholesky(sigma1)
+        except np.linalg.LinAlgError:
+            return None
+        return np.linalg.eigvalsh(factor.T @ sigma2 @ factor)
     s1, s2 = (torch.as_tensor(s, dtype=torch.float64).to(device) for s in (sigma1, sigma2))
-    w, v = torch.linalg.eigh(s1)
-    b = v * w.clamp(min=0).sqrt()
-    return torch.linalg.eigvalsh(b.T @ s2 @ b).cpu().numpy()  # the one host sync
+    factor, info = torch.linalg.cholesky_ex(s1)  # no exception on failure: info > 0
+    if int(info) != 0:
+        return None
+    return torch.linalg.eigvalsh(factor.T @ s2 @ factor).cpu().numpy()
 
 
 def is_singular(eigenvalues: np.ndarray) -> bool:
     """Numerically singular: the smallest eigenvalue within rounding (d machine epsilons of the
-    largest) of zero. An exact zero comes out of eigh as +-1e-16 relative; such a product is where
-    sqrtm may fail and pytorch-fid regularises."""
+    largest) of zero: an exact zero comes out of the factorisations as about +-1e-16 relative. Such
+    a product is where sqrtm may fail and pytorch-fid regularises."""
     return bool(eigenvalues[0] <= len(eigenvalues) * np.finfo(np.float64).eps * max(eigenvalues[-1], 0.0))
 
 
@@ -168,7 +174,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, sigma1, mu2, sigma2 = check_statistics(mu1, sigma1, mu2, sigma2)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     eigenvalues = product_eigenvalues(sigma1, sigma2, None if device.type == "cpu" else device)
-    if is_singular(eigenvalues):  # also a covariance that is not PSD: the reference path says so
+    if eigenvalues is None or is_singular(eigenvalues):  # also a covariance that is not PSD: the reference says so
         return frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2, eps)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eigenvalues).sum())
