@@ -16,7 +16,7 @@ matrix; so
 
 from one symmetric eigendecomposition (eigvalsh), in float64, on the GPU when there is one. The
 symmetric root B = S1^(1/2) (a second eigendecomposition) would do; the Cholesky factor B = L costs a
-tenth of that, and fails where S1 is not numerically positive definite: FD_TIMING faster than
+tenth of that, and fails where S1 is not numerically positive definite: about 10x faster than
 scipy.linalg.sqrtm (pytorch-fid's way) at d = 2048 (bench/RESULTS.md). Where the product is
 numerically singular (no Cholesky factor, or lambda_min <= d * 2^-52 * lambda_max: degenerate or too
 few features) pytorch-fid's number is whatever its sqrtm does there, which it regularises when the
