@@ -22,8 +22,8 @@ numerically singular (no Cholesky factor, or lambda_min <= d * 2^-52 * lambda_ma
 few features) pytorch-fid's number is whatever its sqrtm does there, which it regularises when the
 root fails; that case takes the reference path, frechet_distance_sqrtm: sqrtm, and a root that is
 not finite or whose square is off S1 S2 by more than 1e-5 (relative, Frobenius) is retried with 1e-6
-added to both diagonals; an imaginary part above 1e-3 on the diagonal is an error, else dropped. Non-finite statistics, features
-or roots are errors, never a NaN result.
+added to both diagonals; an imaginary part above 1e-3 on the diagonal is an error, else dropped.
+Non-finite statistics, features or roots are errors, never a NaN result.
 
 Kernel inception distance: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over
 random subsets of m samples from each set (100 subsets of 1000 by default):
@@ -170,11 +170,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                      eps: float = 1e-6, device: str | torch.device | None = None) -> float:
     """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 sum sqrt(eigenvalues of S1 S2), float64 (the module
     docstring). A numerically singular S1 S2 takes frechet_distance_sqrtm, pytorch-fid's path with
-    its eps regularisation. device: where the eigendecompositions run (default: cuda if available)."""
+    its eps regularisation. device: where the factorisations run (default: cuda if available)."""
     mu1, sigma1, mu2, sigma2 = check_statistics(mu1, sigma1, mu2, sigma2)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     eigenvalues = product_eigenvalues(sigma1, sigma2, None if device.type == "cpu" else device)
-    if eigenvalues is None or is_singular(eigenvalues):  # also a covariance that is not PSD: the reference says so
+    if eigenvalues is None or is_singular(eigenvalues):  # a covariance that is not PSD too: the reference says so
         return frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2, eps)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eigenvalues).sum())
