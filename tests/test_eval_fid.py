@@ -1,4 +1,5 @@
-"""eval_fid: closed-form Frechet distances (and its sqrtm fallback, against numpy's eigenvalues),
+"""eval_fid: closed-form Frechet distances, the eigvalsh path against pytorch-fid's sqrtm formula and
+the reference path (sqrtm, its eps fallback) it takes on singular products,
 KID against a double loop, the Inception layout of the published weights file, pytorch-fid's
 preprocessing, damaged input files, and ref/calc/sweep end to end with the classifier features of
 features.py (CPU, no weights file, no network). The command-line error lines: test_bad_input.py."""
@@ -24,7 +25,7 @@ import sample
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import sweep  # noqa: E402 (bench/sweep.py)
 from plumbing.checkpoint import prior_to_checkpoint
-from eval_fid import frechet_distance, kid
+from eval_fid import frechet_distance, frechet_distance_sqrtm, kid
 from plumbing.classifier import Classifier
 from plumbing.inception import InceptionV3, inception_preprocess
 
@@ -90,13 +91,13 @@ def test_fd_fallback_when_our_check_rejects_the_root(failure):
 
     eps = 1e-2  # large, so the regularised value is far from the plain one
     with pytest.warns(UserWarning, match="adding 0.01"):
-        value = frechet_distance(mu1, s1, mu2, s2, eps=eps, sqrtm=failing_once)
+        value = frechet_distance_sqrtm(mu1, s1, mu2, s2, eps=eps, sqrtm=failing_once)
     assert len(calls) == 2 and np.allclose(calls[1], (s1 + eps * np.eye(5)) @ (s2 + eps * np.eye(5)), rtol=1e-14)
     assert value == pytest.approx(regularised_fd(mu1, s1, mu2, s2, eps), rel=1e-10)
     assert abs(value - regularised_fd(mu1, s1, mu2, s2, 0.0)) > 1e-3  # it did not use the plain product
 
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no accurate sqrtm"):  # both fail: no number
-        frechet_distance(mu1, s1, mu2, s2, sqrtm=lambda matrix: matrix)
+        frechet_distance_sqrtm(mu1, s1, mu2, s2, sqrtm=lambda matrix: matrix)
 
 
 def test_fd_healthy_case_takes_no_fallback():
@@ -111,8 +112,8 @@ def test_fd_healthy_case_takes_no_fallback():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fallback's warning would fail here
-        value = frechet_distance(np.zeros(6), q @ np.diag(a) @ q.T, np.zeros(6), q @ np.diag(b) @ q.T,
-                                 sqrtm=counting)
+        value = frechet_distance_sqrtm(np.zeros(6), q @ np.diag(a) @ q.T, np.zeros(6), q @ np.diag(b) @ q.T,
+                                       sqrtm=counting)
     assert len(calls) == 1  # commuting covariances: Tr sqrt(S1 S2) = sum sqrt(a_i b_i)
     assert value == pytest.approx(np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rel=1e-9)
 
@@ -152,8 +153,8 @@ def test_fd_rank_deficient_sample_covariances():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert frechet_distance(x.mean(0), s1, y.mean(0), s2) == pytest.approx(expected, rel=1e-6)
-        complex_root = frechet_distance(x.mean(0), s1, y.mean(0), s2,
-                                        sqrtm=lambda matrix: scipy.linalg.sqrtm(matrix) + 1e-9j)
+        complex_root = frechet_distance_sqrtm(x.mean(0), s1, y.mean(0), s2,
+                                              sqrtm=lambda matrix: scipy.linalg.sqrtm(matrix) + 1e-9j)
     assert complex_root == pytest.approx(expected, rel=1e-6)
 
 
@@ -162,6 +163,132 @@ def test_fd_errors():
         frechet_distance(np.zeros(3), -np.eye(3), np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match="do not match"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def pytorch_fid_value(mu1, s1, mu2, s2) -> float:
+    """pytorch-fid 0.3.0's calculate_frechet_distance where its first root is finite (no eps): the
+    real part of scipy's sqrtm of S1 S2, written out here, independent of eval_fid."""
+    covmean = scipy.linalg.sqrtm(s1.dot(s2))
+    assert np.isfinite(covmean).all()
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
+
+
+def feature_statistics(rng: np.random.Generator, n: int, d: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of n pool3-like features: non-negative and correlated (one mixing per d:
+    one distribution for a shift of 0)."""
+    mixing = np.eye(d) + np.random.default_rng(d).normal(size=(d, d)) / np.sqrt(d)
+    x = np.abs(rng.normal(size=(n, d)) @ mixing) + shift
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+def sqrtm_calls(function, *args, **kwargs) -> tuple[object, int]:
+    """(function's result, how many times a Python function named sqrtm ran inside it): whichever
+    way sqrtm was bound (a default argument, a module attribute), the profiler sees the call."""
+    calls = []
+    sys.setprofile(lambda frame, event, arg: calls.append(1) if event == "call" and frame.f_code.co_name == "sqrtm"
+                   else None)
+    try:
+        result = function(*args, **kwargs)
+    finally:
+        sys.setprofile(None)
+    return result, len(calls)
+
+
+@pytest.mark.parametrize("d, n, shift", [(64, 400, 0.0), (128, 1000, 0.05), (256, 2000, 1.0)])
+def test_fd_equals_pytorch_fids_formula_without_a_square_root(d, n, shift):
+    # one distribution twice (a small FD: the traces cancel), a near one, a far one
+    rng = np.random.default_rng(d)
+    mu1, s1, mu2, s2 = *feature_statistics(rng, n, d, 0.0), *feature_statistics(rng, n, d, shift)
+    value, calls = sqrtm_calls(frechet_distance, mu1, s1, mu2, s2, device="cpu")
+    assert calls == 0  # the Cholesky-eigvalsh path: no matrix square root
+    assert value == pytest.approx(pytorch_fid_value(mu1, s1, mu2, s2), rel=1e-9)
+    assert value == pytest.approx(frechet_distance_sqrtm(mu1, s1, mu2, s2), rel=1e-9)
+
+
+def test_fd_one_dimension_closed_form():
+    # two 1-d Gaussians: FD = (m1 - m2)^2 + (s1 - s2)^2 for standard deviations s1, s2
+    for (m1, v1), (m2, v2) in [((0.3, 2.0), (-1.1, 0.5)), ((5.0, 1e-4), (5.0, 9.0)), ((1.0, 1.0), (1.0, 1.0))]:
+        expected = (m1 - m2) ** 2 + (np.sqrt(v1) - np.sqrt(v2)) ** 2
+        value = frechet_distance(np.array([m1]), np.array([[v1]]), np.array([m2]), np.array([[v2]]), device="cpu")
+        assert value == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_fd_closed_form_to_1e12_where_sqrtm_loses_digits():
+    # commuting covariances whose eigenvalues span 1e-5 (condition 1e5 each, the product 1e10, not
+    # singular): the Cholesky-eigvalsh path keeps the closed form to 1e-12; sqrtm's Schur form
+    # (the reference, pytorch-fid's) is off by 1e-12 to 2e-11 on these draws
+    for seed in range(1, 7):
+        rng = np.random.default_rng(seed)
+        q, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+        a = np.logspace(0, -5, 64)
+        b = a * rng.uniform(0.5, 2, 64)
+        s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+        s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+        expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+        assert frechet_distance(np.zeros(64), s1, np.zeros(64), s2, device="cpu") == pytest.approx(expected, rel=1e-12)
+
+
+def test_fd_product_eigenvalues_closed_form_numpy_and_torch():
+    # commuting covariances Q diag(a) Q^T, Q diag(b) Q^T: the eigenvalues of S1 S2 are a_i b_i; the
+    # torch path (the GPU's, here on the CPU) gives the same numbers as numpy's
+    rng = np.random.default_rng(10)
+    q, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    a, b = rng.uniform(0.1, 3, 40), rng.uniform(0.1, 3, 40)
+    s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    expected = np.sort(a * b)
+    for device in (None, torch.device("cpu")):
+        assert np.allclose(eval_fid.product_eigenvalues(s1, s2, device), expected, rtol=0, atol=1e-12)
+    mu1, s1, mu2, s2 = *feature_statistics(rng, 500, 96, 0.0), *feature_statistics(rng, 500, 96, 0.1)
+    traces = [np.sqrt(eval_fid.product_eigenvalues(s1, s2, device)).sum() for device in (None, torch.device("cpu"))]
+    assert traces[1] == pytest.approx(traces[0], rel=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_fd_on_the_gpu_equals_the_cpu():
+    rng = np.random.default_rng(11)
+    mu1, s1, mu2, s2 = *feature_statistics(rng, 1000, 256, 0.0), *feature_statistics(rng, 1000, 256, 0.1)
+    assert frechet_distance(mu1, s1, mu2, s2, device="cuda") == pytest.approx(
+        frechet_distance(mu1, s1, mu2, s2, device="cpu"), rel=1e-11)
+
+
+def test_fd_singular_product_takes_pytorch_fids_path(monkeypatch):
+    # a numerically singular S1 S2 (too few samples; a dead unit) is where pytorch-fid's sqrtm may fail
+    # and it regularises: frechet_distance takes that path (frechet_distance_sqrtm), a healthy one not.
+    # Here the reference's first root fails, so a singular product must give the regularised value
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(20, 32)), rng.normal(size=(25, 32)) + 0.5
+    few = (x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    x, y = np.abs(rng.normal(size=(300, 32))), np.abs(rng.normal(size=(300, 32))) + 0.1
+    x[:, 3] = y[:, 3] = 0  # a feature that never fires
+    dead = (x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = [frechet_distance_sqrtm(*stats) for stats in (few, dead)]
+        # unpatched: the reference's number, exactly
+        assert [frechet_distance(*stats, device="cpu") for stats in (few, dead)] == plain
+
+    reference, calls = eval_fid.frechet_distance_sqrtm, []
+
+    def failing_first_root(*args, **kwargs):
+        calls.append(args)
+        roots = iter([lambda matrix: np.full_like(matrix, np.nan)])
+        return reference(*args, sqrtm=lambda matrix: next(roots, scipy.linalg.sqrtm)(matrix), **kwargs)
+
+    monkeypatch.setattr(eval_fid, "frechet_distance_sqrtm", failing_first_root)
+    eps = 1e-2  # large, so the regularised value is far from the plain one
+    for stats, plain_value in zip((few, dead), plain):
+        with pytest.warns(UserWarning, match="adding 0.01"):
+            value = frechet_distance(*stats, eps=eps, device="cpu")
+        assert value == pytest.approx(regularised_fd(*stats, eps), rel=1e-10)
+        assert abs(value - plain_value) > 1e-3
+    assert len(calls) == 2
+    healthy = (*feature_statistics(rng, 300, 32, 0.0), *feature_statistics(rng, 300, 32, 0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fallback's warning would fail here
+        value = frechet_distance(*healthy, eps=eps, device="cpu")
+    assert len(calls) == 2 and value == pytest.approx(pytorch_fid_value(*healthy), rel=1e-9)
 
 
 def test_running_stats_match_numpy():
@@ -201,6 +328,42 @@ def test_kid_near_zero_for_one_distribution_positive_for_two():
     assert abs(same) < 3 * same_std + 1e-3
     assert other > 20 * max(abs(same), same_std)
     assert kid(a, c, num_subsets=5, subset_size=100, seed=1) == kid(a, c, num_subsets=5, subset_size=100, seed=1)
+
+
+def kid_as_written(x: np.ndarray, y: np.ndarray, num_subsets: int, m: int, seed: int) -> tuple[float, float]:
+    """The estimator as the module docstring writes it (the kernel by pow, the diagonal by trace),
+    on the subsets kid draws: x's then y's indices from one seeded generator."""
+    rng, values = np.random.default_rng(seed), []
+    for _ in range(num_subsets):
+        a, b = x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)]
+        k_xx, k_yy, k_xy = [(p @ q.T / x.shape[1] + 1) ** 3 for p, q in ((a, a), (b, b), (a, b))]
+        within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+        values.append(within - 2 * k_xy.sum() / m ** 2)
+    return float(np.mean(values)), float(np.std(values))
+
+
+def test_kid_same_numbers_as_the_formula():
+    rng = np.random.default_rng(13)
+    x, y = np.abs(rng.normal(size=(500, 64))), np.abs(rng.normal(size=(400, 64))) + 0.05
+    expected = kid_as_written(x, y, 8, 150, seed=3)
+    assert kid(x, y, num_subsets=8, subset_size=150, seed=3, device="cpu") == pytest.approx(expected, rel=1e-12)
+
+
+def test_mmd_torch_tensors_same_numbers_as_numpy():
+    # kid's GPU path computes mmd2_unbiased on tensors: the same code, here on the CPU
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(120, 48)), rng.normal(size=(90, 48)) + 0.2
+    value = eval_fid.mmd2_unbiased(torch.from_numpy(x), torch.from_numpy(y))
+    assert isinstance(value, torch.Tensor) and value.dtype == torch.float64
+    assert float(value) == pytest.approx(eval_fid.mmd2_unbiased(x, y), rel=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_kid_on_the_gpu_equals_the_cpu():
+    rng = np.random.default_rng(15)
+    x, y = np.abs(rng.normal(size=(600, 256))), np.abs(rng.normal(size=(500, 256))) + 0.05
+    on_gpu, on_cpu = (kid(x, y, num_subsets=10, subset_size=300, device=device) for device in ("cuda", "cpu"))
+    assert on_gpu == pytest.approx(on_cpu, rel=1e-11)
 
 
 # ---------------------------------------------------------------- Inception
