@@ -192,28 +192,36 @@ def milestones(config: experiment.Config) -> list[int]:
 
 
 def plan(config: experiment.Config, args: argparse.Namespace, runs: list[tuple[Method, int]]) -> list[str]:
-    """Before training: which runs are cached, partly trained or new, and a time estimate."""
-    lines, new_steps = [], 0
+    """Before training: which runs are cached, partly trained or new, and a time estimate from
+    training steps timed as they will run (the threads already set as train.py sets them)."""
+    lines, new_steps, first = [], 0, None
     for method, seed in runs:
         run_dir = args.out / "train" / f"{method.slug}_seed{seed}"
         done = [s for s in milestones(config) if (run_dir / f"ckpt_{s:07d}.pt").is_file()]
         state = "cached" if len(done) == config.checkpoints else f"trained to step {max(done)}" if done else "new"
         new_steps += config.steps - max(done, default=0)
+        first = first or (method if state != "cached" else None)
         lines.append(f"  {method.slug}_seed{seed}: {state}")
     if new_steps:
-        rate = experiment.images_per_second(config, args)
-        lines.append(f"  to train: {new_steps} steps x batch {config.batch_size}, about "
-                     f"{new_steps * config.batch_size / rate / 60:.1f} min at {rate:.0f} img/s "
-                     "(3 timed network steps; the prior's fit and the measuring come on top)")
+        targs = argparse.Namespace(**{**vars(args), "seed": args.seeds[0]})
+        seconds = experiment.training_step_seconds(config, targs, {**first.training(), **data_limits(args)})
+        lines.append(f"  to train: {new_steps} steps x batch {config.batch_size}, "
+                     + experiment.time_estimate(seconds, config.batch_size, new_steps, args.threads)
+                     + "; the priors' fits, the classifier, the reference and the measuring come on top")
     return lines
+
+
+def data_limits(args: argparse.Namespace) -> dict:
+    """The train.Config fields of the data flags that are set (--cond, --max-images)."""
+    return {key: getattr(args, key) for key in ("cond", "max_images") if getattr(args, key) is not None}
 
 
 def train_runs(config: experiment.Config, args: argparse.Namespace, methods: list[Method], results: Results
                ) -> dict[tuple[str, int], dict[int, Path]]:
     """Every (training slug, seed) once: {(slug, seed): {step: checkpoint}}; the wall time of a
-    run that trained anything is kept in results.json as time/train/SLUG_seedS."""
+    run that trained anything is kept in results.json as time/train/SLUG_seedS, with its threads."""
     runs: dict[tuple[str, int], dict[int, Path]] = {}
-    limit = {key: getattr(args, key) for key in ("cond", "max_images") if getattr(args, key) is not None}
+    limit = data_limits(args)
     for method in methods:
         for seed in args.seeds:
             if (method.slug, seed) in runs:
@@ -223,9 +231,10 @@ def train_runs(config: experiment.Config, args: argparse.Namespace, methods: lis
             targs = argparse.Namespace(**{**vars(args), "out": args.out / "train", "seed": seed})
             begin = time.perf_counter()
             runs[(method.slug, seed)] = experiment.train_method(config, targs, name, {**method.training(), **limit})
-            if not before:
+            if not before:  # with what it ran on: the report's header says what training used
                 previous = results.points.get(f"time/train/{name}", {}).get("seconds", 0.0)
-                results.put(f"time/train/{name}", {"seconds": previous + time.perf_counter() - begin})
+                results.put(f"time/train/{name}", {"seconds": previous + time.perf_counter() - begin,
+                                                   "ran_on": args.threads or checks.describe_device(args.device)})
     return runs
 
 
@@ -233,22 +242,30 @@ def train_runs(config: experiment.Config, args: argparse.Namespace, methods: lis
 
 def measure(ev: Evaluator, args: argparse.Namespace, methods: list[Method],
             runs: dict[tuple[str, int], dict[int, Path]], results: Results) -> None:
-    """Every NFE at the final checkpoint, --step-nfe at every measured step, the transport cost
-    and the straightness of each run; grids (first training seed) at the fewest NFE and --step-nfe."""
+    """The floor (real held-out images); every NFE at the final checkpoint, --step-nfe at every
+    measured step, the transport cost and the straightness of each run; grids (first training
+    seed) at the fewest NFE and --step-nfe. Each run's time: time/measure/KEY_seedS."""
+    if min(ev.config.n, ev.held_out) > ev.extractor.dim:  # else the floor's covariance is singular
+        timed(results, "measure/floor", lambda: results.get("yardstick/test_images", ev.real_images))
     for method in methods:
         for seed in args.seeds:
-            steps = runs[(method.slug, seed)]
-            final, run = max(steps), f"{method.slug}_seed{seed}"
-            results.get(f"cost/{run}", lambda: {"transport_cost": ev.transport_cost(steps[final])})
-            results.get(f"straight/{run}", lambda: ev.straightness(steps[final]))
-            for step, ckpt in steps.items():
-                for nfe in args.nfes if step == final else [args.step_nfe]:
-                    if not spendable(nfe, args.solver, method.cfg):
-                        continue
-                    grid = (args.out / "grids" / f"{method.key}_seed{seed}_nfe{nfe}.png"
-                            if step == final and seed == args.seeds[0] and nfe in grid_nfes(args) else None)
-                    results.get(point_key(method, seed, step, args.solver, nfe),
-                                lambda: ev.point(ckpt, args.solver, nfe, method.cfg, grid=grid))
+            timed(results, f"measure/{method.key}_seed{seed}", lambda: measure_run(ev, args, method, seed,
+                                                                                    runs[(method.slug, seed)], results))
+
+
+def measure_run(ev: Evaluator, args: argparse.Namespace, method: Method, seed: int, steps: dict[int, Path],
+                results: Results) -> None:
+    final, run = max(steps), f"{method.slug}_seed{seed}"
+    results.get(f"cost/{run}", lambda: {"transport_cost": ev.transport_cost(steps[final])})
+    results.get(f"straight/{run}", lambda: ev.straightness(steps[final]))
+    for step, ckpt in steps.items():
+        for nfe in args.nfes if step == final else [args.step_nfe]:
+            if not spendable(nfe, args.solver, method.cfg):
+                continue
+            grid = (args.out / "grids" / f"{method.key}_seed{seed}_nfe{nfe}.png"
+                    if step == final and seed == args.seeds[0] and nfe in grid_nfes(args) else None)
+            results.get(point_key(method, seed, step, args.solver, nfe),
+                        lambda: ev.point(ckpt, args.solver, nfe, method.cfg, grid=grid))
 
 
 def spendable(nfe: int, solver: str, cfg: float) -> bool:
@@ -264,7 +281,54 @@ def grid_nfes(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def point_key(method: Method, seed: int, step: int, solver: str, nfe: int) -> str:
+    """A point's key within its measurement (measurement_key): what was sampled, and how."""
     return f"point/{method.key}_seed{seed}/step{step}/{solver}/{nfe}"
+
+
+REFERENCE = ("dataset", "features", "clf_steps", "clf_width", "ref_images")  # what OUT/clf.pt and ref_*.npz are
+
+
+def measurement(args: argparse.Namespace, config: experiment.Config) -> dict:
+    """Everything a measured point depends on beyond point_key's method, seed, step, solver and
+    NFE: the samples per point, the starting noise, the straightness samples, and the reference.
+    Points measured otherwise are kept apart in results.json (measurement_key), so a change here
+    measures again over the cached training runs. A new measurement setting is one entry here
+    (and its value for the points of files that predate it, in legacy_measurement)."""
+    return {"n": config.n, "sample_seed": args.sample_seed, "straight_n": config.straight_n,
+            "dataset": args.dataset, "features": config.features, "clf_steps": config.clf_steps,
+            "clf_width": config.clf_width, "ref_images": config.ref_images}
+
+
+def measurement_key(measured: dict) -> str:
+    """Where results.json keeps the points of one measurement: measured/n=1000,sample_seed=0,.../KEY."""
+    return experiment.MEASURED + ",".join(f"{key}={measured[key]}" for key in sorted(measured))
+
+
+LEGACY_DEFAULTS: dict = {}  # a measurement setting added later: its value for points measured before it
+
+
+def legacy_measurement(stored: dict) -> dict | None:
+    """A results.json of an earlier version (before 2026-12-08) kept one measurement's points
+    unscoped, its settings in "config"; None for a newer file."""
+    return dict(stored["config"]) if isinstance(stored.get("config"), dict) else None
+
+
+def check_reference(args: argparse.Namespace, config: experiment.Config, shared: Results) -> None:
+    """The classifier and the reference statistics in --out are made once: another --features,
+    --clf-steps, --clf-width, --ref-images or --dataset is refused while they exist (before any
+    training), naming the flag and the way out."""
+    wanted = {key: measurement(args, config)[key] for key in REFERENCE}
+    made = shared.points.get("reference") or {k: v for k, v in (legacy_measurement(shared.points) or {}).items()
+                                              if k in REFERENCE}
+    files = [p.name for p in [args.out / "clf.pt", *sorted(args.out.glob("ref_*.npz"))] if p.is_file()]
+    changed = [f"--{k.replace('_', '-')} {made[k]} there, {wanted[k]} here" for k in REFERENCE
+               if k in made and made[k] != wanted[k]]
+    if files and changed:
+        if "dataset" in made and made["dataset"] != wanted["dataset"]:
+            raise ValueError(f"{args.out} holds runs of --dataset {made['dataset']}: use another --out")
+        raise ValueError(f"{args.out}: {', '.join(files)} were made for other settings ({'; '.join(changed)}): "
+                         f"pass the same flags, or delete {' and '.join(files)} to make them again (the training "
+                         "runs and the points measured are kept)")
 
 
 # ----------------------------------------------------------------------------- main
@@ -293,7 +357,7 @@ def build_parser() -> checks.Parser:
     arg("--nfe", default="1,2,4,8,16", help="comma-separated NFE budgets")
     arg("--step-nfe", type=int, default=None, help="the NFE of FD against steps (default: 8 or the largest below)")
     arg("--solver", default="euler", choices=sorted(sample.SOLVERS))
-    arg("--sample-seed", type=int, default=0, help="seed of the per-image starting noise (the same for all)")
+    arg("--sample-seed", type=checks.seed_int, default=0, help="seed of the per-image starting noise (the same for all)")
     arg("--features", default="auto", choices=["auto", "inception", "clf"])
     arg("--clf-steps", type=int, default=300, help="training steps of the offline classifier (features clf)")
     arg("--clf-width", type=int, default=32)
@@ -328,7 +392,7 @@ def setup(argv: list[str], base: experiment.Config | None = None
         raise ValueError(f"--baseline {args.baseline} is not one of --priors ({', '.join(labels)})")
     args.seeds, args.nfes = int_list(args.seeds, "--seeds"), sorted(int_list(args.nfe, "--nfe"))
     checks.check_at_least(min(args.nfes), 1, "--nfe")
-    for flag in ("steps", "batch_size", "checkpoints", "n", "straight_n"):
+    for flag in ("steps", "batch_size", "checkpoints", "n", "straight_n", "clf_steps", "clf_width", "ref_images"):
         checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
     if args.checkpoints > args.steps:
         raise ValueError(f"--checkpoints {args.checkpoints} is more than --steps {args.steps}")
@@ -345,8 +409,32 @@ def setup(argv: list[str], base: experiment.Config | None = None
                   ref_images=args.ref_images, image_size=args.image_size)
     config = dataclasses.replace(base, **fields) if base else experiment.Config(**fields)
     args.out = Path(args.out or ROOT / "runs" / f"compare_{args.dataset}")
-    data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now, with its message
+    check_measurable(args, config)
     return args, config, methods
+
+
+def check_measurable(args: argparse.Namespace, config: experiment.Config) -> None:
+    """What the measuring needs, checked before any training: the dataset, enough samples per
+    point and reference images for a covariance of full rank (n > the feature dimension), enough
+    held-out condition vectors; a --ref-images beyond the dataset is said, not silently cut."""
+    train_set = data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now
+    features = experiment.resolve_features(config.features)
+    dim = experiment.feature_dim(config.features, config.clf_width)
+    what = f"{dim}-d features ({'Inception' if features == 'inception' else f'the classifier of --clf-width {config.clf_width}'})"
+    if config.n <= dim:
+        raise ValueError(f"--n {config.n} samples per point for {what}: the covariance is singular; use --n "
+                         f"{dim + 1} or more" + (" (or --features clf)" if features == "inception" else ""))
+    if min(config.ref_images, len(train_set)) <= dim:
+        raise ValueError(f"the reference needs more than {dim} images for {what}; --ref-images {config.ref_images} "
+                         f"of {len(train_set)} training images are too few")
+    if config.ref_images > len(train_set):
+        print(f"warning: --ref-images {config.ref_images} but the {args.dataset} training split has "
+              f"{len(train_set)} images: the reference uses {len(train_set)}")
+    if args.cond == "attributes" or train_set.cond_dim:  # one held-out condition vector per sample
+        options = experiment.dataset_options(config, args) | ({"cond": args.cond} if args.cond else {})
+        held_out = len(data.load_dataset(args.dataset, args.data_dir, "test", **options))
+        if config.n > held_out:
+            raise ValueError(f"--n {config.n}: the held-out split has {held_out} condition vectors; use at most that")
 
 
 @dataclasses.dataclass
@@ -369,29 +457,32 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     """Check everything, train what is missing, measure what is missing, write the report (base:
     as in setup)."""
     args, config, methods = setup(argv, base)
+    args.threads = checks.set_cpu_threads(checks.resolve_device(args.device))  # as train.py will: the estimate too
     budget = budget_of(config, args)
     runs = [(m, seed) for m in {m.slug: m for m in methods}.values() for seed in args.seeds]
     for method, seed in runs:  # every folder checked before any training
         run_dir = args.out / "train" / f"{method.slug}_seed{seed}"
         if (run_dir / "method.json").is_file():
             claim_run(run_dir, method_json(method, seed, budget))
+    shared = Results(args.out / "results.json")  # training times, the reference's settings
+    check_reference(args, config, shared)
     print("Training runs:", *plan(config, args, runs), sep="\n")
     for method, seed in runs:
         claim_run(args.out / "train" / f"{method.slug}_seed{seed}", method_json(method, seed, budget))
-    results = Results(args.out / "results.json")
-    measured = json.loads(json.dumps({"n": config.n, "sample_seed": args.sample_seed, "features": config.features,
-                                      "clf_steps": config.clf_steps, "clf_width": config.clf_width,
-                                      "ref_images": config.ref_images, "straight_n": config.straight_n,
-                                      "dataset": args.dataset}))
-    if results.get("config", lambda: measured) != measured:
-        changed = sorted(k for k in measured if results.points["config"].get(k) != measured[k])
-        raise ValueError(f"{args.out / 'results.json'} holds points measured otherwise ({', '.join(changed)} "
-                         "differ): use another --out")
-    trained = train_runs(config, args, methods, results)
+    trained = train_runs(config, args, methods, shared)
     ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
-    timed(results, "measure", lambda: measure(ev, args, methods, trained, results))
-    lines, terminal = report(args, config, methods, ev.metric, results.points, milestones(config), point_key,
-                             grid_nfes(args))
+    for part, seconds in ev.built.items():
+        shared.put(f"time/{part}", {"seconds": seconds})
+    measured = measurement(args, config)
+    if ev.built or "reference" not in shared.points:
+        shared.put("reference", {key: measured[key] for key in REFERENCE})
+    legacy = legacy_measurement(shared.points)
+    scope = measurement_key(measured)
+    results = Results(args.out / "results.json", scope,
+                      legacy=legacy is not None and measurement_key({**legacy, **LEGACY_DEFAULTS}) == scope)
+    measure(ev, args, methods, trained, results)
+    lines, terminal = report(args, config, methods, ev, results.points, shared.points, milestones(config),
+                             point_key, grid_nfes(args))
     outputs.write_text(args.out / "report.md", "\n".join(lines) + "\n")
     return Comparison(args, config, methods, trained, ev, results, terminal)
 

@@ -309,10 +309,11 @@ class Evaluator:
         features = resolve_features(config.features)
         self.built: dict[str, float] = {}  # seconds of what this process made: "clf", "reference"
         train_set = data.load_dataset(args.dataset, args.data_dir, "train", **dataset_options(config, args))
+        test_set = data.load_dataset(args.dataset, args.data_dir, "test", **dataset_options(config, args))
+        self.held_out = len(test_set)  # the most real images the floor (real_images) can use
         clf = args.out / "clf.pt"
         if features == "clf" and not clf.is_file():
             begin = time.perf_counter()
-            test_set = data.load_dataset(args.dataset, args.data_dir, "test", **dataset_options(config, args))
             classifier.fit_and_save(clf, train_set, test_set, config.clf_steps, 128, 2e-3, config.clf_width,
                                     args.seed, self.device, min(10_000, config.ref_images))
             self.built["clf"] = time.perf_counter() - begin
