@@ -22,15 +22,18 @@ SLUG is the prior name, each option sorted by key as -KEYVALUE, then -coupling_N
 -null_source_NAME when not the default: kmeans:k=16 -> kmeans-k16, gaussian:coupling=ot ->
 gaussian-coupling_ot. A folder whose method.json differs from this run's is refused (another
 --out). Every measured point lands in OUT/results.json (experiment.Results), so measuring
-continues too. Runs with other --priors may share one --out at the same time (one per core or
+continues too, under the settings it was measured with (measurement_key: --n, --sample-seed,
+...; point_key: the solver and NFE): another --n measures the cached runs again, the old points
+kept apart. Runs with other --priors may share one --out at the same time (one per core or
 GPU): each adds its points to results.json, and train.py's folder lock refuses one run twice.
 
 Measured, per method, training seed and NFE at the final checkpoint: FD (FID with the Inception
 weights when found, else FD-clf, the features of an offline classifier trained in OUT/clf.pt),
 KID, conditional accuracy (attribute errors for vector conditions), the training coupling's
 transport cost and the path straightness (experiment.path_straightness); FD at --step-nfe at
-every measured training step. Then over the training seeds: the mean, the spread (sample std,
-ddof 1) and min/max, and the verdicts against --baseline (compare_report.py: `verdict` and `step_verdict`).
+every measured training step; the floor (real held-out images). Then over the training seeds:
+the mean, the spread (sample std, ddof 1), min/max and the verdicts against --baseline
+(compare_report.py). Every flag the measuring needs is checked before any training.
 
 Writes OUT/report.md, OUT/results.csv (one row per method x seed x step x NFE), OUT/fd_vs_nfe.png,
 OUT/fd_vs_step.png and sample grids in OUT/grids/ (KEY_seedS_nfeN.png, of the first training seed).
@@ -159,34 +162,6 @@ def method_json(method: Method, seed: int, budget: dict) -> str:
     return json.dumps(record, indent=1, sort_keys=True)
 
 
-def claim_run(run_dir: Path, record: str) -> bool:
-    """Write method.json in a new folder; an existing one must say the same. Returns whether the
-    folder was trained before (its method.json existed)."""
-    found = run_dir / "method.json"
-    if not found.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        outputs.write_text(found, record)
-        return False
-    if found.read_text() != record:
-        old, new = json.loads(found.read_text()), json.loads(record)
-        flat_old, flat_new = flatten(old), flatten(new)
-        changed = [f"{k} {flat_old.get(k)} there, {flat_new.get(k)} here" for k in sorted({*flat_old, *flat_new})
-                   if flat_old.get(k) != flat_new.get(k)]
-        raise ValueError(f"{run_dir} was trained for another configuration ({'; '.join(changed)}): "
-                         "use another --out")
-    return True
-
-
-def flatten(record: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict) and value:
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def milestones(config: experiment.Config) -> list[int]:
     return [round(config.steps * (k + 1) / config.checkpoints) for k in range(config.checkpoints)]
 
@@ -304,13 +279,11 @@ def measurement_key(measured: dict) -> str:
     return experiment.MEASURED + ",".join(f"{key}={measured[key]}" for key in sorted(measured))
 
 
-LEGACY_DEFAULTS: dict = {}  # a measurement setting added later: its value for points measured before it
-
-
 def legacy_measurement(stored: dict) -> dict | None:
     """A results.json of an earlier version (before 2026-12-08) kept one measurement's points
-    unscoped, its settings in "config"; None for a newer file."""
-    return dict(stored["config"]) if isinstance(stored.get("config"), dict) else None
+    unscoped, its settings in "config"; None for a newer file. A setting added to measurement()
+    since: its value for those points goes here."""
+    return {**stored["config"]} if isinstance(stored.get("config"), dict) else None
 
 
 def check_reference(args: argparse.Namespace, config: experiment.Config, shared: Results) -> None:
@@ -323,9 +296,9 @@ def check_reference(args: argparse.Namespace, config: experiment.Config, shared:
     files = [p.name for p in [args.out / "clf.pt", *sorted(args.out.glob("ref_*.npz"))] if p.is_file()]
     changed = [f"--{k.replace('_', '-')} {made[k]} there, {wanted[k]} here" for k in REFERENCE
                if k in made and made[k] != wanted[k]]
+    if made.get("dataset", args.dataset) != args.dataset:  # method.json does not say: the runs are of it too
+        raise ValueError(f"{args.out} holds runs of --dataset {made['dataset']}: use another --out")
     if files and changed:
-        if "dataset" in made and made["dataset"] != wanted["dataset"]:
-            raise ValueError(f"{args.out} holds runs of --dataset {made['dataset']}: use another --out")
         raise ValueError(f"{args.out}: {', '.join(files)} were made for other settings ({'; '.join(changed)}): "
                          f"pass the same flags, or delete {' and '.join(files)} to make them again (the training "
                          "runs and the points measured are kept)")
@@ -409,32 +382,8 @@ def setup(argv: list[str], base: experiment.Config | None = None
                   ref_images=args.ref_images, image_size=args.image_size)
     config = dataclasses.replace(base, **fields) if base else experiment.Config(**fields)
     args.out = Path(args.out or ROOT / "runs" / f"compare_{args.dataset}")
-    check_measurable(args, config)
+    experiment.check_measurable(config, args)
     return args, config, methods
-
-
-def check_measurable(args: argparse.Namespace, config: experiment.Config) -> None:
-    """What the measuring needs, checked before any training: the dataset, enough samples per
-    point and reference images for a covariance of full rank (n > the feature dimension), enough
-    held-out condition vectors; a --ref-images beyond the dataset is said, not silently cut."""
-    train_set = data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now
-    features = experiment.resolve_features(config.features)
-    dim = experiment.feature_dim(config.features, config.clf_width)
-    what = f"{dim}-d features ({'Inception' if features == 'inception' else f'the classifier of --clf-width {config.clf_width}'})"
-    if config.n <= dim:
-        raise ValueError(f"--n {config.n} samples per point for {what}: the covariance is singular; use --n "
-                         f"{dim + 1} or more" + (" (or --features clf)" if features == "inception" else ""))
-    if min(config.ref_images, len(train_set)) <= dim:
-        raise ValueError(f"the reference needs more than {dim} images for {what}; --ref-images {config.ref_images} "
-                         f"of {len(train_set)} training images are too few")
-    if config.ref_images > len(train_set):
-        print(f"warning: --ref-images {config.ref_images} but the {args.dataset} training split has "
-              f"{len(train_set)} images: the reference uses {len(train_set)}")
-    if args.cond == "attributes" or train_set.cond_dim:  # one held-out condition vector per sample
-        options = experiment.dataset_options(config, args) | ({"cond": args.cond} if args.cond else {})
-        held_out = len(data.load_dataset(args.dataset, args.data_dir, "test", **options))
-        if config.n > held_out:
-            raise ValueError(f"--n {config.n}: the held-out split has {held_out} condition vectors; use at most that")
 
 
 @dataclasses.dataclass
@@ -463,12 +412,12 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     for method, seed in runs:  # every folder checked before any training
         run_dir = args.out / "train" / f"{method.slug}_seed{seed}"
         if (run_dir / "method.json").is_file():
-            claim_run(run_dir, method_json(method, seed, budget))
+            experiment.claim_run(run_dir, method_json(method, seed, budget))
     shared = Results(args.out / "results.json")  # training times, the reference's settings
     check_reference(args, config, shared)
     print("Training runs:", *plan(config, args, runs), sep="\n")
     for method, seed in runs:
-        claim_run(args.out / "train" / f"{method.slug}_seed{seed}", method_json(method, seed, budget))
+        experiment.claim_run(args.out / "train" / f"{method.slug}_seed{seed}", method_json(method, seed, budget))
     trained = train_runs(config, args, methods, shared)
     ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
     for part, seconds in ev.built.items():
@@ -479,7 +428,7 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     legacy = legacy_measurement(shared.points)
     scope = measurement_key(measured)
     results = Results(args.out / "results.json", scope,
-                      legacy=legacy is not None and measurement_key({**legacy, **LEGACY_DEFAULTS}) == scope)
+                      legacy=legacy is not None and measurement_key(legacy) == scope)
     measure(ev, args, methods, trained, results)
     lines, terminal = report(args, config, methods, ev, results.points, shared.points, milestones(config),
                              point_key, grid_nfes(args))

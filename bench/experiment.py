@@ -193,6 +193,34 @@ def train_config(config: Config, args: argparse.Namespace, run_dir: Path, steps:
                         compile=args.compile, **method)
 
 
+def claim_run(run_dir: Path, record: str) -> bool:
+    """Write method.json in a new folder; an existing one must say the same. Returns whether the
+    folder was trained before (its method.json existed)."""
+    found = run_dir / "method.json"
+    if not found.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        outputs.write_text(found, record)
+        return False
+    if found.read_text() != record:
+        old, new = json.loads(found.read_text()), json.loads(record)
+        flat_old, flat_new = flatten(old), flatten(new)
+        changed = [f"{k} {flat_old.get(k)} there, {flat_new.get(k)} here" for k in sorted({*flat_old, *flat_new})
+                   if flat_old.get(k) != flat_new.get(k)]
+        raise ValueError(f"{run_dir} was trained for another configuration ({'; '.join(changed)}): "
+                         "use another --out")
+    return True
+
+
+def flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def train_method(config: Config, args: argparse.Namespace, slug: str, method: dict) -> dict[int, Path]:
     """Train one method in segments ending at the measured steps; returns {step: checkpoint}.
     The learning rate is constant after warm-up and a resumed run repeats the uninterrupted one
@@ -300,6 +328,30 @@ def time_estimate(seconds: list[float], batch_size: int, steps: int, threads: st
 
 
 # ----------------------------------------------------------------------------- measuring
+
+def check_measurable(config: Config, args: argparse.Namespace) -> None:
+    """What the measuring needs, checked before any training: the dataset, enough samples per
+    point and reference images for a covariance of full rank (n > the feature dimension), enough
+    held-out condition vectors; a --ref-images beyond the dataset is said, not silently cut."""
+    train_set = data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now
+    features = resolve_features(config.features)
+    dim = feature_dim(config.features, config.clf_width)
+    what = f"{dim}-d features ({'Inception' if features == 'inception' else f'the classifier of --clf-width {config.clf_width}'})"
+    if config.n <= dim:
+        raise ValueError(f"--n {config.n} samples per point for {what}: the covariance is singular; use --n "
+                         f"{dim + 1} or more" + (" (or --features clf)" if features == "inception" else ""))
+    if min(config.ref_images, len(train_set)) <= dim:
+        raise ValueError(f"the reference needs more than {dim} images for {what}; --ref-images {config.ref_images} "
+                         f"of {len(train_set)} training images are too few")
+    if config.ref_images > len(train_set):
+        print(f"warning: --ref-images {config.ref_images} but the {args.dataset} training split has "
+              f"{len(train_set)} images: the reference uses {len(train_set)}")
+    if args.cond == "attributes" or train_set.cond_dim:  # one held-out condition vector per sample
+        options = dataset_options(config, args) | ({"cond": args.cond} if args.cond else {})
+        held_out = len(data.load_dataset(args.dataset, args.data_dir, "test", **options))
+        if config.n > held_out:
+            raise ValueError(f"--n {config.n}: the held-out split has {held_out} condition vectors; use at most that")
+
 
 class Evaluator:
     """The feature network, the reference statistics and a cache of loaded checkpoints."""
