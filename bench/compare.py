@@ -221,7 +221,7 @@ def measure(ev: Evaluator, args: argparse.Namespace, methods: list[Method],
     measured step, the transport cost and the straightness of each run; grids (first training
     seed) at the fewest NFE and --step-nfe. Each run's time: time/measure/KEY_seedS."""
     if min(ev.config.n, ev.held_out) > ev.extractor.dim:  # else the floor's covariance is singular
-        timed(results, "measure/floor", lambda: results.get("yardstick/test_images", ev.real_images))
+        timed(results, "measure/floor", lambda: results.get("floor/test_images", ev.real_images))
     for method in methods:
         for seed in args.seeds:
             timed(results, f"measure/{method.key}_seed{seed}", lambda: measure_run(ev, args, method, seed,
@@ -263,20 +263,28 @@ def point_key(method: Method, seed: int, step: int, solver: str, nfe: int) -> st
 REFERENCE = ("dataset", "features", "clf_steps", "clf_width", "ref_images")  # what OUT/clf.pt and ref_*.npz are
 
 
-def measurement(args: argparse.Namespace, config: experiment.Config) -> dict:
+def measurement(config: experiment.Config, sample_seed: int) -> dict:
     """Everything a measured point depends on beyond point_key's method, seed, step, solver and
     NFE: the samples per point, the starting noise, the straightness samples, and the reference.
     Points measured otherwise are kept apart in results.json (measurement_key), so a change here
     measures again over the cached training runs. A new measurement setting is one entry here
     (and its value for the points of files that predate it, in legacy_measurement)."""
-    return {"n": config.n, "sample_seed": args.sample_seed, "straight_n": config.straight_n,
-            "dataset": args.dataset, "features": config.features, "clf_steps": config.clf_steps,
+    return {"n": config.n, "sample_seed": sample_seed, "straight_n": config.straight_n,
+            "dataset": config.dataset, "features": config.features, "clf_steps": config.clf_steps,
             "clf_width": config.clf_width, "ref_images": config.ref_images}
 
 
 def measurement_key(measured: dict) -> str:
     """Where results.json keeps the points of one measurement: measured/n=1000,sample_seed=0,.../KEY."""
     return experiment.MEASURED + ",".join(f"{key}={measured[key]}" for key in sorted(measured))
+
+
+def measured_points(out: Path, config: experiment.Config, sample_seed: int = 0) -> dict:
+    """The points results.json in `out` holds for this budget's measurement (as compare.run sees them)."""
+    stored = Results(out / "results.json").points
+    scope = measurement_key(measurement(config, sample_seed))
+    legacy = legacy_measurement(stored)
+    return Results(out / "results.json", scope, legacy is not None and measurement_key(legacy) == scope).points
 
 
 def legacy_measurement(stored: dict) -> dict | None:
@@ -290,7 +298,7 @@ def check_reference(args: argparse.Namespace, config: experiment.Config, shared:
     """The classifier and the reference statistics in --out are made once: another --features,
     --clf-steps, --clf-width, --ref-images or --dataset is refused while they exist (before any
     training), naming the flag and the way out."""
-    wanted = {key: measurement(args, config)[key] for key in REFERENCE}
+    wanted = {key: measurement(config, args.sample_seed)[key] for key in REFERENCE}
     made = shared.points.get("reference") or {k: v for k, v in (legacy_measurement(shared.points) or {}).items()
                                               if k in REFERENCE}
     files = [p.name for p in [args.out / "clf.pt", *sorted(args.out.glob("ref_*.npz"))] if p.is_file()]
@@ -422,13 +430,12 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
     for part, seconds in ev.built.items():
         shared.put(f"time/{part}", {"seconds": seconds})
-    measured = measurement(args, config)
+    measured = measurement(config, args.sample_seed)
     if ev.built or "reference" not in shared.points:
         shared.put("reference", {key: measured[key] for key in REFERENCE})
-    legacy = legacy_measurement(shared.points)
+    legacy = legacy_measurement(shared.points)  # a file of an earlier version: its points are of one measurement
     scope = measurement_key(measured)
-    results = Results(args.out / "results.json", scope,
-                      legacy=legacy is not None and measurement_key(legacy) == scope)
+    results = Results(args.out / "results.json", scope, legacy is not None and measurement_key(legacy) == scope)
     measure(ev, args, methods, trained, results)
     lines, terminal = report(args, config, methods, ev, results.points, shared.points, milestones(config),
                              point_key, grid_nfes(args))

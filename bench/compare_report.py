@@ -151,7 +151,7 @@ def yardsticks(config: experiment.Config, ev, points: dict) -> list[str]:
     if ev.clf_accuracy is not None:
         lines.append(f"- The offline classifier ({config.clf_steps} steps, width {config.clf_width}): held-out "
                      f"accuracy {100 * ev.clf_accuracy:.1f}% (the samples' accuracy is read against it).")
-    real = points.get("yardstick/test_images")
+    real = points.get("floor/test_images")
     if real is not None:
         lines.append(f"- Floor: {real['metric']} of {real['n']} real held-out images against the same reference: "
                      f"{real['value']:.3g} (a perfect generator scores about this at this n, not 0)"

@@ -253,7 +253,7 @@ def test_report_gives_the_numbers_a_reader_compares_with(smoke, tmp_path):
     out, argv, printed = smoke
     report = (out / "report.md").read_text()
     accuracy = torch.load(out / "clf.pt", weights_only=True)["test_accuracy"]
-    floor = measured_points(out, 40)["yardstick/test_images"]
+    floor = measured_points(out, 40)["floor/test_images"]
     assert f"held-out accuracy {100 * accuracy:.1f}%" in report
     assert floor["n"] == 40 and f"against the same reference: {floor['value']:.3g}" in report
     assert "Reference: 200 training images" in report and "the offline classifier" in report.split("## ")[0]
