@@ -334,6 +334,11 @@ def check_measurable(config: Config, args: argparse.Namespace) -> None:
     point and reference images for a covariance of full rank (n > the feature dimension), enough
     held-out condition vectors; a --ref-images beyond the dataset is said, not silently cut."""
     train_set = data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now
+    if config.features == "inception":
+        try:
+            inception.find_inception_weights(None)
+        except FileNotFoundError as err:
+            raise ValueError(f"--features inception: {err}; or leave --features auto (FD-clf without them)") from None
     features = resolve_features(config.features)
     dim = feature_dim(config.features, config.clf_width)
     what = f"{dim}-d features ({'Inception' if features == 'inception' else f'the classifier of --clf-width {config.clf_width}'})"
@@ -349,8 +354,9 @@ def check_measurable(config: Config, args: argparse.Namespace) -> None:
     if args.cond == "attributes" or train_set.cond_dim:  # one held-out condition vector per sample
         options = dataset_options(config, args) | ({"cond": args.cond} if args.cond else {})
         held_out = len(data.load_dataset(args.dataset, args.data_dir, "test", **options))
-        if config.n > held_out:
-            raise ValueError(f"--n {config.n}: the held-out split has {held_out} condition vectors; use at most that")
+        for flag, count in (("--n", config.n), ("--straight-n", config.straight_n)):
+            if count > held_out:
+                raise ValueError(f"{flag} {count}: the held-out split has {held_out} condition vectors; use at most that")
 
 
 class Evaluator:

@@ -174,6 +174,12 @@ def test_what_the_measuring_needs_is_checked_before_training(tmp_path, capsys):
         compare.main([*SMOKE, "--ref-images", "20", "--priors", "gaussian", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match=r"--n 10001: the held-out split has 10000 condition vectors"):
         compare.main([*SMOKE, "--n", "10001", "--cond", "attributes", "--priors", "gaussian", "--out", str(tmp_path)])
+    try:  # without the Inception weights, --features inception fails now, not after the training
+        experiment.inception.find_inception_weights(None)
+    except FileNotFoundError:
+        with pytest.raises(ValueError, match=r"--features inception: no Inception weights file"):
+            compare.main([*SMOKE, "--features", "inception", "--n", "3000", "--priors", "gaussian", "--out",
+                          str(tmp_path)])
     assert not (tmp_path / "train").exists()  # refused before anything is trained
     compare.setup([*SMOKE, "--ref-images", "60000", "--priors", "gaussian", "--out", str(tmp_path)])
     assert "warning: --ref-images 60000 but the shapes training split has 50000 images" in capsys.readouterr().out
