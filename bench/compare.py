@@ -279,12 +279,17 @@ def measurement_key(measured: dict) -> str:
     return experiment.MEASURED + ",".join(f"{key}={measured[key]}" for key in sorted(measured))
 
 
+def measured_results(out: Path, measured: dict) -> Results:
+    """OUT/results.json seen as the points of one measurement (a file of an earlier version: its
+    unscoped points when they were measured so)."""
+    legacy = legacy_measurement(Results(out / "results.json").points)
+    scope = measurement_key(measured)
+    return Results(out / "results.json", scope, legacy is not None and measurement_key(legacy) == scope)
+
+
 def measured_points(out: Path, config: experiment.Config, sample_seed: int = 0) -> dict:
-    """The points results.json in `out` holds for this budget's measurement (as compare.run sees them)."""
-    stored = Results(out / "results.json").points
-    scope = measurement_key(measurement(config, sample_seed))
-    legacy = legacy_measurement(stored)
-    return Results(out / "results.json", scope, legacy is not None and measurement_key(legacy) == scope).points
+    """The points of a budget's measurement in OUT/results.json, as compare.run sees them."""
+    return measured_results(out, measurement(config, sample_seed)).points
 
 
 def legacy_measurement(stored: dict) -> dict | None:
@@ -292,24 +297,6 @@ def legacy_measurement(stored: dict) -> dict | None:
     unscoped, its settings in "config"; None for a newer file. A setting added to measurement()
     since: its value for those points goes here."""
     return {**stored["config"]} if isinstance(stored.get("config"), dict) else None
-
-
-def check_reference(args: argparse.Namespace, config: experiment.Config, shared: Results) -> None:
-    """The classifier and the reference statistics in --out are made once: another --features,
-    --clf-steps, --clf-width, --ref-images or --dataset is refused while they exist (before any
-    training), naming the flag and the way out."""
-    wanted = {key: measurement(config, args.sample_seed)[key] for key in REFERENCE}
-    made = shared.points.get("reference") or {k: v for k, v in (legacy_measurement(shared.points) or {}).items()
-                                              if k in REFERENCE}
-    files = [p.name for p in [args.out / "clf.pt", *sorted(args.out.glob("ref_*.npz"))] if p.is_file()]
-    changed = [f"--{k.replace('_', '-')} {made[k]} there, {wanted[k]} here" for k in REFERENCE
-               if k in made and made[k] != wanted[k]]
-    if made.get("dataset", args.dataset) != args.dataset:  # method.json does not say: the runs are of it too
-        raise ValueError(f"{args.out} holds runs of --dataset {made['dataset']}: use another --out")
-    if files and changed:
-        raise ValueError(f"{args.out}: {', '.join(files)} were made for other settings ({'; '.join(changed)}): "
-                         f"pass the same flags, or delete {' and '.join(files)} to make them again (the training "
-                         "runs and the points measured are kept)")
 
 
 # ----------------------------------------------------------------------------- main
@@ -422,7 +409,9 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
         if (run_dir / "method.json").is_file():
             experiment.claim_run(run_dir, method_json(method, seed, budget))
     shared = Results(args.out / "results.json")  # training times, the reference's settings
-    check_reference(args, config, shared)
+    made = shared.points.get("reference") or legacy_measurement(shared.points) or {}
+    experiment.check_reference(args.out, {key: made[key] for key in REFERENCE if key in made},
+                               {key: measurement(config, args.sample_seed)[key] for key in REFERENCE})
     print("Training runs:", *plan(config, args, runs), sep="\n")
     for method, seed in runs:
         experiment.claim_run(args.out / "train" / f"{method.slug}_seed{seed}", method_json(method, seed, budget))
@@ -433,9 +422,7 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     measured = measurement(config, args.sample_seed)
     if ev.built or "reference" not in shared.points:
         shared.put("reference", {key: measured[key] for key in REFERENCE})
-    legacy = legacy_measurement(shared.points)  # a file of an earlier version: its points are of one measurement
-    scope = measurement_key(measured)
-    results = Results(args.out / "results.json", scope, legacy is not None and measurement_key(legacy) == scope)
+    results = measured_results(args.out, measured)
     measure(ev, args, methods, trained, results)
     lines, terminal = report(args, config, methods, ev, results.points, shared.points, milestones(config),
                              point_key, grid_nfes(args))

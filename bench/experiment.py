@@ -359,6 +359,22 @@ def check_measurable(config: Config, args: argparse.Namespace) -> None:
                 raise ValueError(f"{flag} {count}: the held-out split has {held_out} condition vectors; use at most that")
 
 
+def check_reference(out: Path, made: dict, wanted: dict) -> None:
+    """The classifier and the reference statistics in `out` (clf.pt, ref_*.npz) are made once, for
+    the settings `made` (dataset, features, clf_steps, ...): other settings are refused while they
+    exist, before any training, naming the flags and the way out. Another dataset always is: the
+    training runs beside them were trained on the first (their method.json does not say)."""
+    if made.get("dataset", wanted["dataset"]) != wanted["dataset"]:
+        raise ValueError(f"{out} holds runs of --dataset {made['dataset']}: use another --out")
+    files = [p.name for p in [out / "clf.pt", *sorted(out.glob("ref_*.npz"))] if p.is_file()]
+    changed = [f"--{k.replace('_', '-')} {made[k]} there, {wanted[k]} here" for k in wanted
+               if k in made and made[k] != wanted[k]]
+    if files and changed:
+        raise ValueError(f"{out}: {', '.join(files)} were made for other settings ({'; '.join(changed)}): pass the "
+                         f"same flags, or delete {' and '.join(files)} to make them again (the training runs and "
+                         "the points measured are kept)")
+
+
 class Evaluator:
     """The feature network, the reference statistics and a cache of loaded checkpoints."""
 

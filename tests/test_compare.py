@@ -272,3 +272,17 @@ def test_report_gives_the_numbers_a_reader_compares_with(smoke, tmp_path):
     own = sum(shared[f"time/train/{run}"]["seconds"] for run in ("gaussian_seed0", "class_seed0"))
     wall = [line for line in compare.main(argv).read_text().splitlines() if line.startswith("Wall time")][0]
     assert f"training {own / 60:.1f} min" in wall and "100.0" not in wall
+
+
+def test_another_classifier_is_refused_before_training_and_made_again_once_deleted(smoke, tmp_path, monkeypatch):
+    out, argv = copy_of(smoke, tmp_path)
+    monkeypatch.setattr(experiment.train, "train", refuse)  # the training runs are cached throughout
+    with pytest.raises(ValueError, match=r"clf.pt, ref_clf.npz were made for other settings \(--clf-steps 3 there, "
+                                         r"5 here\): pass the same flags, or delete clf.pt and ref_clf.npz"):
+        compare.main([*argv, "--clf-steps", "5"])
+    with pytest.raises(ValueError, match="holds runs of --dataset mnist: use another --out"):  # files or not
+        experiment.check_reference(tmp_path, {"dataset": "mnist"}, {"dataset": "shapes", "clf_steps": 3})
+    (out / "clf.pt").unlink()
+    (out / "ref_clf.npz").unlink()
+    report = compare.main([*argv, "--clf-steps", "5"]).read_text()
+    assert torch.load(out / "clf.pt", weights_only=True)["steps"] == 5 and "(5 steps, width 4)" in report
