@@ -187,14 +187,16 @@ def test_what_the_measuring_needs_is_checked_before_training(tmp_path, capsys):
 
 def test_another_n_measures_the_cached_runs_again_and_keeps_the_old_points(smoke, tmp_path, monkeypatch):
     out, argv = copy_of(smoke, tmp_path)
-    before = measured_points(out, 40)
+    before = (out / "results.json").read_text()
     monkeypatch.setattr(experiment.train, "train", refuse)  # the training runs are cached
     names = []
     monkeypatch.setattr(experiment.samplefiles, "save_grid", lambda *args, **kwargs: names.append(args[3]))
     report = compare.main([*argv, "--n", "45"]).read_text()
     after = measured_points(out, 45)
     key = compare.point_key(compare.parse_method("class"), 0, 4, "euler", 2)
-    assert before[key]["n"] == 40 and after[key]["n"] == 45 and measured_points(out, 40) == before
+    old = json.loads(before)
+    assert after[key]["n"] == 45 and all(json.loads((out / "results.json").read_text())[k] == v for k, v in old.items())
+    assert measured_points(out, 40)[key]["n"] == 40
     assert "45 samples per point" in report and f"| class | {after[key]['value']:.3g} " in report.replace(
         f"{after[compare.point_key(compare.parse_method('class'), 0, 4, 'euler', 1)]['value']:.3g} | ", "")
     # the grids' rows are named by class (shapes has names); MNIST's names are its ids: "3", not "3 3"
@@ -259,8 +261,8 @@ def test_report_gives_the_numbers_a_reader_compares_with(smoke, tmp_path):
     out, argv, printed = smoke
     report = (out / "report.md").read_text()
     accuracy = torch.load(out / "clf.pt", weights_only=True)["test_accuracy"]
-    floor = measured_points(out, 40)["floor/test_images"]
     assert f"held-out accuracy {100 * accuracy:.1f}%" in report
+    floor = measured_points(out, 40)["floor/test_images"]
     assert floor["n"] == 40 and f"against the same reference: {floor['value']:.3g}" in report
     assert "Reference: 200 training images" in report and "the offline classifier" in report.split("## ")[0]
     # one header line per training run (2 runs of 2 segments each), no "done" line per segment
