@@ -5,7 +5,10 @@ the plots and report.md, from the measured points (results.json) alone.
                   the means over training seeds exceeds the two sample std's added, else within the
                   seed spread; one seed: the difference only
     step_verdict  against training steps: whether the lead changed over the run and its second half
-    report        report.md's lines and the terminal's (the FD table and the verdicts)
+    yardsticks    what the numbers compare with: the reference's size, the classifier's held-out
+                  accuracy, the floor (real held-out images at the same n)
+    wall_time     this run's own training (and the threads it used), classifier, reference, measuring
+    report        report.md's lines and the terminal's (the FD table, the yardsticks, the verdicts)
 """
 from __future__ import annotations
 

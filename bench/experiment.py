@@ -7,8 +7,11 @@ kept, then measured point by point into a cache that a killed run continues from
                     measured steps (a resumed run repeats the uninterrupted one exactly), one header
                     and one bar per run; training_step_seconds and time_estimate: the budget's
                     training steps timed as they will run, for a time estimate with its range
+    claim_run       a training folder's method.json: what it was trained for, a mismatch refused
     Evaluator       the feature network (Inception if its weights are found, else an offline
-                    classifier trained here), the reference statistics, the checkpoints
+                    classifier trained here, its held-out accuracy), the reference statistics (how
+                    many images they hold), the checkpoints, the floor (real_images); before
+                    training, check_measurable and check_reference refuse what could not be measured
     Results         results.json: every measured point, written atomically after each one, the
                     points of each measurement apart (a scope)
     path_straightness, side_by_side, table: measurements and report pieces
