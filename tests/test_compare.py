@@ -138,10 +138,10 @@ def test_two_drivers_in_one_out_keep_each_others_points(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One small comparison (2 methods, 1 seed, 2 checkpoints), trained with one thread set by
+    """One small comparison (1 method, 1 seed, 2 checkpoints), trained with one thread set by
     OMP_NUM_THREADS: (its --out, its argv, what it printed). Tests copy the folder before changing it."""
     out = tmp_path_factory.mktemp("smoke") / "cmp"
-    argv = [*SMOKE, "--priors", "gaussian", "class", "--out", str(out)]
+    argv = [*SMOKE, "--priors", "gaussian", "--out", str(out)]
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setenv("OMP_NUM_THREADS", "1")
@@ -193,12 +193,12 @@ def test_another_n_measures_the_cached_runs_again_and_keeps_the_old_points(smoke
     monkeypatch.setattr(experiment.samplefiles, "save_grid", lambda *args, **kwargs: names.append(args[3]))
     report = compare.main([*argv, "--n", "45"]).read_text()
     after = measured_points(out, 45)
-    key = compare.point_key(compare.parse_method("class"), 0, 4, "euler", 2)
+    key = compare.point_key(compare.parse_method("gaussian"), 0, 4, "euler", 2)
     old = json.loads(before)
     assert after[key]["n"] == 45 and all(json.loads((out / "results.json").read_text())[k] == v for k, v in old.items())
     assert measured_points(out, 40)[key]["n"] == 40
-    assert "45 samples per point" in report and f"| class | {after[key]['value']:.3g} " in report.replace(
-        f"{after[compare.point_key(compare.parse_method('class'), 0, 4, 'euler', 1)]['value']:.3g} | ", "")
+    first = after[compare.point_key(compare.parse_method("gaussian"), 0, 4, "euler", 1)]
+    assert "45 samples per point" in report and f"| gaussian | {first['value']:.3g} | {after[key]['value']:.3g} |" in report
     # the grids' rows are named by class (shapes has names); MNIST's names are its ids: "3", not "3 3"
     assert names and names[0] == {i: f"{i} {name}" for i, name in enumerate(experiment.data.load_dataset(
         "shapes", None, "train").class_names)}
@@ -265,13 +265,13 @@ def test_report_gives_the_numbers_a_reader_compares_with(smoke, tmp_path):
     floor = measured_points(out, 40)["floor/test_images"]
     assert floor["n"] == 40 and f"against the same reference: {floor['value']:.3g}" in report
     assert "Reference: 200 training images" in report and "the offline classifier" in report.split("## ")[0]
-    # one header line per training run (2 runs of 2 segments each), no "done" line per segment
-    assert printed.count("writing to") == 2 and "done: " not in printed
+    # one header line per training run (1 run of 2 segments), no "done" line per segment
+    assert printed.count("writing to") == 1 and "done: " not in printed
     # another process in the same --out trained kmeans for 100 minutes: not this report's time
     copy, argv = copy_of(smoke, tmp_path)
     experiment.Results(copy / "results.json").put("time/train/kmeans-k2_seed0", {"seconds": 6000.0})
     shared = json.loads((copy / "results.json").read_text())
-    own = sum(shared[f"time/train/{run}"]["seconds"] for run in ("gaussian_seed0", "class_seed0"))
+    own = shared["time/train/gaussian_seed0"]["seconds"]
     wall = [line for line in compare.main(argv).read_text().splitlines() if line.startswith("Wall time")][0]
     assert f"training {own / 60:.1f} min" in wall and "100.0" not in wall
 
