@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from plumbing import checks, data, outputs  # noqa: E402
+from plumbing import checks, outputs  # noqa: E402
 from plumbing.config import convert_option, parse_prior_options  # noqa: E402
 import experiment  # noqa: E402
 import flow  # noqa: E402
@@ -325,7 +325,8 @@ def build_parser() -> checks.Parser:
     arg("--nfe", default="1,2,4,8,16", help="comma-separated NFE budgets")
     arg("--step-nfe", type=int, default=None, help="the NFE of FD against steps (default: 8 or the largest below)")
     arg("--solver", default="euler", choices=sorted(sample.SOLVERS))
-    arg("--sample-seed", type=checks.seed_int, default=0, help="seed of the per-image starting noise (the same for all)")
+    arg("--sample-seed", type=checks.seed_int, default=0,
+        help="seed of the per-image starting noise (the same for all)")
     arg("--features", default="auto", choices=["auto", "inception", "clf"])
     arg("--clf-steps", type=int, default=300, help="training steps of the offline classifier (features clf)")
     arg("--clf-width", type=int, default=32)

@@ -138,7 +138,8 @@ def wall_time(args: argparse.Namespace, methods: list, points: dict, shared: dic
                  if k in points]
     parts += [("measuring", sum(measuring))] if measuring else []
     parts += [(k.removeprefix("time/"), v["seconds"]) for k, v in sorted(points.items())  # a preset's own parts
-              if k.startswith("time/") and not k.startswith(("time/train/", "time/measure", "time/clf", "time/reference"))]
+              if k.startswith("time/") and not k.startswith(("time/train/", "time/measure", "time/clf",
+                                                             "time/reference"))]
     ran_on = sorted({t.get("ran_on", "not recorded") for t in train})
     return [f"Wall time: {', '.join(f'{what} {seconds / 60:.1f} min' for what, seconds in parts) or 'nothing yet'}"
             + (f"; training used {' / '.join(ran_on)}" if ran_on else "") + "."]
@@ -148,9 +149,10 @@ def yardsticks(config: experiment.Config, ev, points: dict) -> list[str]:
     """What makes the numbers readable: the reference's real size, the classifier's held-out
     accuracy, and the floor (real held-out images against the same reference, at the same n)."""
     held = ev.ref_images  # None: a reference file that does not say (pytorch-fid's own)
-    lines = [f"- Reference: {'an unknown number of' if held is None else held} training images" + (
-        f" (--ref-images {config.ref_images}: the dataset has no more)" if held is not None and held < config.ref_images else "")
-        + f"; {ev.extractor.dim}-d features."]
+    cut = held is not None and held < config.ref_images
+    lines = [f"- Reference: {'an unknown number of' if held is None else held} training images"
+             + (f" (--ref-images {config.ref_images}: the dataset has no more)" if cut else "")
+             + f"; {ev.extractor.dim}-d features."]
     if ev.clf_accuracy is not None:
         lines.append(f"- The offline classifier ({config.clf_steps} steps, width {config.clf_width}): held-out "
                      f"accuracy {100 * ev.clf_accuracy:.1f}% (the samples' accuracy is read against it).")
@@ -198,7 +200,8 @@ def report(args: argparse.Namespace, config: experiment.Config, methods: list, e
     vector = any(r.get("colour_error") is not None for r in rows)
     quality = ATTRIBUTES if vector else ("accuracy",)
     lines = [f"# Prior comparison: `{args.command}`", "",
-             f"{time.strftime('%Y-%m-%d %H:%M')}, measured on {checks.describe_device(checks.resolve_device(args.device))}, "
+             f"{time.strftime('%Y-%m-%d %H:%M')}, measured on "
+             f"{checks.describe_device(checks.resolve_device(args.device))}, "
              f"torch {torch.__version__}. Dataset {args.dataset}; preset {config.preset}, {config.steps} steps at "
              f"batch {config.batch_size}, lr {config.lr:g} (warm-up {config.warmup}), EMA {config.ema}, label dropout "
              f"{config.label_dropout}, the same for every method; training seeds {args.seeds}. {config.n} samples per "

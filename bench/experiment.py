@@ -344,7 +344,8 @@ def check_measurable(config: Config, args: argparse.Namespace) -> None:
             raise ValueError(f"--features inception: {err}; or leave --features auto (FD-clf without them)") from None
     features = resolve_features(config.features)
     dim = feature_dim(config.features, config.clf_width)
-    what = f"{dim}-d features ({'Inception' if features == 'inception' else f'the classifier of --clf-width {config.clf_width}'})"
+    network = "Inception" if features == "inception" else f"the classifier of --clf-width {config.clf_width}"
+    what = f"{dim}-d features ({network})"
     if config.n <= dim:
         raise ValueError(f"--n {config.n} samples per point for {what}: the covariance is singular; use --n "
                          f"{dim + 1} or more" + (" (or --features clf)" if features == "inception" else ""))
@@ -359,7 +360,8 @@ def check_measurable(config: Config, args: argparse.Namespace) -> None:
         held_out = len(data.load_dataset(args.dataset, args.data_dir, "test", **options))
         for flag, count in (("--n", config.n), ("--straight-n", config.straight_n)):
             if count > held_out:
-                raise ValueError(f"{flag} {count}: the held-out split has {held_out} condition vectors; use at most that")
+                raise ValueError(f"{flag} {count}: the held-out split has {held_out} condition vectors; "
+                                 "use at most that")
 
 
 def check_reference(out: Path, made: dict, wanted: dict) -> None:

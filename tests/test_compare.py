@@ -198,7 +198,8 @@ def test_another_n_measures_the_cached_runs_again_and_keeps_the_old_points(smoke
     assert after[key]["n"] == 45 and all(json.loads((out / "results.json").read_text())[k] == v for k, v in old.items())
     assert measured_points(out, 40)[key]["n"] == 40
     first = after[compare.point_key(compare.parse_method("gaussian"), 0, 4, "euler", 1)]
-    assert "45 samples per point" in report and f"| gaussian | {first['value']:.3g} | {after[key]['value']:.3g} |" in report
+    assert "45 samples per point" in report
+    assert f"| gaussian | {first['value']:.3g} | {after[key]['value']:.3g} |" in report
     # the grids' rows are named by class (shapes has names); MNIST's names are its ids: "3", not "3 3"
     assert names and names[0] == {i: f"{i} {name}" for i, name in enumerate(experiment.data.load_dataset(
         "shapes", None, "train").class_names)}
