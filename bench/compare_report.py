@@ -140,7 +140,7 @@ def wall_time(args: argparse.Namespace, methods: list, points: dict, shared: dic
     parts += [(k.removeprefix("time/"), v["seconds"]) for k, v in sorted(points.items())  # a preset's own parts
               if k.startswith("time/") and not k.startswith(("time/train/", "time/measure", "time/clf",
                                                              "time/reference"))]
-    ran_on = sorted({t.get("ran_on", "not recorded") for t in train})
+    ran_on = sorted({t.get("ran_on", "threads not recorded (an earlier version)") for t in train})
     return [f"Wall time: {', '.join(f'{what} {seconds / 60:.1f} min' for what, seconds in parts) or 'nothing yet'}"
             + (f"; training used {' / '.join(ran_on)}" if ran_on else "") + "."]
 
