@@ -29,15 +29,18 @@ SLUG is the prior name, each option sorted by key as -KEYVALUE, then -coupling_N
 -null_source_NAME when not the default: kmeans:k=16 -> kmeans-k16, gaussian:coupling=ot ->
 gaussian-coupling_ot. A folder whose method.json differs from this run's is refused (another
 --out). Every measured point lands in OUT/results.json (experiment.Results), so measuring
-continues too. Runs with other --priors may share one --out at the same time (one per core or
+continues too, under the settings it was measured with (measurement_key: --n, --sample-seed,
+...; point_key: the solver and NFE): another --n measures the cached runs again, the old points
+kept apart. Runs with other --priors may share one --out at the same time (one per core or
 GPU): each adds its points to results.json, and train.py's folder lock refuses one run twice.
 
 Measured, per method, training seed and NFE at the final checkpoint: FD (FID with the Inception
 weights when found, else FD-clf, the features of an offline classifier trained in OUT/clf.pt),
 KID, conditional accuracy (attribute errors for vector conditions), the training coupling's
 transport cost and the path straightness (experiment.path_straightness); FD at --step-nfe at
-every measured training step. Then over the training seeds: the mean, the spread (sample std,
-ddof 1) and min/max, and the verdicts against --baseline (compare_report.py: `verdict` and `step_verdict`).
+every measured training step; the floor (real held-out images). Then over the training seeds:
+the mean, the spread (sample std, ddof 1), min/max and the verdicts against --baseline
+(compare_report.py). Every flag the measuring needs is checked before any training.
 
 The report gives each entry's compute (training images seen, pair-generation evaluations), so
 "is reflow from my prior better than from the Gaussian, and than training longer, at equal compute?"
@@ -62,7 +65,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from plumbing import checks, data, outputs  # noqa: E402
+from plumbing import checks, outputs  # noqa: E402
 from plumbing.config import convert_option, parse_prior_options  # noqa: E402
 import experiment  # noqa: E402
 import flow  # noqa: E402
@@ -190,34 +193,6 @@ def method_json(method: Method, seed: int, budget: dict, reflow: experiment.Refl
     return json.dumps(record, indent=1, sort_keys=True)
 
 
-def claim_run(run_dir: Path, record: str) -> bool:
-    """Write method.json in a new folder; an existing one must say the same. Returns whether the
-    folder was trained before (its method.json existed)."""
-    found = run_dir / "method.json"
-    if not found.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        outputs.write_text(found, record)
-        return False
-    if found.read_text() != record:
-        old, new = json.loads(found.read_text()), json.loads(record)
-        flat_old, flat_new = flatten(old), flatten(new)
-        changed = [f"{k} {flat_old.get(k)} there, {flat_new.get(k)} here" for k in sorted({*flat_old, *flat_new})
-                   if flat_old.get(k) != flat_new.get(k)]
-        raise ValueError(f"{run_dir} was trained for another configuration ({'; '.join(changed)}): "
-                         "use another --out")
-    return True
-
-
-def flatten(record: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict) and value:
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def milestones(config: experiment.Config) -> list[int]:
     return [round(config.steps * (k + 1) / config.checkpoints) for k in range(config.checkpoints)]
 
@@ -243,29 +218,37 @@ def compute(method: Method, config: experiment.Config, args: argparse.Namespace)
 
 
 def plan(config: experiment.Config, args: argparse.Namespace, runs: list[tuple[Method, int]]) -> list[str]:
-    """Before training: which runs are cached, partly trained or new, and a time estimate."""
-    lines, new_steps = [], 0
+    """Before training: which runs are cached, partly trained or new, and a time estimate from
+    training steps timed as they will run (the threads already set as train.py sets them)."""
+    lines, new_steps, first = [], 0, None
     for method, seed in runs:
         run_dir = args.out / "train" / f"{method.slug}_seed{seed}"
         wanted = folder_steps(method, config, args)
         done = [s for s in wanted if (run_dir / f"ckpt_{s:07d}.pt").is_file()]
         state = "cached" if len(done) == len(wanted) else f"trained to step {max(done)}" if done else "new"
         new_steps += max(wanted) - max(done, default=config.steps if method.longer else 0)
+        first = first or (method if state != "cached" else None)
         lines.append(f"  {method.slug}_seed{seed}: {state}")
     if new_steps:
-        rate = experiment.images_per_second(config, args)
-        lines.append(f"  to train: {new_steps} steps x batch {config.batch_size}, about "
-                     f"{new_steps * config.batch_size / rate / 60:.1f} min at {rate:.0f} img/s "
-                     "(3 timed network steps; the prior's fit and the measuring come on top)")
+        targs = argparse.Namespace(**{**vars(args), "seed": args.seeds[0]})
+        seconds = experiment.training_step_seconds(config, targs, {**first.training(), **data_limits(args)})
+        lines.append(f"  to train: {new_steps} steps x batch {config.batch_size}, "
+                     + experiment.time_estimate(seconds, config.batch_size, new_steps, args.threads)
+                     + "; the priors' fits, the classifier, the reference and the measuring come on top")
     return lines
+
+
+def data_limits(args: argparse.Namespace) -> dict:
+    """The train.Config fields of the data flags that are set (--cond, --max-images)."""
+    return {key: getattr(args, key) for key in ("cond", "max_images") if getattr(args, key) is not None}
 
 
 def train_runs(config: experiment.Config, args: argparse.Namespace, methods: list[Method], results: Results
                ) -> dict[tuple[str, int], dict[int, Path]]:
     """Every (training slug, seed) once: {(slug, seed): {step: checkpoint}}; the wall time of a
-    run that trained anything is kept in results.json as time/train/SLUG_seedS."""
+    run that trained anything is kept in results.json as time/train/SLUG_seedS, with its threads."""
     runs: dict[tuple[str, int], dict[int, Path]] = {}
-    limit = {key: getattr(args, key) for key in ("cond", "max_images") if getattr(args, key) is not None}
+    limit = data_limits(args)
 
     def trained(method: Method, seed: int) -> dict[int, Path]:
         if (method.slug, seed) in runs:
@@ -291,8 +274,10 @@ def train_runs(config: experiment.Config, args: argparse.Namespace, methods: lis
                                                                 args.reflow, {**method.training(), **limit})
         else:
             runs[(method.slug, seed)] = experiment.train_method(config, targs, name, {**method.training(), **limit})
-        if not before:
-            timed_part(results, f"train/{name}", lambda: None, time.perf_counter() - begin)
+        if not before:  # with what it ran on: the report's header says what training used
+            previous = results.points.get(f"time/train/{name}", {}).get("seconds", 0.0)
+            results.put(f"time/train/{name}", {"seconds": previous + time.perf_counter() - begin,
+                                               "ran_on": args.threads or checks.describe_device(args.device)})
         return runs[(method.slug, seed)]
 
     for method in methods:
@@ -313,22 +298,30 @@ def timed_part(results: Results, part: str, work, seconds: float = 0.0) -> None:
 
 def measure(ev: Evaluator, args: argparse.Namespace, methods: list[Method],
             runs: dict[tuple[str, int], dict[int, Path]], results: Results) -> None:
-    """Every NFE at the final checkpoint, --step-nfe at every measured step, the transport cost
-    and the straightness of each run; grids (first training seed) at the fewest NFE and --step-nfe."""
+    """The floor (real held-out images); every NFE at the final checkpoint, --step-nfe at every
+    measured step, the transport cost and the straightness of each run; grids (first training
+    seed) at the fewest NFE and --step-nfe. Each run's time: time/measure/KEY_seedS."""
+    if min(ev.config.n, ev.held_out) > ev.extractor.dim:  # else the floor's covariance is singular
+        timed(results, "measure/floor", lambda: results.get("floor/test_images", ev.real_images))
     for method in methods:
         for seed in args.seeds:
-            steps = runs[(method.slug, seed)]
-            final, run = max(steps), f"{method.slug}_seed{seed}"
-            results.get(f"cost/{run}", lambda: {"transport_cost": ev.transport_cost(steps[final])})
-            results.get(f"straight/{run}", lambda: ev.straightness(steps[final]))
-            for step, ckpt in steps.items():
-                for nfe in args.nfes if step == final else [args.step_nfe]:
-                    if not spendable(nfe, args.solver, method.cfg):
-                        continue
-                    grid = (args.out / "grids" / f"{method.key}_seed{seed}_nfe{nfe}.png"
-                            if step == final and seed == args.seeds[0] and nfe in grid_nfes(args) else None)
-                    results.get(point_key(method, seed, step, args.solver, nfe),
-                                lambda: ev.point(ckpt, args.solver, nfe, method.cfg, grid=grid))
+            timed(results, f"measure/{method.key}_seed{seed}", lambda: measure_run(ev, args, method, seed,
+                                                                                    runs[(method.slug, seed)], results))
+
+
+def measure_run(ev: Evaluator, args: argparse.Namespace, method: Method, seed: int, steps: dict[int, Path],
+                results: Results) -> None:
+    final, run = max(steps), f"{method.slug}_seed{seed}"
+    results.get(f"cost/{run}", lambda: {"transport_cost": ev.transport_cost(steps[final])})
+    results.get(f"straight/{run}", lambda: ev.straightness(steps[final]))
+    for step, ckpt in steps.items():
+        for nfe in args.nfes if step == final else [args.step_nfe]:
+            if not spendable(nfe, args.solver, method.cfg):
+                continue
+            grid = (args.out / "grids" / f"{method.key}_seed{seed}_nfe{nfe}.png"
+                    if step == final and seed == args.seeds[0] and nfe in grid_nfes(args) else None)
+            results.get(point_key(method, seed, step, args.solver, nfe),
+                        lambda: ev.point(ckpt, args.solver, nfe, method.cfg, grid=grid))
 
 
 def spendable(nfe: int, solver: str, cfg: float) -> bool:
@@ -344,7 +337,47 @@ def grid_nfes(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def point_key(method: Method, seed: int, step: int, solver: str, nfe: int) -> str:
+    """A point's key within its measurement (measurement_key): what was sampled, and how."""
     return f"point/{method.key}_seed{seed}/step{step}/{solver}/{nfe}"
+
+
+REFERENCE = ("dataset", "features", "clf_steps", "clf_width", "ref_images")  # what OUT/clf.pt and ref_*.npz are
+
+
+def measurement(config: experiment.Config, sample_seed: int) -> dict:
+    """Everything a measured point depends on beyond point_key's method, seed, step, solver and
+    NFE: the samples per point, the starting noise, the straightness samples, and the reference.
+    Points measured otherwise are kept apart in results.json (measurement_key), so a change here
+    measures again over the cached training runs. A new measurement setting is one entry here
+    (and its value for the points of files that predate it, in legacy_measurement)."""
+    return {"n": config.n, "sample_seed": sample_seed, "straight_n": config.straight_n,
+            "dataset": config.dataset, "features": config.features, "clf_steps": config.clf_steps,
+            "clf_width": config.clf_width, "ref_images": config.ref_images}
+
+
+def measurement_key(measured: dict) -> str:
+    """Where results.json keeps the points of one measurement: measured/n=1000,sample_seed=0,.../KEY."""
+    return experiment.MEASURED + ",".join(f"{key}={measured[key]}" for key in sorted(measured))
+
+
+def measured_results(out: Path, measured: dict) -> Results:
+    """OUT/results.json seen as the points of one measurement (a file of an earlier version: its
+    unscoped points when they were measured so)."""
+    legacy = legacy_measurement(Results(out / "results.json").points)
+    scope = measurement_key(measured)
+    return Results(out / "results.json", scope, legacy is not None and measurement_key(legacy) == scope)
+
+
+def measured_points(out: Path, config: experiment.Config, sample_seed: int = 0) -> dict:
+    """The points of a budget's measurement in OUT/results.json, as compare.run sees them."""
+    return measured_results(out, measurement(config, sample_seed)).points
+
+
+def legacy_measurement(stored: dict) -> dict | None:
+    """A results.json of an earlier version (before 2026-12-08) kept one measurement's points
+    unscoped, its settings in "config"; None for a newer file. A setting added to measurement()
+    since: its value for those points goes here."""
+    return {**stored["config"]} if isinstance(stored.get("config"), dict) else None
 
 
 # ----------------------------------------------------------------------------- main
@@ -373,7 +406,8 @@ def build_parser() -> checks.Parser:
     arg("--nfe", default="1,2,4,8,16", help="comma-separated NFE budgets")
     arg("--step-nfe", type=int, default=None, help="the NFE of FD against steps (default: 8 or the largest below)")
     arg("--solver", default="euler", choices=sorted(sample.SOLVERS))
-    arg("--sample-seed", type=int, default=0, help="seed of the per-image starting noise (the same for all)")
+    arg("--sample-seed", type=checks.seed_int, default=0,
+        help="seed of the per-image starting noise (the same for all)")
     arg("--features", default="auto", choices=["auto", "inception", "clf"])
     arg("--clf-steps", type=int, default=300, help="training steps of the offline classifier (features clf)")
     arg("--clf-width", type=int, default=32)
@@ -414,7 +448,7 @@ def setup(argv: list[str], base: experiment.Config | None = None
         raise ValueError(f"--baseline {args.baseline} is not one of --priors ({', '.join(labels)})")
     args.seeds, args.nfes = int_list(args.seeds, "--seeds"), sorted(int_list(args.nfe, "--nfe"))
     checks.check_at_least(min(args.nfes), 1, "--nfe")
-    for flag in ("steps", "batch_size", "checkpoints", "n", "straight_n"):
+    for flag in ("steps", "batch_size", "checkpoints", "n", "straight_n", "clf_steps", "clf_width", "ref_images"):
         checks.check_at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
     if args.checkpoints > args.steps:
         raise ValueError(f"--checkpoints {args.checkpoints} is more than --steps {args.steps}")
@@ -437,7 +471,7 @@ def setup(argv: list[str], base: experiment.Config | None = None
                   ref_images=args.ref_images, image_size=args.image_size)
     config = dataclasses.replace(base, **fields) if base else experiment.Config(**fields)
     args.out = Path(args.out or ROOT / "runs" / f"compare_{args.dataset}")
-    data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now, with its message
+    experiment.check_measurable(config, args)
     return args, config, methods
 
 
@@ -461,6 +495,7 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     """Check everything, train what is missing, measure what is missing, write the report (base:
     as in setup)."""
     args, config, methods = setup(argv, base)
+    args.threads = checks.set_cpu_threads(checks.resolve_device(args.device))  # as train.py will: the estimate too
     budget = budget_of(config, args)
     # every training folder, a reflowed entry's trained run (its teacher) before it
     trains = {m.slug: m for entry in methods for m in ([entry.base] if entry.reflow or entry.longer else []) + [entry]}
@@ -468,25 +503,27 @@ def run(argv: list[str], base: experiment.Config | None = None) -> Comparison:
     for method, seed in runs:  # every folder checked before any training
         run_dir = args.out / "train" / f"{method.slug}_seed{seed}"
         if (run_dir / "method.json").is_file():
-            claim_run(run_dir, method_json(method, seed, budget, args.reflow))
+            experiment.claim_run(run_dir, method_json(method, seed, budget, args.reflow))
+    shared = Results(args.out / "results.json")  # training times, the reference's settings
+    made = shared.points.get("reference") or legacy_measurement(shared.points) or {}
+    experiment.check_reference(args.out, {key: made[key] for key in REFERENCE if key in made},
+                               {key: measurement(config, args.sample_seed)[key] for key in REFERENCE})
     print("Training runs:", *plan(config, args, runs), sep="\n")
     for method, seed in runs:
-        claim_run(args.out / "train" / f"{method.slug}_seed{seed}", method_json(method, seed, budget, args.reflow))
+        experiment.claim_run(args.out / "train" / f"{method.slug}_seed{seed}", method_json(method, seed, budget, args.reflow))
     args.compute = {m.label: compute(m, config, args) for m in methods}
-    results = Results(args.out / "results.json")
-    measured = json.loads(json.dumps({"n": config.n, "sample_seed": args.sample_seed, "features": config.features,
-                                      "clf_steps": config.clf_steps, "clf_width": config.clf_width,
-                                      "ref_images": config.ref_images, "straight_n": config.straight_n,
-                                      "dataset": args.dataset}))
-    if results.get("config", lambda: measured) != measured:
-        changed = sorted(k for k in measured if results.points["config"].get(k) != measured[k])
-        raise ValueError(f"{args.out / 'results.json'} holds points measured otherwise ({', '.join(changed)} "
-                         "differ): use another --out")
-    trained = train_runs(config, args, methods, results)
+    trained = train_runs(config, args, methods, shared)
     ev = Evaluator(config, argparse.Namespace(**{**vars(args), "seed": args.sample_seed}))
-    timed(results, "measure", lambda: measure(ev, args, methods, trained, results))
+    for part, seconds in ev.built.items():
+        shared.put(f"time/{part}", {"seconds": seconds})
+    measured = measurement(config, args.sample_seed)
+    if ev.built or "reference" not in shared.points:
+        shared.put("reference", {key: measured[key] for key in REFERENCE})
+    results = measured_results(args.out, measured)
+    measure(ev, args, methods, trained, results)
     every_step = sorted({step for method in methods for seed in args.seeds for step in trained[(method.slug, seed)]})
-    lines, terminal = report(args, config, methods, ev.metric, results.points, every_step, point_key, grid_nfes(args))
+    lines, terminal = report(args, config, methods, ev, results.points, shared.points, every_step, point_key,
+                             grid_nfes(args))
     outputs.write_text(args.out / "report.md", "\n".join(lines) + "\n")
     return Comparison(args, config, methods, trained, ev, results, terminal)
 

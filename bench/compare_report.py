@@ -5,7 +5,10 @@ the plots and report.md, from the measured points (results.json) alone.
                   the means over training seeds exceeds the two sample std's added, else within the
                   seed spread; one seed: the difference only
     step_verdict  against training steps: whether the lead changed over the run and its second half
-    report        report.md's lines and the terminal's (the FD table and the verdicts)
+    yardsticks    what the numbers compare with: the reference's size, the classifier's held-out
+                  accuracy, the floor (real held-out images at the same n)
+    wall_time     this run's own training (and the threads it used), classifier, reference, measuring
+    report        report.md's lines and the terminal's (the FD table, the yardsticks, the verdicts)
 """
 from __future__ import annotations
 
@@ -116,11 +119,64 @@ def write_csv(rows: list[dict], path: Path) -> None:
     outputs.write_text(path, text.getvalue())
 
 
-def report(args: argparse.Namespace, config: experiment.Config, methods: list, metric: str, points: dict,
+def own_runs(args: argparse.Namespace, methods: list) -> tuple[list[str], list[str]]:
+    """(this run's training folders SLUG_seedS, its measured runs KEY_seedS): a process sharing
+    --out with others reports only these."""
+    return ([f"{slug}_seed{seed}" for slug in dict.fromkeys(m.slug for m in methods) for seed in args.seeds],
+            [f"{m.key}_seed{seed}" for m in methods for seed in args.seeds])
+
+
+def wall_time(args: argparse.Namespace, methods: list, points: dict, shared: dict) -> list[str]:
+    """What this comparison cost: its own runs' training (not another process's in the same --out),
+    the classifier and the reference (when made for this --out), its own runs' measuring."""
+    trained, measured = own_runs(args, methods)
+    train = [shared[f"time/train/{run}"] for run in trained if f"time/train/{run}" in shared]
+    parts = [("training", sum(t["seconds"] for t in train))] if train else []
+    parts += [(what, shared[f"time/{part}"]["seconds"]) for part, what in (("clf", "the offline classifier"),
+                                                                          ("reference", "the reference"))
+              if f"time/{part}" in shared]
+    measuring = [points[k]["seconds"] for k in [*(f"time/measure/{run}" for run in measured), "time/measure/floor"]
+                 if k in points]
+    parts += [("measuring", sum(measuring))] if measuring else []
+    parts += [(k.removeprefix("time/"), v["seconds"]) for k, v in sorted(points.items())  # a preset's own parts
+              if k.startswith("time/") and not k.startswith(("time/train/", "time/measure", "time/clf",
+                                                             "time/reference"))]
+    ran_on = sorted({t.get("ran_on", "threads not recorded (an earlier version)") for t in train})
+    return [f"Wall time: {', '.join(f'{what} {seconds / 60:.1f} min' for what, seconds in parts) or 'nothing yet'}"
+            + (f"; training used {' / '.join(ran_on)}" if ran_on else "") + "."]
+
+
+def yardsticks(config: experiment.Config, ev, points: dict) -> list[str]:
+    """What makes the numbers readable: the reference's real size, the classifier's held-out
+    accuracy, and the floor (real held-out images against the same reference, at the same n)."""
+    held = ev.ref_images  # None: a reference file that does not say (pytorch-fid's own)
+    cut = held is not None and held < config.ref_images
+    lines = [f"- Reference: {'an unknown number of' if held is None else held} training images"
+             + (f" (--ref-images {config.ref_images}: the dataset has no more)" if cut else "")
+             + f"; {ev.extractor.dim}-d features."]
+    if ev.clf_accuracy is not None:
+        lines.append(f"- The offline classifier ({config.clf_steps} steps, width {config.clf_width}): held-out "
+                     f"accuracy {100 * ev.clf_accuracy:.1f}% (the samples' accuracy is read against it).")
+    real = points.get("floor/test_images")
+    if real is not None:
+        lines.append(f"- Floor: {real['metric']} of {real['n']} real held-out images against the same reference: "
+                     f"{real['value']:.3g} (a perfect generator scores about this at this n, not 0)"
+                     + (f"; their accuracy {100 * real['accuracy']:.1f}%" if real.get("accuracy") is not None else "")
+                     + (f"; fewer than the samples' {config.n}: the held-out split has no more" if real["n"] < config.n
+                        else "") + ".")
+    else:
+        lines.append(f"- Floor: not measured (the held-out split has {ev.held_out} images, too few for "
+                     f"{ev.extractor.dim}-d features).")
+    return lines
+
+
+def report(args: argparse.Namespace, config: experiment.Config, methods: list, ev, points: dict, shared: dict,
            steps: list[int], key: Callable, grid_nfes: tuple[int, int]) -> tuple[list[str], list[str]]:
     """(the report's lines, the lines printed in the terminal: the FD table and the verdicts).
-    steps: the measured training steps; key(method, seed, step, solver, nfe): a point's results key;
-    grid_nfes: the two NFE of the sample grids."""
+    ev: the experiment.Evaluator; points: this measurement's results (experiment.Results.points),
+    shared: results.json's unscoped keys (training times); steps: the measured training steps;
+    key(method, seed, step, solver, nfe): a point's key; grid_nfes: the two NFE of the sample grids."""
+    metric = ev.metric
     rows = collect(args, steps, methods, points, key)
     write_csv(rows, args.out / "results.csv")
     labels, base, final = [m.label for m in methods], args.baseline, config.steps
@@ -141,22 +197,23 @@ def report(args: argparse.Namespace, config: experiment.Config, methods: list, m
     step_lines = [f"- {step_verdict(label, base, {s: step_means[label][s] / step_means[base][s] for s in steps if s in step_means[label] and s in step_means[base]})}"
                   for label in labels if label != base and set(step_means[label]) & set(step_means[base])]
     terminal = [f"{metric} at step {final} (a reflowed run or its control: at its own last step; mean ± std [min, "
-                f"max] over training seeds {args.seeds}):", *fd, "", f"Against {base} (lower is better):", *verdicts,
-                *step_lines]
+                f"max] over training seeds {args.seeds}):", *fd, "", *yardsticks(config, ev, points), "",
+                f"Against {base} (lower is better):", *verdicts, *step_lines]
     compute = getattr(args, "compute", {})
 
     vector = any(r.get("colour_error") is not None for r in rows)
     quality = ATTRIBUTES if vector else ("accuracy",)
     lines = [f"# Prior comparison: `{args.command}`", "",
-             f"{time.strftime('%Y-%m-%d %H:%M')}, {checks.describe_device(checks.resolve_device(args.device))}, "
+             f"{time.strftime('%Y-%m-%d %H:%M')}, measured on "
+             f"{checks.describe_device(checks.resolve_device(args.device))}, "
              f"torch {torch.__version__}. Dataset {args.dataset}; preset {config.preset}, {config.steps} steps at "
              f"batch {config.batch_size}, lr {config.lr:g} (warm-up {config.warmup}), EMA {config.ema}, label dropout "
              f"{config.label_dropout}, the same for every method; training seeds {args.seeds}. {config.n} samples per "
              f"point ({'held-out condition vectors' if vector else 'class-balanced'}, sampling seed "
              f"{args.sample_seed}: the same starting noise for every method); solver {args.solver}; metric {name}.",
-             "", "Wall time: " + ", ".join(f"{k.removeprefix('time/')} {v['seconds'] / 60:.1f} min"
-                                           for k, v in sorted(points.items()) if k.startswith("time/")) + ".", "",
+             "", *wall_time(args, methods, points, shared), "",
              f"## {metric} against NFE at the final step (lower is better)", "", *fd, "",
+             "What the numbers can be compared with:", "", *yardsticks(config, ev, points), "",
              "## Verdicts", "", "Rule: with two or more training seeds per method, a method is below (better) or "
              f"above the baseline {base} when the difference of the means exceeds the sum of the two sample std's "
              "over training seeds; else within the seed spread. With one seed there is no spread to compare.", "",

@@ -4,11 +4,16 @@ kept, then measured point by point into a cache that a killed run continues from
     Config          the budget (preset, steps, batch, lr, EMA, samples per point, ...); CONFIGS:
                     cpu (MNIST, 2 CPU cores), gpu (CIFAR-10, one GPU), smoke (seconds, for tests)
     train_method    a method's train.Config under that budget, trained in segments ending at the
-                    measured steps (a resumed run repeats the uninterrupted one exactly);
-                    images_per_second: the budget's training speed, for a time estimate
+                    measured steps (a resumed run repeats the uninterrupted one exactly), one header
+                    and one bar per run; training_step_seconds and time_estimate: the budget's
+                    training steps timed as they will run, for a time estimate with its range
+    claim_run       a training folder's method.json: what it was trained for, a mismatch refused
     Evaluator       the feature network (Inception if its weights are found, else an offline
-                    classifier trained here), the reference statistics, the checkpoints
-    Results         results.json: every measured point, written atomically after each one
+                    classifier trained here, its held-out accuracy), the reference statistics (how
+                    many images they hold), the checkpoints, the floor (real_images); before
+                    training, check_measurable and check_reference refuse what could not be measured
+    Results         results.json: every measured point, written atomically after each one, the
+                    points of each measurement apart (a scope)
     path_straightness, side_by_side, table: measurements and report pieces
 
 bench/compare.py (any set of priors, several training seeds, verdicts) builds on it;
@@ -18,7 +23,9 @@ lists of compare.py entries with a few extra measures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -36,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 from plumbing import checks, classifier, data, inception, outputs, pairs, samplefiles, shapes  # noqa: E402
 import flow  # noqa: E402
 import eval_fid  # noqa: E402
+import prior as priors  # noqa: E402
 import sample  # noqa: E402
 import sweep  # noqa: E402 (bench/sweep.py: plots, the run's transport cost)
 import train  # noqa: E402
-import unet  # noqa: E402
 from plumbing.features import build_extractor  # noqa: E402
 
 
@@ -94,17 +101,32 @@ CONFIGS = {
 
 # ----------------------------------------------------------------------------- bookkeeping
 
+MEASURED = "measured/"  # where results.json keeps the points of each measurement: MEASURED + settings + /KEY
+
+
 class Results:
     """results.json: measured points by key, written atomically after each one.
 
     Several drivers may share one --out (compare.py with other --priors, one per core or GPU):
     put() re-reads the file under a lock (.results.json.lock, flock) and adds its one point, so
-    each adds to the others' points instead of writing its own older copy over them."""
+    each adds to the others' points instead of writing its own older copy over them.
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.points: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+    scope: the points of one measurement (compare.measurement_key: the samples per point, the
+    sampling seed, ...) are kept in the file as SCOPE/KEY and seen here as KEY, so points measured
+    otherwise stay in the file, apart. legacy: also see the file's unscoped keys as this scope's
+    (a file of an earlier version, whose points were all of one measurement)."""
+
+    def __init__(self, path: Path, scope: str = "", legacy: bool = False):
+        self.path, self.scope, self.legacy = path, scope, legacy
+        self.points: dict[str, dict] = self.view(json.loads(path.read_text()) if path.is_file() else {})
         self.added = 0  # points this process measured (the file may grow by another's too)
+
+    def view(self, stored: dict) -> dict:
+        if not self.scope:
+            return stored
+        prefix = self.scope + "/"
+        old = {k: v for k, v in stored.items() if not k.startswith(MEASURED)} if self.legacy else {}
+        return old | {k.removeprefix(prefix): v for k, v in stored.items() if k.startswith(prefix)}
 
     def get(self, key: str, compute) -> dict:
         if key not in self.points:
@@ -115,8 +137,10 @@ class Results:
         lock = os.open(self.path.parent / f".{self.path.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
             outputs.flock(lock, wait=True)  # released by the close
-            self.points = (json.loads(self.path.read_text()) if self.path.is_file() else {}) | {key: value}
-            outputs.write_text(self.path, json.dumps(self.points, indent=1))
+            stored = (json.loads(self.path.read_text()) if self.path.is_file() else {})
+            stored[f"{self.scope}/{key}" if self.scope else key] = value
+            outputs.write_text(self.path, json.dumps(stored, indent=1))
+            self.points = self.view(stored)
         finally:
             os.close(lock)
         self.added += 1
@@ -174,13 +198,41 @@ def train_config(config: Config, args: argparse.Namespace, run_dir: Path, steps:
                         compile=args.compile, **method)
 
 
+def claim_run(run_dir: Path, record: str) -> bool:
+    """Write method.json in a new folder; an existing one must say the same. Returns whether the
+    folder was trained before (its method.json existed)."""
+    found = run_dir / "method.json"
+    if not found.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        outputs.write_text(found, record)
+        return False
+    if found.read_text() != record:
+        old, new = json.loads(found.read_text()), json.loads(record)
+        flat_old, flat_new = flatten(old), flatten(new)
+        changed = [f"{k} {flat_old.get(k)} there, {flat_new.get(k)} here" for k in sorted({*flat_old, *flat_new})
+                   if flat_old.get(k) != flat_new.get(k)]
+        raise ValueError(f"{run_dir} was trained for another configuration ({'; '.join(changed)}): "
+                         "use another --out")
+    return True
+
+
+def flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def train_method(config: Config, args: argparse.Namespace, slug: str, method: dict) -> dict[int, Path]:
     """Train one method in segments ending at the measured steps; returns {step: checkpoint}.
     The learning rate is constant after warm-up and a resumed run repeats the uninterrupted one
     exactly (train.py), so the segments are one run; each segment end is kept as ckpt_STEP.pt."""
     run_dir = args.out / slug
     milestones = [round(config.steps * (k + 1) / config.checkpoints) for k in range(config.checkpoints)]
-    saved = {}
+    saved, trained = {}, 0
     for step in milestones:
         keep = run_dir / f"ckpt_{step:07d}.pt"
         if not keep.is_file():
@@ -189,10 +241,17 @@ def train_method(config: Config, args: argparse.Namespace, slug: str, method: di
                 raise ValueError(f"{run_dir / 'ckpt.pt'} is past step {step}: it was trained for other "
                                  "--steps; use another --out")
             run = train_config(config, args, run_dir, step, method)
-            # a resume may change only the steps and the checkpoint cadence: say so, as the command line would
-            train.train(replace(run, resume=resume, given=("steps", "ckpt_every")))
+            # one header and one bar per run, not per segment: train.py's header and "done" lines of the
+            # later segments are dropped, and each segment's bar is drawn over the one before
+            with (contextlib.redirect_stdout(Lines(sys.stdout, header=not trained)),
+                  contextlib.redirect_stderr(OneLine(sys.stderr))):
+                # a resume may change only the steps and the checkpoint cadence: say so, as the command line would
+                train.train(replace(run, resume=resume, given=("steps", "ckpt_every")))
             outputs.atomic_write(keep, lambda file: file.write((run_dir / "ckpt.pt").read_bytes()))
+            trained += 1
         saved[step] = keep
+    if trained:
+        sys.stderr.write("\n")  # the end of the run's bar
     return saved
 
 
@@ -263,50 +322,163 @@ def train_longer(config: Config, args: argparse.Namespace, teacher: Path, run_di
     return train_segments(replace(config, lr=reflow.lr), args, run_dir, milestones, method)
 
 
-def images_per_second(config: Config, args: argparse.Namespace, steps: int = 3) -> float:
-    """Forward + backward of the preset's network on one batch, timed over a few steps."""
-    train_set = data.load_dataset(args.dataset, args.data_dir, "train", **dataset_options(config, args))
+class Lines(io.TextIOBase):
+    """stdout of one training segment: train.py's lines before its bar (the header, the prior's
+    fit) when header, never its closing "done: ..." line (the run goes on in the next segment)."""
+
+    def __init__(self, stream, header: bool):
+        self.stream, self.header, self.pending = stream, header, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if self.header and not line.startswith("done: "):
+                self.stream.write(line + "\n")
+        return len(text)
+
+
+class OneLine(io.TextIOBase):
+    """stderr of one training segment: the bar without the line break it ends with, so that the
+    next segment's bar is drawn over it (the run's bar is one line)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if text != "\n":
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def step_seconds(step, warmup: int = 2, timed: int = 6) -> list[float]:
+    """Seconds of each of `timed` calls of step(k), after `warmup` untimed ones (the first steps
+    allocate and tune: on a CPU they were several times slower than the rest)."""
+    for k in range(warmup):
+        step(k)
+    times = []
+    for k in range(warmup, warmup + timed):
+        begin = time.perf_counter()
+        step(k)
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+def training_step_seconds(config: Config, args: argparse.Namespace, method: dict, warmup: int = 2,
+                          timed: int = 6) -> list[float]:
+    """train.train_step as the training will run it (its network, optimizer, EMA, precision, the
+    method's coupling; the batches of the data; the threads already set), timed per step. The
+    prior is N(0, I): fitting the method's own would cost more than the estimate is worth."""
+    run_config = replace(train_config(config, args, args.out, config.steps, method), prior="gaussian",
+                         prior_options={})
+    train_set = data.load_dataset(args.dataset, args.data_dir, "train", **train.dataset_options(run_config))
+    prior = priors.GaussianPrior()
+    prior.shape = (train_set.channels, train_set.image_size, train_set.image_size)
+    prior.num_classes = max(train_set.num_classes, 0)
     device = checks.resolve_device(args.device)
-    model = unet.build_unet(config.preset, train_set.image_size, train_set.channels, max(train_set.num_classes, 1),
-                            train_set.cond_dim).to(device)
-    x = torch.randn(config.batch_size, train_set.channels, train_set.image_size, train_set.image_size, device=device)
-    cond = (torch.zeros(config.batch_size, train_set.cond_dim, device=device) if train_set.cond_dim
-            else torch.zeros(config.batch_size, dtype=torch.long, device=device))
-    t = torch.rand(config.batch_size, device=device)
-    begin = time.perf_counter()
-    for _ in range(steps):
-        model(x, t, cond).square().mean().backward()
-    return steps * config.batch_size / (time.perf_counter() - begin)
+    run = train.build_run(run_config, train_set, prior, device)
+    count = min(len(train_set), run_config.max_images or len(train_set))
+
+    def step(k: int) -> None:
+        images, cond = train_set.get(np.arange(k * config.batch_size, (k + 1) * config.batch_size) % count)
+        loss, _ = train.train_step(run, images, cond, k)
+        loss.item()  # wait for the device
+
+    return step_seconds(step, warmup, timed)
+
+
+def time_estimate(seconds: list[float], batch_size: int, steps: int, threads: str) -> str:
+    """The training time of `steps` from timed steps: the median step's, and the range from the
+    fastest and the slowest timed step (other jobs on the machine move it)."""
+    fast, middle, slow = min(seconds), float(np.median(seconds)), max(seconds)
+    return (f"about {steps * middle / 60:.1f} min ({steps * fast / 60:.1f}-{steps * slow / 60:.1f}) at "
+            f"{batch_size / middle:.0f} img/s ({batch_size / slow:.0f}-{batch_size / fast:.0f} over {len(seconds)} "
+            f"timed steps after warm-up{', ' + threads if threads else ''})")
 
 
 # ----------------------------------------------------------------------------- measuring
+
+def check_measurable(config: Config, args: argparse.Namespace) -> None:
+    """What the measuring needs, checked before any training: the dataset, enough samples per
+    point and reference images for a covariance of full rank (n > the feature dimension), enough
+    held-out condition vectors; a --ref-images beyond the dataset is said, not silently cut."""
+    train_set = data.load_dataset(args.dataset, args.data_dir, "train")  # a missing dataset fails now
+    if config.features == "inception":
+        try:
+            inception.find_inception_weights(None)
+        except FileNotFoundError as err:
+            raise ValueError(f"--features inception: {err}; or leave --features auto (FD-clf without them)") from None
+    features = resolve_features(config.features)
+    dim = feature_dim(config.features, config.clf_width)
+    network = "Inception" if features == "inception" else f"the classifier of --clf-width {config.clf_width}"
+    what = f"{dim}-d features ({network})"
+    if config.n <= dim:
+        raise ValueError(f"--n {config.n} samples per point for {what}: the covariance is singular; use --n "
+                         f"{dim + 1} or more" + (" (or --features clf)" if features == "inception" else ""))
+    if min(config.ref_images, len(train_set)) <= dim:
+        raise ValueError(f"the reference needs more than {dim} images for {what}; --ref-images {config.ref_images} "
+                         f"of {len(train_set)} training images are too few")
+    if config.ref_images > len(train_set):
+        print(f"warning: --ref-images {config.ref_images} but the {args.dataset} training split has "
+              f"{len(train_set)} images: the reference uses {len(train_set)}")
+    if args.cond == "attributes" or train_set.cond_dim:  # one held-out condition vector per sample
+        options = dataset_options(config, args) | ({"cond": args.cond} if args.cond else {})
+        held_out = len(data.load_dataset(args.dataset, args.data_dir, "test", **options))
+        for flag, count in (("--n", config.n), ("--straight-n", config.straight_n)):
+            if count > held_out:
+                raise ValueError(f"{flag} {count}: the held-out split has {held_out} condition vectors; "
+                                 "use at most that")
+
+
+def check_reference(out: Path, made: dict, wanted: dict) -> None:
+    """The classifier and the reference statistics in `out` (clf.pt, ref_*.npz) are made once, for
+    the settings `made` (dataset, features, clf_steps, ...): other settings are refused while they
+    exist, before any training, naming the flags and the way out. Another dataset always is: the
+    training runs beside them were trained on the first (their method.json does not say)."""
+    if made.get("dataset", wanted["dataset"]) != wanted["dataset"]:
+        raise ValueError(f"{out} holds runs of --dataset {made['dataset']}: use another --out")
+    files = [p.name for p in [out / "clf.pt", *sorted(out.glob("ref_*.npz"))] if p.is_file()]
+    changed = [f"--{k.replace('_', '-')} {made[k]} there, {wanted[k]} here" for k in wanted
+               if k in made and made[k] != wanted[k]]
+    if files and changed:
+        raise ValueError(f"{out}: {', '.join(files)} were made for other settings ({'; '.join(changed)}): pass the "
+                         f"same flags, or delete {' and '.join(files)} to make them again (the training runs and "
+                         "the points measured are kept)")
+
 
 class Evaluator:
     """The feature network, the reference statistics and a cache of loaded checkpoints."""
 
     def __init__(self, config: Config, args: argparse.Namespace):
         self.config, self.args, self.models = config, args, {}
-        features = config.features
-        if features == "auto":
-            try:
-                inception.find_inception_weights(None)
-                features = "inception"
-            except FileNotFoundError:
-                features = "clf"
+        features = resolve_features(config.features)
+        self.built: dict[str, float] = {}  # seconds of what this process made: "clf", "reference"
         train_set = data.load_dataset(args.dataset, args.data_dir, "train", **dataset_options(config, args))
+        test_set = data.load_dataset(args.dataset, args.data_dir, "test", **dataset_options(config, args))
+        self.held_out = len(test_set)  # the most real images the floor (real_images) can use
         clf = args.out / "clf.pt"
         if features == "clf" and not clf.is_file():
-            test_set = data.load_dataset(args.dataset, args.data_dir, "test", **dataset_options(config, args))
+            begin = time.perf_counter()
             classifier.fit_and_save(clf, train_set, test_set, config.clf_steps, 128, 2e-3, config.clf_width,
                                     args.seed, self.device, min(10_000, config.ref_images))
+            self.built["clf"] = time.perf_counter() - begin
+        # the classifier's accuracy on held-out images: what its features can tell apart
+        self.clf_accuracy = (checks.load_torch(clf, "classifier", "delete it: it is made again")
+                             .get("test_accuracy") if features == "clf" else None)
         ref = args.out / f"ref_{features}.npz"
         if not ref.is_file():
+            begin = time.perf_counter()
             extractor = build_extractor(features, str(clf) if features == "clf" else None, device=args.device)
             total = min(len(train_set), config.ref_images)
             shape = (train_set.channels, train_set.image_size, train_set.image_size)
             eval_fid.write_reference(ref, extractor, (images for images, _ in train_set.batches(100)), total, shape,
                                      f"{args.dataset}:train", args.seed)
+            self.built["reference"] = time.perf_counter() - begin
         self.ref = eval_fid.load_ref(ref)
+        self.ref_images = int(self.ref["n"]) if "n" in self.ref else None  # how many it really holds
         self.extractor = build_extractor(features, str(clf) if features == "clf" else None, device=args.device)
         self.metric = self.extractor.metric
 
@@ -324,11 +496,13 @@ class Evaluator:
         return sweep.evaluation_conditions(run, n, self.args.seed if seed is None else seed)
 
     def real_images(self) -> dict:
-        """The first n test images against the (training) reference: the metric's floor at this n."""
+        """The first n test images against the (training) reference: the metric's floor at this n
+        (fewer when the held-out split is smaller; the result's n says how many)."""
         test = data.load_dataset(self.args.dataset, self.args.data_dir, "test",
                                  **dataset_options(self.config, self.args))
         images, labels = test.get(np.arange(min(self.config.n, len(test))))
-        return eval_fid.score(self.extractor, images, labels.numpy(), self.ref, 256, self.args.seed)
+        return eval_fid.score(self.extractor, images, labels.numpy() if labels.ndim == 1 else None, self.ref, 256,
+                              self.args.seed)
 
     def point(self, ckpt: Path, solver: str, nfe: int, cfg: float = 1.0, grid: Path | None = None,
               seed: int | None = None) -> dict:
@@ -342,7 +516,7 @@ class Evaluator:
         if classes is None and run["dataset"] == "shapes":  # faithfulness to the attributes, from pixels
             result.update(shapes.attribute_errors(images.numpy(), cond.numpy()))
         if grid is not None:
-            save_grid(images, cond, self.config.grid_per_class, grid)
+            save_grid(images, cond, self.config.grid_per_class, grid, run.get("class_names"))
         return {"solver": solver, "nfe": nfe, "cfg": cfg, **result}
 
     def transport_cost(self, ckpt: Path) -> float:
@@ -389,12 +563,35 @@ def path_straightness(velocity: sample.Field, x0: torch.Tensor, nfe: int) -> dic
             "chord": mean_square(chord)}
 
 
-def save_grid(images: torch.Tensor, cond: torch.Tensor, per_class: int, path: Path, rows: int = 5) -> None:
-    """Class ids: the first per_class samples of each class, one row per class; condition vectors
-    (no classes): the first rows x 8 images in order."""
+def resolve_features(features: str) -> str:
+    """"auto": inception when its weights are found, else the offline classifier ("clf")."""
+    if features != "auto":
+        return features
+    try:
+        inception.find_inception_weights(None)
+        return "inception"
+    except FileNotFoundError:
+        return "clf"
+
+
+def feature_dim(features: str, clf_width: int) -> int:
+    """The features' dimension: Inception's pool layer, or the classifier's penultimate one."""
+    return 2048 if resolve_features(features) == "inception" else 8 * clf_width
+
+
+def row_names(class_names: list[str] | None, ids: list[int]) -> dict[int, str]:
+    """A grid row's name: "3 circle", or the id alone where the name is the id (MNIST's "3")."""
+    names = class_names or []
+    return {i: (str(i) if i >= len(names) or names[i] == str(i) else f"{i} {names[i]}") for i in ids}
+
+
+def save_grid(images: torch.Tensor, cond: torch.Tensor, per_class: int, path: Path,
+              class_names: list[str] | None = None, rows: int = 5) -> None:
+    """Class ids: the first per_class samples of each class, one row per class, named by
+    row_names; condition vectors (no classes): the first rows x 8 images in order."""
     if cond.ndim == 1:
         first = slice(0, per_class * (int(cond.max()) + 1))
-        samplefiles.save_grid(images[first], cond[first], path)
+        samplefiles.save_grid(images[first], cond[first], path, row_names(class_names, range(int(cond.max()) + 1)))
     else:
         shown = images[:8 * rows]
         samplefiles.save_grid(shown, torch.arange(len(shown)) // 8, path)

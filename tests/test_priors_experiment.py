@@ -23,7 +23,7 @@ def test_smoke_run_reports_every_method_and_nfe_and_resumes(tmp_path):
     report = priors.main(["--config", "smoke", "--out", str(out)]).read_text()
     for part, (_, entries) in priors.PARTS.items():
         config, _ = priors.CONFIGS["smoke"][part]
-        points = json.loads((out / part / "results.json").read_text())
+        points = compare.measured_points(out / part, config)
         for entry in entries:
             method = compare.parse_method(entry)
             assert (out / part / "train" / f"{method.slug}_seed0" / "method.json").is_file()
@@ -35,7 +35,7 @@ def test_smoke_run_reports_every_method_and_nfe_and_resumes(tmp_path):
             assert points[f"cost/{method.slug}_seed0"]["transport_cost"] > 0
             assert f"| {method.label} |" in report
         assert (out / part / "fd_vs_nfe.png").is_file() and (out / part / "fd_vs_step.png").is_file()
-    copies = json.loads((out / "mnist" / "results.json").read_text())
+    copies = compare.measured_points(out / "mnist", priors.CONFIGS["smoke"]["mnist"][0])
     assert copies["copy/kmeans-k16"]["median"] >= copies["copy/kmeans-k16"]["p5"] >= 0
     assert "Copy check" in report and "](mnist/fd_vs_nfe.png)" in report
     # a second run finds every point in results.json and every checkpoint on disk: nothing is recomputed
