@@ -13,6 +13,7 @@
     config       the run: its Config, command line and resume (train.py's only)
     priorcache   the prior fitted once per run and cached, keyed by prior, options, code and data
     samplefiles  sample files (.npz) and PNG grids: what sample.py writes and eval_fid.py reads
+    pairs        reflow pairs on disk: what sample.py --pairs writes and train.py --pairs reads
     features     the feature networks of the metric: Inception (inception.py) or the offline
                  classifier (classifier.py: python -m plumbing.classifier)
 
