@@ -3,7 +3,8 @@
 # H100/H200 for steps 1-2, 1-3 more for step 3; run it as the device tool's command with timeout_s 540
 # or more and give the machine back):
 #   1. the CUDA path end to end: train.py in bf16 with --compile to step 40, then resumed to 60
-#      (RESUMABLE --steps), then sample.py from the result (correctness, not speed);
+#      (RESUMABLE --steps), then sample.py from the result (correctness, not speed); reflow: 512
+#      pairs of that run (sample.py --pairs), 20 steps of train.py --pairs, one-step samples;
 #   2. bench/bench_train.py: img/s, TFLOP/s, MFU against a matmul peak measured in the same run,
 #      peak memory, eager then compiled, for imagenet64 and small; bench/bench_sample.py: sampling
 #      img/s and the share outside the network at NFE 8;
@@ -30,13 +31,20 @@ export PYTHONUNBUFFERED=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CH
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   if [ -n "${DRY:-}" ]; then size="--device cpu --preset tiny --batch-size 8"; presets=tiny; batch=8; compile=""
-  else size="--preset small --batch-size 128"; presets=imagenet64,small; batch=128; compile="--compile"; fi
+    dev_flag="--device cpu"
+  else size="--preset small --batch-size 128"; presets=imagenet64,small; batch=128; compile="--compile"; dev_flag=""; fi
   if [ "$PEER" != only ]; then
     run=$(mktemp -d)
     python3 train.py $size $compile --steps 40 --ckpt-every 20 --sample-every 20 --log-every 10 --out "$run"
     python3 train.py $size $compile --steps 60 --ckpt-every 20 --log-every 10 --out "$run" --resume &&
       python3 sample.py --ckpt "$run/ckpt.pt" --nfe 8 --n 4 --out-png "$OUT/samples.png" &&
       echo "CUDA path: train (compile) -> resume -> sample OK"
+    # reflow on CUDA: the teacher's pairs (bf16 solve, float32 state), then a run on them from its EMA
+    python3 sample.py --ckpt "$run/ckpt.pt" --pairs "$run/pairs" --count 512 --chunk 256 --nfe 8 $dev_flag &&
+      python3 train.py --pairs "$run/pairs" --out "$run/reflow" --steps 20 --ckpt-every 20 --log-every 10 \
+        --batch-size $( [ -n "${DRY:-}" ] && echo 8 || echo 128 ) $dev_flag &&
+      python3 sample.py --ckpt "$run/reflow" --nfe 1 --n 4 --out-png "$OUT/samples_reflow_nfe1.png" $dev_flag &&
+      echo "CUDA path: pairs -> train --pairs -> sample OK"
     dev=$( [ -n "${DRY:-}" ] && echo --device cpu )
     steps=$( [ -n "${DRY:-}" ] && echo 2 || echo 10 )
     python3 bench/bench_train.py --presets $presets --batch-size $batch --steps $steps --priors none $dev \
