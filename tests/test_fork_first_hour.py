@@ -9,6 +9,7 @@ by construction, sampled, and then trained and sampled through train.py and samp
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import prior
 import sample
@@ -118,3 +120,65 @@ def test_shape_is_a_tuple_of_ints_however_it_was_set_or_saved():
     for shape in (fitted.shape, reloaded.shape):
         assert type(shape) is tuple and shape == (3, 4, 4) and all(type(size) is int for size in shape)
         json.dumps(shape)  # a plain value: reports and configs can write it
+
+
+# ----------------------------------------------------------------------------- the scripts' messages
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A one-step run of the demo's setup: ckpt.pt and prior_stats.npz in one folder."""
+    out = tmp_path_factory.mktemp("first_hour") / "run"
+    train.train(train.parse_args([*QUICK, "--steps", "1", "--out", str(out)]))
+    return out
+
+
+def test_a_checkpoint_flag_given_another_file_says_what_the_file_is(run, tmp_path):
+    np.savez(tmp_path / "samples.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))
+    (tmp_path / "notes.txt").write_text("lr 1e-3, 2500 steps\n")
+    cases = {run / "prior_stats.npz": f"prior statistics file .*, not a checkpoint.* \\({run / 'ckpt.pt'} is this "
+                                      f"run's checkpoint\\)",
+             tmp_path / "samples.npz": "is a sample file .*, not a checkpoint",
+             tmp_path / "notes.txt": "is a text file, not a checkpoint"}
+    for path, said in cases.items():
+        with pytest.raises(ValueError, match=said) as caught:
+            sample.main(["--ckpt", str(path), "--nfe", "1", "--device", "cpu"])
+        message = str(caught.value)
+        assert message.startswith(f"{path} is ") and "\n" not in message, message
+        assert "RuntimeError" not in message and "train one first" not in message, message
+    cut = tmp_path / "cut.pt"  # a damaged checkpoint is still called that
+    cut.write_bytes((run / "ckpt.pt").read_bytes()[:5000])
+    with pytest.raises(ValueError, match="cut.pt: not a readable checkpoint"):
+        sample.main(["--ckpt", str(cut), "--nfe", "1", "--device", "cpu"])
+
+
+def test_train_without_the_dataset_leaves_no_empty_out_folder(tmp_path):
+    missing = tmp_path / "no_mnist_here"
+    fresh = tmp_path / "runs" / "mnist"  # neither folder exists yet
+    with pytest.raises(FileNotFoundError, match="mnist: data dir .* not found"):
+        train.train(train.parse_args(["--dataset", "mnist", "--data-dir", str(missing), "--out", str(fresh),
+                                      "--device", "cpu"]))
+    assert sorted(os.listdir(tmp_path)) == []  # nor runs/, which it created for --out
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with pytest.raises(FileNotFoundError):
+        train.train(train.parse_args(["--dataset", "mnist", "--data-dir", str(missing), "--out", str(existing),
+                                      "--device", "cpu"]))
+    assert existing.is_dir() and not os.listdir(existing)  # the user's own folder stays
+
+
+@pytest.mark.parametrize("argv,grid", [
+    (["--n", "3"], "a grid of 10 rows x 3 images)"),
+    (["--n", "20", "--classes", "1,4"], "a grid of 2 rows x 16 images, the first 16 of each)"),
+])
+def test_sample_states_the_grid_it_wrote(run, tmp_path, capsys, argv, grid):
+    png, npz = tmp_path / "grid.png", tmp_path / "samples.npz"
+    sample.main(["--ckpt", str(run / "ckpt.pt"), "--nfe", "1", "--device", "cpu", "--out-png", str(png),
+                 "--out-npz", str(npz), *argv])
+    said = capsys.readouterr().out
+    assert grid in said, said
+    rows, columns = (int(v) for v in re.search(r"grid of (\d+) rows x (\d+) images", said).groups())
+    with np.load(npz) as arrays:  # the count the grid shows, from the .npz itself
+        labels = arrays["arr_1"]
+    assert rows == len(np.unique(labels)) and columns == min(16, np.bincount(labels).max())
+    with Image.open(png) as picture:  # 32 px tiles are drawn at 64 px, 2 px apart
+        assert picture.size[1] == rows * (64 + 2) + 2
