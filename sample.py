@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       row_names(config, ids), "--out-npz", "--out-png")
     kind = "conditions" if config.get("cond_dim", 0) else "classes"
     print(f"wrote {out_npz} ({len(ids)} {kind} x {args.n} = {len(images)} images) and {out_png} (a grid of "
-          f"{rows} rows x {columns} images{', the first 20 ' + kind if len(ids) > rows else ''}"
+          f"{rows} rows x {columns} images{f', the first {rows} {kind}' if len(ids) > rows else ''}"
           f"{f', the first {columns} of each' if args.n > columns else ''})")
 
 

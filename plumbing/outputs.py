@@ -180,7 +180,7 @@ def remove_stale_temps(path: Path) -> list[Path]:
 def remove_unheld(leftover: Path, min_age: float) -> bool:
     """Unlink `leftover` if it is a regular file last written over min_age seconds ago whose flock
     no one holds (its writer is dead); True when removed."""
-    flags = os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDWR | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         descriptor = os.open(leftover, flags)
     except OSError:  # a symlink (ELOOP), gone, another user's
