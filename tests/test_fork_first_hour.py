@@ -182,3 +182,12 @@ def test_sample_states_the_grid_it_wrote(run, tmp_path, capsys, argv, grid):
     assert rows == len(np.unique(labels)) and columns == min(16, np.bincount(labels).max())
     with Image.open(png) as picture:  # 32 px tiles are drawn at 64 px, 2 px apart
         assert picture.size[1] == rows * (64 + 2) + 2
+
+
+def test_the_cpu_torch_line_comes_before_the_install_a_user_pastes():
+    """The advice to install the CPU build of torch first is useless after the block that pulls in
+    the CUDA wheel: it must be in or before the first block that installs the requirements."""
+    text = (ROOT / "README.md").read_text()
+    cpu = text.find("--index-url https://download.pytorch.org/whl/cpu")
+    requirements = text.find("pip install -r requirements.txt")
+    assert 0 <= cpu < requirements, "the CPU build's line comes after the requirements' install"
