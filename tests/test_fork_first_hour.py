@@ -191,3 +191,22 @@ def test_the_cpu_torch_line_comes_before_the_install_a_user_pastes():
     cpu = text.find("--index-url https://download.pytorch.org/whl/cpu")
     requirements = text.find("pip install -r requirements.txt")
     assert 0 <= cpu < requirements, "the CPU build's line comes after the requirements' install"
+
+
+def test_eval_fid_ref_removes_what_a_killed_ref_of_the_same_file_left(tmp_path, capsys):
+    """`eval_fid.py ref --out ref.npz` killed while writing leaves .ref.npz.XXXXXXXX.tmp; the next
+    ref to the same file removes it (its writer is dead: nobody holds its flock) and only it."""
+    import eval_fid
+    from plumbing import classifier
+    clf, shapes = str(tmp_path / "clf.pt"), ["--dataset", "shapes", "--image-size", "16"]
+    classifier.main([*shapes, "--out", clf, "--steps", "2", "--batch-size", "8", "--width", "2",
+                     "--eval-images", "20", "--device", "cpu"])
+    killed = tmp_path / ".ref.npz.k1ll3d00.tmp"  # what the killed writer left, a minute ago or more
+    other = tmp_path / ".clf.pt.k1ll3d00.tmp"  # another file's: not ref's to judge
+    for path in (killed, other):
+        path.write_bytes(b"half a reference")
+        os.utime(path, (0, 0))
+    eval_fid.main(["ref", *shapes, "--features", "clf", "--clf", clf, "--max-images", "40",
+                   "--out", str(tmp_path / "ref.npz"), "--device", "cpu"])
+    assert not killed.exists() and other.exists() and (tmp_path / "ref.npz").is_file()
+    assert "removed 1 temporary file(s) a killed writer of it left" in capsys.readouterr().out

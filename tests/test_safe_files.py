@@ -355,6 +355,16 @@ def test_a_killed_sample_never_leaves_a_grid_beside_another_runs_samples(tmp_pat
         assert npz != "missing" and png in (npz, "missing"), (point, npz, png)
     assert ("1", "1") in states.values() and ("2", "missing") in states.values()  # the points were reached
 
+    # the killed command's temporary files stay until the same command runs again, which removes
+    # them (their writer is dead) and writes both files
+    folder = tmp_path / "replace1"
+    left = sorted(path.name for path in folder.glob(".*.tmp"))
+    assert [name.split(".")[1] for name in left] == ["out", "out"], left  # .out.npz.X.tmp, .out.png.X.tmp
+    for path in folder.glob(".*.tmp"):
+        os.utime(path, (0, 0))  # older than a minute
+    sample.main([*base, "--seed", "2", "--out-png", str(folder / "out.png"), "--out-npz", str(folder / "out.npz")])
+    assert sorted(os.listdir(folder)) == ["out.npz", "out.png"]
+
 
 # ---------------------------------------------------------------- idx headers that lie
 
