@@ -83,6 +83,13 @@ class Prior:
     fitted: tuple[str, ...] = ()
     conditions: tuple[str, ...] = ("classes", "vectors")  # what it serves; see the module's docstring
 
+    def __setattr__(self, key: str, value: object) -> None:
+        # `shape` is the image shape (C, H, W) everywhere: a tuple of Python ints, whether fit() set
+        # it from a torch.Size or a numpy array, or it came back from prior_stats.npz as an array
+        if key == "shape" and value is not None:
+            value = tuple(int(size) for size in np.asarray(value).reshape(-1))
+        super().__setattr__(key, value)
+
     def check_counts(self, counts: np.ndarray) -> None:
         """counts[c]: training images of class c; raise ValueError if the options ask for more."""
 

@@ -346,10 +346,14 @@ def main(argv: list[str] | None = None) -> None:
     cond, row_ids, seeds = per_condition(conditions, ids, args.n, args.seed)
     images = generate(model, prior, cond, seeds, args.nfe, args.solver, args.cfg, args.batch_size, device,
                       progress=True)
-    samplefiles.save_grid(images, row_ids, out_png, row_names(config, ids), flag="--out-png")
-    samplefiles.save_samples(out_npz, images, row_ids, cond if config.get("cond_dim", 0) else None, "--out-npz")
-    print(f"wrote {out_png} (grid of up to 20 rows x 16) and {out_npz} ({len(ids)} "
-          f"{'conditions' if config.get('cond_dim', 0) else 'classes'} x {args.n} = {len(images)} images)")
+    # the .npz first, then its grid, as one set: a kill never leaves a grid of other images beside it
+    rows, columns = samplefiles.save_samples_and_grid(out_npz, out_png, images, row_ids,
+                                                      cond if config.get("cond_dim", 0) else None,
+                                                      row_names(config, ids), "--out-npz", "--out-png")
+    kind = "conditions" if config.get("cond_dim", 0) else "classes"
+    print(f"wrote {out_npz} ({len(ids)} {kind} x {args.n} = {len(images)} images) and {out_png} (a grid of "
+          f"{rows} rows x {columns} images{f', the first {rows} {kind}' if len(ids) > rows else ''}"
+          f"{f', the first {columns} of each' if args.n > columns else ''})")
 
 
 def main_pairs(args: argparse.Namespace) -> None:

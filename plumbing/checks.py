@@ -52,6 +52,7 @@ def load_torch(path: str | Path, what: str, hint: str, keys: Iterable[str] = ())
     except pickle.UnpicklingError as err:
         if "GLOBAL" not in str(err):  # garbage bytes, a truncated pickle
             # (no zip check before: files saved by torch < 1.6, e.g. pytorch-fid's Inception weights, are no zip)
+            refuse_other_kind(path, what)
             raise ValueError(f"{path}: not a readable {what} (another kind of file, or a damaged one); {hint}") \
                 from None
         # an object other than tensors and plain values: torch's text goes on to advise
@@ -60,8 +61,61 @@ def load_torch(path: str | Path, what: str, hint: str, keys: Iterable[str] = ())
         raise ValueError(f"{path}: refused: the {what} holds {found}, which is not a tensor or a plain value, "
                          f"and loading it could run code (we load with weights_only=True); {hint}") from None
     except Exception as err:  # truncated zip, garbage bytes: the same news for the user
+        refuse_other_kind(path, what)
         raise ValueError(f"{path}: not a readable {what} ({first_line(err)}); {hint}") from None
     return require_keys(obj, keys, path, what, hint)
+
+
+def refuse_other_kind(path: Path, what: str) -> None:
+    """A file torch cannot load that is plainly something else (our own .npz files, an image, a
+    text): say what it is, not torch's message about zip records, and where the right file may be."""
+    kind = file_kind(path)
+    if kind is None:
+        return
+    sibling = path.parent / "ckpt.pt"  # a run's folder: its checkpoint is beside its other files
+    nearby = (f" ({sibling} is this run's checkpoint)" if what == "checkpoint" and sibling.is_file()
+              and sibling.resolve() != path.resolve() else "")
+    raise ValueError(f"{path} is {kind}, not a {what}: give the path of a {what}{nearby}") from None
+
+
+def file_kind(path: Path) -> str | None:
+    """What a file plainly is, from its first bytes (and an .npz's array names): the files our scripts
+    write and the usual mix-ups; None when it is not plainly anything (a damaged file, say)."""
+    names = None
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+        if not head:
+            return "an empty file (0 bytes)"
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if head.startswith(b"PK"):
+        if names is None:  # a damaged zip: a truncated checkpoint, say
+            return None
+        if not names or not all(name.endswith(".npy") for name in names):
+            return None if any(name.endswith("data.pkl") for name in names) else "a zip archive"
+        arrays = {name[:-4] for name in names}
+        if {"name", "dataset"} <= arrays:
+            return "a prior statistics file (the .npz train.py writes as prior_stats.npz)"
+        if "arr_0" in arrays:
+            return "a sample file (an .npz of images in arr_0, as sample.py writes)"
+        if {"mu", "sigma"} <= arrays:
+            return "a reference statistics file (an .npz of mu and sigma, as eval_fid.py ref writes)"
+        return f"a numpy .npz archive (arrays {', '.join(sorted(arrays)[:4])}{', ...' if len(arrays) > 4 else ''})"
+    for magic, kind in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x93NUMPY", "a numpy .npy array"),
+                        (b"\x1f\x8b", "a gzip-compressed file")):
+        if head.startswith(magic):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:  # binary, or a character cut by the 512 bytes we read
+        if err.start < len(head) - 3:
+            return None
+        text = head[:err.start].decode("utf-8")
+    return "a text file" if all(c.isprintable() or c in "\t\r\n" for c in text) else None
 
 
 def load_npz(path: str | Path, what: str, hint: str, keys: Iterable[str] = ()) -> dict:

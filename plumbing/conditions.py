@@ -29,7 +29,11 @@ from . import checks
 def check_class_ids(ids: torch.Tensor, num_classes: int, what: str = "class ids") -> None:
     """The one range check of class ids, 0..num_classes-1 (it reads them on the host: a sync on CUDA)."""
     if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < num_classes:
-        raise ValueError(f"{what} must be in 0..{num_classes - 1}, got {int(ids.min())}..{int(ids.max())}")
+        bad = sorted({int(i) for i in ids[(ids < 0) | (ids >= num_classes)].tolist()})
+        named = (f"class {bad[0]} is" if len(bad) == 1 else
+                 f"classes {', '.join(map(str, bad[:4]))}{', ...' if len(bad) > 4 else ''} are")
+        valid = f"0..{num_classes - 1}" if num_classes > 0 else "(this model takes no class ids)"
+        raise ValueError(f"{what}: {named} out of range {valid}")
 
 
 def check_cond(cond: torch.Tensor, num_classes: int, vectors: bool | None = None) -> None:
@@ -111,7 +115,7 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
         raise ValueError(f"--classes must be comma-separated class ids like 0,3,7, got {text!r}") from None
     if not classes:
         raise ValueError(f"--classes {text!r} names no class; give ids in 0..{num_classes - 1}")
-    check_class_ids(torch.tensor(classes), num_classes, f"--classes {text!r}: this checkpoint's class ids")
+    check_class_ids(torch.tensor(classes), num_classes, f"--classes {text!r}")  # the checkpoint's classes
     return list(dict.fromkeys(classes))  # a repeated id would only repeat the same seeds
 
 

@@ -6,15 +6,20 @@
                  by a predictable name: a planted symlink there is not followed), fsyncs it and
                  renames it over PATH, so a run killed mid-write keeps the old file whole; a failed
                  write (full disk, quota, file-size limit, I/O error) removes its temporary file,
-                 keeps the old PATH and is one line naming PATH, the cause and the flag to change
+                 keeps the old PATH and is one line naming PATH, the cause and the flag to change;
+                 the writer holds a flock on its temporary file, so the next write of PATH can tell
+                 a dead writer's leftover (removed) from a live one's (kept)
+    write_together  a command's set of files (samples .npz + grid): never a new one beside an old one
     LogFile      the training log, appended to; its failures are one line too
     FolderLock   one run per --out folder at a time (OUT/.lock, held with flock; a lock left by a
-                 killed run is taken over); `with hold_folder(OUT):` in train.py
+                 killed run is taken over); `with hold_folder(OUT):` in train.py, which also removes
+                 the folders it created when the run wrote nothing there
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import signal
@@ -70,31 +75,127 @@ def atomic_write(path: str | Path, write: Callable[[object], None], flag: str = 
     would overwrite whatever it points to. When anything fails (a full disk, a quota, the
     file-size limit, an I/O error, even a kill that raises) the temporary file is removed and
     PATH is left as it was; an OS error, also one torch.save wraps in a RuntimeError, becomes one
-    OSError line naming PATH and the fix ("or choose another FLAG" when the caller names its flag)."""
-    path = Path(path)
-    folder = path.parent
+    OSError line naming PATH and the fix ("or choose another FLAG" when the caller names its flag).
+    A kill -9 leaves the temporary file: the next write of PATH removes it (remove_stale_temps)."""
+    write_together([(Path(path), write, flag)])
+
+
+def write_together(files: list[tuple[Path, Callable[[object], None], str]]) -> None:
+    """Several files one command writes as a set, e.g. sample.py's .npz and the grid of the same
+    images, [(path, write, flag), ...]: no kill ever leaves a new one beside an old one.
+
+    Every file is written to its temporary file first (a failure removes them all and keeps the old
+    set whole). Then the old files after the first are removed, and the new ones renamed in order.
+    A kill leaves the old set (perhaps with some of the later files removed), or the new first file
+    with each later one new or missing: a missing grid, never one of other images."""
+    temps: list[TempFile] = []
+    current = files[0][0], files[0][2]
     try:
-        descriptor, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise write_error(path, err, flag) from None
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            mode = new_file_mode(path)  # mkstemp's 0600: make it what a plain open would
-            os.fchmod(file.fileno(), mode) if hasattr(os, "fchmod") else os.chmod(tmp, mode)
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
+        for path, write, flag in files:
+            current = Path(path), flag
+            temps.append(TempFile(Path(path), flag))
+            temps[-1].fill(write)
+        for temp in temps[1:]:
+            current = temp.path, temp.flag
+            temp.path.unlink(missing_ok=True)
+        for temp in temps:
+            current = temp.path, temp.flag
+            temp.commit()
     except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        for temp in temps:
+            temp.discard()
         cause = os_error_in(err)
         if cause is None:  # a bug in write(), a KeyboardInterrupt: not a write failure
             raise
-        raise write_error(path, cause, flag) from None
-    sync_folder(folder)
+        raise write_error(current[0], cause, current[1]) from None
+    for folder in dict.fromkeys(temp.path.parent for temp in temps):
+        sync_folder(folder)
+
+
+class TempFile:
+    """PATH's new temporary file, .NAME.XXXXXXXX.tmp in PATH's folder, created exclusively and
+    held with flock from creation to rename: the kernel drops the flock when its writer dies,
+    however it dies, so a temporary file whose flock is free belongs to a dead writer and may be
+    removed (remove_stale_temps) while a live writer's never is. Before creating its own, it
+    removes such leftovers of the same PATH."""
+
+    def __init__(self, path: Path, flag: str = ""):
+        self.path, self.flag, self.done = path, flag, False
+        remove_stale_temps(path)
+        while True:
+            self.descriptor, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            self.locked = flock(self.descriptor)
+            if self.locked is not False and same_file(self.descriptor, Path(self.tmp)):
+                return
+            # another writer's remove_stale_temps took it between our creation and our flock (it
+            # is removed or about to be): make another
+            os.close(self.descriptor)
+
+    def fill(self, write: Callable[[object], None]) -> None:
+        with os.fdopen(self.descriptor, "wb", closefd=False) as file:
+            mode = new_file_mode(self.path)  # mkstemp's 0600: make it what a plain open would
+            os.fchmod(file.fileno(), mode) if hasattr(os, "fchmod") else os.chmod(self.tmp, mode)
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def commit(self) -> None:
+        if not self.locked:  # no flock here (Windows): close first, an open file cannot be renamed there
+            self.close()
+        os.replace(self.tmp, self.path)
+        self.done = True
+        self.close()  # after the rename: until then the flock says a live writer holds it
+
+    def discard(self) -> None:
+        if not self.done:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+            self.descriptor = None
+
+
+# a temporary file younger than this is left alone even when no one holds its flock: a writer that
+# takes no flock (an older version of this code) may still be writing it
+STALE_TEMP_S = 60.0
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files of PATH (.NAME.XXXXXXXX.tmp beside it) that a killed writer left:
+    only regular files whose flock we can take (no live writer holds it) and that were last written
+    more than STALE_TEMP_S ago; never a symlink, never another file's. Where flock is missing or
+    unsupported (some network file systems, Windows) nothing is removed. Says what it removed."""
+    leftovers = path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp")
+    removed = [leftover for leftover in leftovers if remove_unheld(leftover, STALE_TEMP_S)]
+    if removed:
+        print(f"{path}: removed {len(removed)} temporary file(s) a killed writer of it left ({removed[0].name}, ...)")
+    return removed
+
+
+def remove_unheld(leftover: Path, min_age: float) -> bool:
+    """Unlink `leftover` if it is a regular file last written over min_age seconds ago whose flock
+    no one holds (its writer is dead); True when removed."""
+    flags = os.O_RDWR | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(leftover, flags)
+    except OSError:  # a symlink (ELOOP), gone, another user's
+        return False
+    try:
+        info = os.fstat(descriptor)
+        if (stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime >= min_age
+                and flock(descriptor) is True and same_file(descriptor, leftover)):
+            leftover.unlink()
+            return True
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+    return False
 
 
 def new_file_mode(path: Path) -> int:
@@ -233,6 +334,7 @@ class FolderLock:
         self.path = self.folder / self.NAME
         self.descriptor: int | None = None
         self.previous_sigterm = None
+        self.created: list[Path] = []  # folders made for this run, deepest first (hold_folder)
 
     def __enter__(self) -> "FolderLock":
         return self.acquire()
@@ -328,6 +430,7 @@ class FolderLock:
         finally:
             os.close(descriptor)
             self.restore_sigterm()
+            remove_if_empty(self.created)
 
     def catch_sigterm(self) -> None:
         if threading.current_thread() is threading.main_thread() and \
@@ -340,13 +443,23 @@ class FolderLock:
         self.previous_sigterm = None
 
 
+def remove_if_empty(folders: list[Path]) -> None:
+    """rmdir each folder, deepest first, while they are empty: a run that failed before writing
+    anything (no dataset at --data-dir, say) leaves no empty --out behind; one that wrote keeps it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or not ours to remove): keep it and everything above it
+            return
+
+
 def remove_leftovers(folder: Path) -> None:
     """The temporary files a killed run left behind (atomic_write's .NAME.XXXXXXXX.tmp, in the
     folder and its sub-folders such as samples/): a run that holds the folder's lock is the only
-    writer there, so none of them is being written."""
-    stale = [path for pattern in (".*.tmp", "*/.*.tmp") for path in folder.glob(pattern) if path.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    training run there, but sample.py or eval_fid.py may be writing beside its checkpoint, so a
+    file whose flock a live writer holds is kept (see TempFile)."""
+    stale = [path for pattern in (".*.tmp", "*/.*.tmp") for path in folder.glob(pattern)
+             if path.is_file() and remove_unheld(path, 0.0)]
     if stale:
         print(f"{folder}: removed {len(stale)} temporary file(s) a stopped run left ({stale[0].name}, ...)")
 
@@ -416,4 +529,7 @@ def hold_folder(folder: str | Path, flag: str = "--out", rank: int = 0) -> conte
     only rank 0 of a torchrun job holds it (the others write nothing there)."""
     if rank != 0:
         return contextlib.nullcontext()
-    return FolderLock(check_out_dir(folder, flag), flag)
+    created = [path for path in [Path(folder), *Path(folder).parents] if not path.exists()]
+    lock = FolderLock(check_out_dir(folder, flag), flag)
+    lock.created = created  # made for this run: removed again if the run ends without writing there
+    return lock

@@ -175,8 +175,14 @@ def bilinear(images: np.ndarray, size: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- CIFAR-10 (python pickles)
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """The CIFAR batches are pickles; allow only what they need so a hostile file runs no code."""
+class _NumpyOnlyUnpickler(pickle._Unpickler):
+    """The CIFAR batches are pickles; allow only what they need so a hostile file runs no code.
+
+    Python's own unpickler (pickle._Unpickler, not the C one) so that BUILD can be checked: a
+    numpy dtype is rebuilt from a pickled internal state (byte order, sizes, flags), and a state
+    that claims what a plain dtype never has (object flags on uint8) breaks numpy's internals
+    (it prints `RuntimeError: Internal error, get_clear_loop not set` tracebacks on its own).
+    A dtype's state must be the one numpy itself writes for that dtype."""
 
     numpy_names = {"_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar"}
 
@@ -185,6 +191,23 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if numpy_part or (module, name) == ("_codecs", "encode"):  # _codecs: protocol-2 bytes
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+    def load_build(self) -> None:
+        state, target = self.stack[-1], self.stack[-2]
+        if isinstance(target, np.dtype) and state != genuine_dtype_state(target, state):
+            raise pickle.UnpicklingError(f"a {target} dtype whose pickled internal state {state!r} is not "
+                                         f"numpy's own")
+        super().load_build()
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+
+
+def genuine_dtype_state(dtype: np.dtype, state: object) -> tuple | None:
+    """The state numpy pickles for `dtype` in the byte order `state` names (None if it names none)."""
+    order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+    if order not in ("<", ">", "|", "="):
+        return None
+    return dtype.newbyteorder(order).__reduce__()[2]
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -17,13 +17,22 @@ from . import checks, outputs, readers
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, names: dict[int, str] | None = None,
-              pad: int = 2, max_rows: int = 20, max_columns: int = 16, flag: str = "") -> None:
+              pad: int = 2, max_rows: int = 20, max_columns: int = 16, flag: str = "") -> tuple[int, int]:
     """PNG grid: one row per class or condition (ascending id), its samples left to right, the
-    row's name on its left (names[id], else the id); white padding.
+    row's name on its left (names[id], else the id); white padding. Returns (rows, columns) shown.
 
     At most max_rows rows and max_columns samples each are shown (a picture to look at; the .npz
     keeps every image). Tiles under 64 px are upscaled by an integer factor (nearest).
     """
+    picture, shown = grid_picture(images, labels, names, pad, max_rows, max_columns)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    outputs.atomic_write(path, picture_writer(picture, path), flag)
+    return shown
+
+
+def grid_picture(images: torch.Tensor, labels: torch.Tensor, names: dict[int, str] | None = None, pad: int = 2,
+                 max_rows: int = 20, max_columns: int = 16) -> tuple[Image.Image, tuple[int, int]]:
+    """save_grid's picture and its (rows, columns) of images, not yet written."""
     images, labels = images.cpu().numpy(), np.asarray(torch.as_tensor(labels).cpu())
     _, channels, height, width = images.shape
     scale = max(1, 64 // max(height, width))
@@ -43,9 +52,13 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, name
     for r, text in enumerate(texts):
         draw.text((pad + 2, pad + r * tile_h + (tile_h - pad) // 2), text, fill=0 if channels == 1 else (0, 0, 0),
                   font=font, anchor="lm")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    outputs.atomic_write(path, lambda file: picture.save(file, format=Image.registered_extensions()[
-        Path(path).suffix.lower()]), flag)
+    return picture, (len(rows), columns)
+
+
+def picture_writer(picture: Image.Image, path: str | Path):
+    """write(file) for outputs.atomic_write: the picture in the format PATH's suffix names."""
+    image_format = Image.registered_extensions()[Path(path).suffix.lower()]
+    return lambda file: picture.save(file, format=image_format)
 
 
 def label_margin(texts: list[str]) -> int:
@@ -59,11 +72,30 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, c
     """guided-diffusion evaluation format: arr_0 uint8 (N, H, W, C), arr_1 int64 (N,) class ids (for
     vector conditions: the condition's row), plus `cond` (N, E) float32 when given; atomic."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    outputs.save_npz(path, sample_arrays(images, labels, cond), flag)
+
+
+def sample_arrays(images: torch.Tensor, labels: torch.Tensor, cond: torch.Tensor | None = None) -> dict:
     arrays = {"arr_0": images.cpu().permute(0, 2, 3, 1).numpy().astype(np.uint8),
               "arr_1": torch.as_tensor(labels).cpu().numpy().astype(np.int64)}
     if cond is not None:
         arrays["cond"] = cond.cpu().numpy().astype(np.float32)
-    outputs.save_npz(path, arrays, flag)
+    return arrays
+
+
+def save_samples_and_grid(npz: str | Path, png: str | Path, images: torch.Tensor, labels: torch.Tensor,
+                          cond: torch.Tensor | None = None, names: dict[int, str] | None = None,
+                          npz_flag: str = "", png_flag: str = "") -> tuple[int, int]:
+    """sample.py's two files, save_samples' .npz and save_grid's picture of the same images, written
+    as a set (outputs.write_together, the .npz first): a kill never leaves a grid of other images
+    beside the .npz, at worst the new .npz without its grid. Returns the grid's (rows, columns)."""
+    picture, shown = grid_picture(images, labels, names)
+    arrays = {key: np.asarray(value) for key, value in sample_arrays(images, labels, cond).items()}
+    for path in (npz, png):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    outputs.write_together([(Path(npz), lambda file: np.savez(file, **arrays), npz_flag),
+                            (Path(png), picture_writer(picture, png), png_flag)])
+    return shown
 
 
 SAMPLES_HINT = "make one with python sample.py (arr_0: uint8 images N x H x W x C, arr_1: N labels)"

@@ -704,7 +704,7 @@ def test_damaged_classifier_files(workdir, tmp_path):
     broken = saved | {"model": {k: v.clone() for k, v in saved["model"].items()}}
     broken["model"]["trunk.0.weight"][0, 0, 0, 0] = float("nan")  # every feature becomes NaN
     torch.save(broken, tmp_path / "nan.pt")
-    cases = {"garbage.pt": "garbage.pt: not a readable classifier file",
+    cases = {"garbage.pt": "garbage.pt is a text file, not a classifier file",
              "no_width.pt": r"no_width.pt: not a classifier file \(no 'width'\)",
              "other_net.pt": "other_net.pt: not a classifier file of this classifier.py",
              "nan.pt": "features of classifier .*nan.pt is not finite"}

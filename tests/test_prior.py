@@ -72,7 +72,7 @@ def test_null_rows_use_dataset_component_and_ids_are_checked():
     x0 = prior.sample(torch.tensor([1, 1]), torch.Generator().manual_seed(0), null=torch.tensor([True, False]))
     np.testing.assert_allclose(x0[0].double().numpy(), prior.means[K], atol=1e-3)
     np.testing.assert_allclose(x0[1].double().numpy(), prior.means[1], atol=1e-3)
-    with pytest.raises(ValueError, match=r"class ids must be in 0\.\.3"):
+    with pytest.raises(ValueError, match=r"class ids: class 4 is out of range 0\.\.3"):
         prior.sample(torch.tensor([K]))  # K is no id: "null" is the mask
     with pytest.raises(ValueError, match="int64 class ids"):
         prior.sample(torch.tensor([0], dtype=torch.int32))
@@ -136,7 +136,7 @@ def test_bad_input_is_named():
     labels[0] = 1  # class 1 has a single image, classes 2 and 3 none
     with pytest.raises(ValueError, match="class 1 has 1 image"):
         ClassPrior().fit(batches_of(images, labels, 8, np.arange(20)), K)
-    with pytest.raises(ValueError, match=r"class ids must be in 0\.\.1"):
+    with pytest.raises(ValueError, match=r"class ids: class 2 is out of range 0\.\.1"):
         ClassPrior().fit(batches_of(images, labels + 1, 8, np.arange(20)), 2)
     with pytest.raises(FileNotFoundError, match="no prior statistics file at"):
         load_prior("/nonexistent/stats.npz", ClassPrior)

@@ -224,6 +224,148 @@ def test_a_stale_or_empty_lock_file_is_taken_over(tmp_path, capsys):
         outputs.FolderLock(tmp_path).acquire()
 
 
+# ---------------------------------------------------------------- what a killed writer leaves
+
+# A writer that stops inside atomic_write with its temporary file half written: it writes a
+# first chunk, says so, and waits (to be killed) before writing the rest.
+STUCK_WRITER = r"""
+import sys, time
+from pathlib import Path
+from plumbing import outputs
+
+def write(file):
+    file.write(b"half a file")
+    file.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+
+outputs.atomic_write(Path(sys.argv[1]), write)
+"""
+
+
+def test_the_next_write_of_a_file_removes_a_dead_writers_temporary_file_only(tmp_path, capsys):
+    """sample.py or eval_fid.py ref killed while writing PATH leave .PATH.XXXXXXXX.tmp; the next
+    write of PATH removes it once its writer is dead, and never a live writer's (it holds the
+    file's flock until its rename), a young file nobody holds (a writer that takes no flock), a
+    symlink, or another file's temporary file."""
+    target = tmp_path / "samples.npz"
+    target.write_bytes(b"old")
+    writer = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(target)], cwd=ROOT, env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        [live] = tmp_path.glob(".samples.npz.*.tmp")
+        os.utime(live, (0, 0))  # as old as can be: only the flock tells that its writer lives
+        young = tmp_path / ".samples.npz.young123.tmp"  # nobody holds it, but just written
+        other = tmp_path / ".grid.png.abcdefgh.tmp"  # a killed writer's, of another file
+        aged = tmp_path / ".samples.npz.aged1234.tmp"  # a killed writer's, of this file
+        link = tmp_path / ".samples.npz.link1234.tmp"
+        for path in (young, other, aged):
+            path.write_bytes(b"left")
+        link.symlink_to(other)
+        for path in (other, aged):
+            os.utime(path, (0, 0))
+        os.utime(link, (0, 0), follow_symlinks=False)
+        outputs.save_npz(target, {"x": np.arange(3)})
+        assert live.exists() and young.exists() and other.exists() and link.is_symlink() and not aged.exists()
+        assert "removed 1 temporary file(s) a killed writer of it left" in capsys.readouterr().out
+        writer.send_signal(signal.SIGKILL)  # no finally runs: its temporary file stays, its flock goes
+        writer.wait(timeout=60)
+        assert live.exists() and target.read_bytes().startswith(b"PK")  # our write went through whole
+        outputs.save_npz(target, {"x": np.arange(4)})
+        assert not live.exists() and young.exists() and other.exists() and link.is_symlink()
+        with np.load(target) as arrays:
+            assert arrays["x"].tolist() == [0, 1, 2, 3]
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+
+
+# sample.py, killed at the k-th call of os.fsync or os.replace: every point where a kill leaves
+# the writes in between (each temporary file written, each rename done)
+KILLED_SAMPLE = r"""
+import os, signal, sys
+point, k = sys.argv[1], int(sys.argv[2])
+calls = {"fsync": 0, "replace": 0}
+real = {"fsync": os.fsync, "replace": os.replace}
+
+def hooked(name):
+    def call(*args, **kwargs):
+        calls[name] += 1
+        if name == point and calls[name] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real[name](*args, **kwargs)
+    return call
+
+os.fsync, os.replace = hooked("fsync"), hooked("replace")
+import sample
+sample.main(sys.argv[3:])
+"""
+
+
+def test_a_killed_sample_never_leaves_a_grid_beside_another_runs_samples(tmp_path):
+    """sample.py writes an .npz and a PNG grid of the same images. Killed at any point of its
+    writes, the two files left must not disagree: never the new .npz beside the old grid, nor the
+    old .npz beside the new grid (the new .npz without a grid is allowed: README says so)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from PIL import Image
+    import sample
+    run = tmp_path / "run"
+    train.train(train.parse_args([*QUICK, "--steps", "1", "--out", str(run)]))
+    base = ["--ckpt", str(run / "ckpt.pt"), "--nfe", "1", "--n", "2", "--device", "cpu"]
+    versions = {}
+    for seed in ("1", "2"):  # seed 1: the files already there; seed 2: the killed command's
+        sample.main([*base, "--seed", seed, "--out-png", str(tmp_path / f"s{seed}.png"),
+                     "--out-npz", str(tmp_path / f"s{seed}.npz")])
+        with np.load(tmp_path / f"s{seed}.npz") as arrays, Image.open(tmp_path / f"s{seed}.png") as grid:
+            versions[seed] = arrays["arr_0"].copy(), np.asarray(grid).copy()
+    assert not np.array_equal(versions["1"][0], versions["2"][0])
+
+    # the first rename, the second, and the second fsync (the second temporary file written): with
+    # both files in one folder these are the points between the writes (a kill during the first
+    # temporary file leaves what the second rename's does not touch either: the old set)
+    points = [("fsync", 2), ("replace", 1), ("replace", 2)]
+
+    def killed(point: tuple[str, int]) -> tuple[str, str]:
+        folder = tmp_path / f"{point[0]}{point[1]}"
+        folder.mkdir()
+        for suffix in ("png", "npz"):
+            (folder / f"out.{suffix}").write_bytes((tmp_path / f"s1.{suffix}").read_bytes())
+        argv = [*base, "--seed", "2", "--out-png", str(folder / "out.png"), "--out-npz", str(folder / "out.npz")]
+        result = subprocess.run([sys.executable, "-c", KILLED_SAMPLE, point[0], str(point[1]), *argv], cwd=ROOT,
+                                env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]  # killed where asked
+
+        def which(path: Path, index: int) -> str:
+            if not path.exists():
+                return "missing"
+            if index == 0:
+                with np.load(path) as arrays:
+                    found = arrays["arr_0"]
+            else:
+                with Image.open(path) as grid:
+                    found = np.asarray(grid)
+            return next(seed for seed, kept in versions.items() if np.array_equal(kept[index], found))
+        return which(folder / "out.npz", 0), which(folder / "out.png", 1)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        states = dict(zip(points, pool.map(killed, points)))
+    for point, (npz, png) in states.items():
+        assert npz != "missing" and png in (npz, "missing"), (point, npz, png)
+    assert ("1", "1") in states.values() and ("2", "missing") in states.values()  # the points were reached
+
+    # the killed command's temporary files stay until the same command runs again, which removes
+    # them (their writer is dead) and writes both files
+    folder = tmp_path / "replace1"
+    left = sorted(path.name for path in folder.glob(".*.tmp"))
+    assert [name.split(".")[1] for name in left] == ["out", "out"], left  # .out.npz.X.tmp, .out.png.X.tmp
+    for path in folder.glob(".*.tmp"):
+        os.utime(path, (0, 0))  # older than a minute
+    sample.main([*base, "--seed", "2", "--out-png", str(folder / "out.png"), "--out-npz", str(folder / "out.npz")])
+    assert sorted(os.listdir(folder)) == ["out.npz", "out.png"]
+
+
 # ---------------------------------------------------------------- idx headers that lie
 
 def idx_header(magic: int, shape: tuple[int, ...]) -> bytes:

@@ -208,8 +208,10 @@ def test_load_checkpoint_uses_ema_and_own_prior(checkpoint):
     (["--nfe", "0"], "argument --nfe: must be at least 1, got 0"),
     (["--nfe", "7", "--solver", "rk4"], "multiple of 4: try 4 or 8"),
     (["--nfe", "3", "--cfg", "2"], "guidance doubles.*try 2 or 4"),
-    (["--classes", "1,3"], r"--classes '1,3': this checkpoint's class ids must be in 0\.\.2, got 1\.\.3"),
-    (["--classes", "-1"], r"class ids must be in 0\.\.2, got -1\.\.-1"),
+    (["--classes", "1,3"], r"^--classes '1,3': class 3 is out of range 0\.\.2$"),
+    (["--classes", "-1"], r"^--classes '-1': class -1 is out of range 0\.\.2$"),
+    (["--classes", "12"], r"^--classes '12': class 12 is out of range 0\.\.2$"),
+    (["--classes", "3,-2,5,5"], r"^--classes '3,-2,5,5': classes -2, 3, 5 are out of range 0\.\.2$"),
     (["--classes", "a"], "comma-separated class ids"),
 ])
 def test_cli_bad_arguments(checkpoint, argv, pattern):
