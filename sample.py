@@ -641,8 +641,10 @@ def fit_main(argv: list[str] | None = None) -> None:
                       args.per_class, args.pilot, args.points, device, progress=True)
     outputs.write_text(out, json.dumps(record, indent=1) + "\n")
     for name, times in record["times"].items():
-        change = record["objective_on_pilot"][name] / record["uniform_on_pilot"][name] - 1
-        print(f"{name}: {', '.join(f'{t:.4f}' for t in times)} ({args.objective} on the pilot {change:+.0%} vs uniform)")
+        fitted, uniform = record["objective_on_pilot"][name], record["uniform_on_pilot"][name]
+        change = f" ({fitted / uniform - 1:+.0%})" if uniform > 0 else ""
+        print(f"{name}: {', '.join(f'{t:.4f}' for t in times)}; {args.objective} error on the pilot {fitted:.4g}, "
+              f"uniform's {uniform:.4g}{change}")
     print(f"wrote {out}: sample with python sample.py --ckpt {args.ckpt} --solver {args.solver} --nfe {args.nfe} "
           f"--grid {out}")
 
