@@ -289,3 +289,57 @@ def test_fit_cli_then_sample_with_the_file(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and "invalid choice: 'nope'" in lines[0]
+
+
+# --- bench/compare.py: grid=NAME, the same trained run on another grid -----------------------
+
+def test_compare_entries_with_a_grid():
+    sys.path.insert(0, str(REPO / "bench"))
+    import compare
+
+    shifted = compare.parse_method("gaussian:grid=shift")
+    assert (shifted.label, shifted.slug, shifted.key) == ("gaussian:grid=shift:3", "gaussian", "gaussian-grid_shift_3")
+    assert compare.parse_method("gaussian:grid=shift:3.0") == shifted
+    assert compare.parse_method("gaussian:grid=uniform") == compare.parse_method("gaussian")
+    fitted = compare.parse_method("kmeans:k=16,grid=fit-class,cfg=2")
+    assert fitted.label == "kmeans:k=16,cfg=2,grid=fit-class:local" and fitted.key == "kmeans-k16-cfg2-grid_fit-class_local"
+    assert fitted.slug == "kmeans-k16"
+    with pytest.raises(ValueError, match="--priors 'gaussian:grid=cosine': grid= 'cosine': unknown grid.*fit or fit-class"):
+        compare.parse_method("gaussian:grid=cosine")
+    with pytest.raises(ValueError, match="objective 'pixels', choose one of local, endpoint"):
+        compare.parse_method("gaussian:grid=fit:pixels")
+    with pytest.raises(ValueError, match="twice"):
+        compare.parse_methods(["gaussian:grid=shift", "gaussian:grid=shift:3"])
+
+
+def test_compare_fits_once_then_reads_the_cache(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "bench"))
+    import compare
+
+    class Ev:
+        device = torch.device("cpu")
+
+        def load(self, ckpt):
+            return FakeModel(), FakePrior(), {}
+
+    ckpt = tmp_path / "ckpt_0000004.pt"
+    ckpt.write_bytes(b"weights")
+    args = type("Args", (), {"out": tmp_path, "solver": "euler"})()
+    method = compare.parse_method("class:grid=fit-class")
+    monkeypatch.setattr(sample, "fit_grid", lambda *a, **k: fit_small(*a, **k))
+    times = compare.time_grid(Ev(), args, method, 0, 4, 2, ckpt)
+    assert sorted(times) == [0, 1, 2] and all(sample.check_grid(t, 2) for t in times.values())
+    assert (tmp_path / "fitted_grids" / "class-grid_fit-class_local_seed0_step4_euler_nfe2.json").is_file()
+    monkeypatch.setattr(sample, "fit_grid", lambda *a, **k: pytest.fail("fitted again"))
+    assert compare.time_grid(Ev(), args, method, 0, 4, 2, ckpt) == times
+    ckpt.write_bytes(b"other weights")  # the cached grid is now for another checkpoint
+    with pytest.raises(ValueError, match="fitted for another checkpoint"):
+        compare.time_grid(Ev(), args, method, 0, 4, 2, ckpt)
+    assert compare.time_grid(Ev(), args, compare.parse_method("class:grid=edm"), 0, 4, 2, ckpt) == "edm:7"
+
+
+FIT_GRID = sample.fit_grid
+
+
+def fit_small(*args, **kwargs):
+    return FIT_GRID(*args, **{**kwargs, "pilot": 2, "points": 4})
