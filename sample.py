@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
 # closer to the teacher in pixels can be blurrier.
 
 FIT_OBJECTIVES = ("local", "endpoint")
-TEACHER_SUBSTEPS = 2  # teacher rk4 steps per fine interval
+TEACHER_SUBSTEPS = 1  # teacher rk4 steps per fine interval (32 intervals: 128 NFE)
 GRID_FILE_KIND = "condprior fitted time grid"
 
 
@@ -528,12 +528,12 @@ def best_endpoint(field: Field, x0: torch.Tensor, target: torch.Tensor, fine: li
 
 
 def fit_times(field: Field, x0: torch.Tensor, steps: int, solver: str, objective: str, points: int,
-              bar=None) -> tuple[list[float], float, float]:
+              bar=None, substeps: int = TEACHER_SUBSTEPS) -> tuple[list[float], float, float]:
     """(the fitted grid, its objective on the pilot x0, the uniform grid's) for one field and pilot."""
     if objective not in FIT_OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}: choose one of {', '.join(FIT_OBJECTIVES)}")
     fine = fine_grid(steps, points)
-    states, velocities = teacher_solve(field, x0, fine)
+    states, velocities = teacher_solve(field, x0, fine, substeps)
     uniform = list(range(0, len(fine), (len(fine) - 1) // steps))
     if objective == "local":
         errors = local_errors(field, states, velocities, fine, solver, bar)

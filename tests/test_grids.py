@@ -205,7 +205,7 @@ def test_fitted_grid_matches_brute_force():
         fine = sample.fine_grid(2, points)
         # endpoint, K = 2: every t1 on the fine grid, the two-step solve in closed form
         endpoint = {t1: power * (endpoint_ratio(step, [0.0, t1, 1.0]) - math.e) ** 2 for t1 in fine[1:-1]}
-        times, value, uniform = sample.fit_times(growth, x0, 2, solver, "endpoint", points)
+        times, value, uniform = sample.fit_times(growth, x0, 2, solver, "endpoint", points, substeps=4)
         best = min(endpoint, key=endpoint.get)
         assert times == [0.0, best, 1.0] and value == pytest.approx(endpoint[best], rel=1e-5)
         assert uniform == pytest.approx(endpoint[0.5], rel=1e-5) and value < uniform
@@ -216,7 +216,7 @@ def test_fitted_grid_matches_brute_force():
             for inner in itertools.combinations(fine[1:-1], steps - 1):
                 grid = [0.0, *inner, 1.0]
                 local[inner] = power * sum((step(a, b) - math.exp(b ** 4)) ** 2 for a, b in zip(grid, grid[1:]))
-            times, value, uniform = sample.fit_times(growth, x0, steps, solver, "local", points)
+            times, value, uniform = sample.fit_times(growth, x0, steps, solver, "local", points, substeps=4)
             best = min(local, key=local.get)
             assert times == [0.0, *best, 1.0] and value == pytest.approx(local[best], rel=1e-5)
             assert uniform == pytest.approx(local[tuple(sample.uniform_grid(steps)[1:-1])], rel=1e-5)
@@ -234,13 +234,13 @@ def endpoint_ratio(step, grid):
 def test_fitted_grid_no_worse_than_uniform_for_more_steps():
     x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for objective, solver, steps in (("endpoint", "euler", 4), ("local", "heun", 4), ("endpoint", "rk4", 3)):
-        times, value, uniform = sample.fit_times(growth, x0, steps, solver, objective, 12)
+        times, value, uniform = sample.fit_times(growth, x0, steps, solver, objective, 12, substeps=4)
         assert sample.check_grid(times, steps) and value <= uniform
         # the value is what the grid scores: re-measured from scratch against the teacher's endpoint,
         # which is the exact one up to the teacher's own (rk4) error
         if objective == "endpoint":
             x1 = sample.integrate(growth, x0, steps * sample.SOLVERS[solver], solver, times)
-            states, _ = sample.teacher_solve(growth, x0, sample.fine_grid(steps, 12))
+            states, _ = sample.teacher_solve(growth, x0, sample.fine_grid(steps, 12), 4)
             torch.testing.assert_close(states[-1], x0 * math.e, rtol=1e-5, atol=1e-5)
             assert value == pytest.approx(float((x1 - states[-1]).pow(2).mean()), rel=1e-9)
 
