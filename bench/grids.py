@@ -102,16 +102,16 @@ def main(argv: list[str] | None = None) -> None:
                 spread = ""
                 if grid == "uniform" and args.noise_seeds:
                     others = [results.get(f"point/{run}/{args.solver}/{nfe}/{grid}/seed{s}",
-                                          lambda: ev.point(ckpt, args.solver, nfe, seed=s))["fd"]
+                                          lambda: ev.point(ckpt, args.solver, nfe, seed=s))["value"]
                               for s in range(1, args.noise_seeds + 1)]
-                    every = [point["fd"], *others]
+                    every = [point["value"], *others]
                     spread = f"{min(every):.2f}-{max(every):.2f} (seeds 0-{args.noise_seeds})"
                 fit = results.points.get(f"fit/{run.replace('/', '_')}/{args.solver}/{nfe}/{grid}", {})
                 pilot = ("" if not fit else "; ".join(f"{fit['objective_on_pilot'][k]:.3g} vs {fit['uniform_on_pilot'][k]:.3g}"
                                                        for k in list(fit["objective_on_pilot"])[:1])
                          + (f" ({len(fit['objective_on_pilot'])} classes, first shown)" if len(fit.get('objective_on_pilot', {})) > 1 else "")
                          + (f", fitted in {fit['seconds']:.0f} s" if fit else ""))
-                rows.append([run, str(nfe), grid, describe(times), f"{point['fd']:.2f}", spread,
+                rows.append([run, str(nfe), grid, describe(times), f"{point['value']:.2f}", spread,
                              f"{point.get('accuracy', float('nan')):.3f}", pilot])
                 print(" | ".join(rows[-1]), flush=True)
     header = ["checkpoint", "NFE", "grid", "interior times", ev.metric, f"uniform {ev.metric} over sampling seeds",
