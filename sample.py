@@ -450,7 +450,7 @@ def mean_square(difference: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def teacher_solve(field: Field, x0: torch.Tensor, fine: list[float], substeps: int = TEACHER_SUBSTEPS
+def teacher_solve(field: Field, x0: torch.Tensor, fine: list[float], substeps: int = TEACHER_SUBSTEPS, bar=None
                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(x* at every fine time, v(x*, t) at every fine time but the last): rk4, `substeps` per interval."""
     states, velocities, x = [x0], [], x0
@@ -463,6 +463,8 @@ def teacher_solve(field: Field, x0: torch.Tensor, fine: list[float], substeps: i
                 velocities.append(v)
             x = rk4_step(reusing(field, x, v), x, t, h)
         states.append(x)
+        if bar is not None:
+            bar.update(1)
     return states, velocities
 
 
@@ -533,7 +535,7 @@ def fit_times(field: Field, x0: torch.Tensor, steps: int, solver: str, objective
     if objective not in FIT_OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}: choose one of {', '.join(FIT_OBJECTIVES)}")
     fine = fine_grid(steps, points)
-    states, velocities = teacher_solve(field, x0, fine, substeps)
+    states, velocities = teacher_solve(field, x0, fine, substeps, bar)
     uniform = list(range(0, len(fine), (len(fine) - 1) // steps))
     if objective == "local":
         errors = local_errors(field, states, velocities, fine, solver, bar)
@@ -568,7 +570,8 @@ def fit_grid(model: torch.nn.Module, prior, ckpt_sha256: str, nfe: int, solver: 
     checks.check_at_least(points, steps, "--points")
     groups = [[c] for c in range(model.num_classes)] if per_class else [list(range(model.num_classes))]
     fine = fine_grid(steps, points)
-    work = len(fine) - 1 if objective == "local" else 8  # bar units per group: DP rows, or sweeps at most
+    work = len(fine) - 1 + (len(fine) - 1 if objective == "local" else 8)  # per group: teacher steps, then DP
+    # rows or coordinate-descent sweeps (at most 8)
     times, values, baselines = {}, {}, {}
     with tqdm(total=len(groups) * work, desc=f"fitting {objective} grid", disable=not progress) as bar:
         for group in groups:
