@@ -7,7 +7,7 @@ then measured on the same per-image sampling seeds:
         --priors gaussian class kmeans:k=16 gmm:k=16 mine:rank=8 --steps 2000 --seeds 0,1 --nfe 1,2,4,8,16
 
 An entry is NAME[:key=value[,key=value...]]: NAME from prior.PRIORS (a fork's own prior too),
-keys its constructor's options, typed by their defaults, plus three reserved keys:
+keys its constructor's options, typed by their defaults, plus six reserved keys:
 
     coupling=independent|ot|class_ot   how x0 and x1 are paired in training (flow.COUPLINGS)
     null_source=global|class           where a dropped label's x0 comes from in training
@@ -21,6 +21,12 @@ keys its constructor's options, typed by their defaults, plus three reserved key
     longer=N                           the control: the trained run trained on, on data with fresh
                                        prior draws, for the compute reflow=N adds (its fine-tuning
                                        steps, and its pairs' evaluations at 3 per training image)
+    grid=NAME                          the solver's time grid at sampling time, the same trained run:
+                                       a named one (uniform, shift:S, edm:RHO: sample.py), or
+                                       fit[:OBJECTIVE] / fit-class[:OBJECTIVE], a grid fitted to each
+                                       measured checkpoint, solver and NFE (sample.fit_grid, pooled
+                                       or per class, objective local or endpoint), cached in
+                                       OUT/fitted_grids/KEY_seedS_stepN_SOLVER_nfeN.json
 
 Training is cached by its whole configuration: OUT/train/SLUG_seedS/ with method.json (what
 was trained: prior, options, coupling, seed, budget) and ckpt_STEP.pt at each measured step
@@ -90,6 +96,7 @@ class Method:
     cfg: float = 1.0
     reflow: int = 0  # > 0: reflowed from the trained run on this many of its pairs
     longer: int = 0  # > 0: the control: the trained run trained on for the compute of reflow=N
+    grid: str = "uniform"  # the time grid at sampling time (canonical: parse_time_grid)
 
     @property
     def base(self) -> Method:
@@ -104,11 +111,12 @@ class Method:
         pairs += [f"null_source={self.null_source}"] * (self.null_source != "global")
         pairs += [f"cfg={self.cfg:g}"] * (self.cfg != 1.0)
         pairs += [f"reflow={self.reflow}"] * bool(self.reflow) + [f"longer={self.longer}"] * bool(self.longer)
+        pairs += [f"grid={self.grid}"] * (self.grid != "uniform")
         return self.prior + (":" + ",".join(pairs) if pairs else "")
 
     @property
     def slug(self) -> str:
-        """The training run's folder name (cfg is not part of it: sampling only)."""
+        """The training run's folder name (cfg and grid are not part of it: sampling only)."""
         return (self.prior + "".join(f"-{k}{v}" for k, v in self.options)
                 + (f"-coupling_{self.coupling}" if self.coupling != "independent" else "")
                 + (f"-null_source_{self.null_source}" if self.null_source != "global" else "")
@@ -116,8 +124,9 @@ class Method:
 
     @property
     def key(self) -> str:
-        """The measured method's name in results.json and file names: the slug, and its cfg."""
-        return self.slug + (f"-cfg{self.cfg:g}" if self.cfg != 1.0 else "")
+        """The measured method's name in results.json and file names: the slug, its cfg and grid."""
+        return (self.slug + (f"-cfg{self.cfg:g}" if self.cfg != 1.0 else "")
+                + (f"-grid_{self.grid.replace(':', '_')}" if self.grid != "uniform" else ""))
 
     def training(self) -> dict:
         """The train.Config fields of the method."""
@@ -137,7 +146,7 @@ def parse_method(text: str) -> Method:
                 raise ValueError(f"{pair!r} is not key=value")
             if key.strip() in reserved or key.strip() in [o.partition("=")[0].strip() for o in options]:
                 raise ValueError(f"{key.strip()} is given twice")
-            if key.strip() in ("coupling", "null_source", "cfg", "reflow", "longer"):
+            if key.strip() in ("coupling", "null_source", "cfg", "grid", "reflow", "longer"):
                 reserved[key.strip()] = value.strip()
             else:
                 options.append(pair)
@@ -149,13 +158,34 @@ def parse_method(text: str) -> Method:
         if null_source not in NULL_SOURCES:
             raise ValueError(f"null_source={null_source!r}: choose one of {', '.join(NULL_SOURCES)}")
         cfg = float(convert_option(reserved.get("cfg", "1.0"), 1.0, "cfg"))
+        grid = parse_time_grid(reserved.get("grid", "uniform"))
         reflow, longer = (int(convert_option(reserved.get(k, "0"), 0, k)) for k in ("reflow", "longer"))
         if min(reflow, longer) < 0 or (reflow and longer):
             raise ValueError("reflow=N (pairs) or longer=N (the control for N pairs' compute) takes one N > 0, "
                              "and an entry is one or the other")
     except ValueError as err:
         raise ValueError(f"--priors {text!r}: {str(err).replace('--prior-opt ', '')}") from None
-    return Method(name, tuple(sorted(prior_options.items())), coupling, null_source, cfg, reflow, longer)
+    return Method(name, tuple(sorted(prior_options.items())), coupling, null_source, cfg, grid=grid,
+                  reflow=reflow, longer=longer)
+
+
+FITTED_GRIDS = ("fit", "fit-class")  # grid=fit[:OBJECTIVE] pooled over the classes, fit-class per class
+
+
+def parse_time_grid(text: str) -> str:
+    """grid=... made canonical: "shift" -> "shift:3", "fit" -> "fit:local"; a bad one is a ValueError."""
+    name, _, value = text.strip().partition(":")
+    if name in FITTED_GRIDS:
+        objective = value or sample.FIT_OBJECTIVES[0]
+        if objective not in sample.FIT_OBJECTIVES:
+            raise ValueError(f"grid={text}: objective {objective!r}, choose one of {', '.join(sample.FIT_OBJECTIVES)}")
+        return f"{name}:{objective}"
+    try:
+        name, param = sample.parse_grid(text)
+    except ValueError as err:
+        raise ValueError(str(err).replace("--grid", "grid=", 1).replace(" or a fitted grid's .json file "
+                                                                      "(python sample.py fit)", ", fit or fit-class")) from None
+    return name if param is None else f"{name}:{param:g}"
 
 
 def parse_methods(texts: list[str]) -> list[Method]:
@@ -321,7 +351,25 @@ def measure_run(ev: Evaluator, args: argparse.Namespace, method: Method, seed: i
             grid = (args.out / "grids" / f"{method.key}_seed{seed}_nfe{nfe}.png"
                     if step == final and seed == args.seeds[0] and nfe in grid_nfes(args) else None)
             results.get(point_key(method, seed, step, args.solver, nfe),
-                        lambda: ev.point(ckpt, args.solver, nfe, method.cfg, grid=grid))
+                        lambda: ev.point(ckpt, args.solver, nfe, method.cfg, grid=grid,
+                                         time_grid=time_grid(ev, args, method, seed, step, nfe, ckpt)))
+
+
+def time_grid(ev: Evaluator, args: argparse.Namespace, method: Method, seed: int, step: int, nfe: int, ckpt: Path):
+    """What sample.generate is given as its grid: the name, or the times of the fitted grid (fitted
+    here once, then read from OUT/fitted_grids/, refused if it was fitted for another checkpoint)."""
+    name, _, objective = method.grid.partition(":")
+    if name not in FITTED_GRIDS:
+        return method.grid
+    path = args.out / "fitted_grids" / f"{method.key}_seed{seed}_step{step}_{args.solver}_nfe{nfe}.json"
+    sha256 = sample.checkpoint_sha256(ckpt)
+    if not path.is_file():
+        model, prior, _ = ev.load(ckpt)
+        record = sample.fit_grid(model, prior, sha256, nfe, args.solver, method.cfg, objective,
+                                 per_class=name == "fit-class", device=ev.device, progress=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        outputs.write_text(path, json.dumps(record, indent=1) + "\n")
+    return sample.load_fitted_grid(path, sha256, nfe, args.solver, method.cfg)
 
 
 def spendable(nfe: int, solver: str, cfg: float) -> bool:

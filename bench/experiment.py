@@ -505,13 +505,14 @@ class Evaluator:
                               self.args.seed)
 
     def point(self, ckpt: Path, solver: str, nfe: int, cfg: float = 1.0, grid: Path | None = None,
-              seed: int | None = None) -> dict:
+              seed: int | None = None, time_grid=None) -> dict:
         """Metrics of n samples (class-balanced, or the first n held-out condition vectors: then
-        the attribute errors of shapes attributes instead of the accuracy); optionally a grid."""
+        the attribute errors of shapes attributes instead of the accuracy); optionally a grid (the
+        PNG). time_grid: the solver's time grid, as sample.generate takes it (None: uniform)."""
         model, prior, run = self.load(ckpt)
         cond, seeds, classes = self.conditions(run, self.config.n, seed)
         images = sample.generate(model, prior, cond, seeds, nfe, solver, cfg, self.config.sample_batch,
-                                 self.device, progress=True)
+                                 self.device, progress=True, grid=time_grid)
         result = eval_fid.score(self.extractor, images, classes, self.ref, 256, self.args.seed)
         if classes is None and run["dataset"] == "shapes":  # faithfulness to the attributes, from pixels
             result.update(shapes.attribute_errors(images.numpy(), cond.numpy()))

@@ -89,6 +89,21 @@ def pair_seed(seed: int, index: int) -> int:
     return image_seed(PAIR_SEEDS_FROM + seed, index // 1_000_033, index % 1_000_033)
 
 
+# Pilot draws (sample.py fit: the prior draws a time grid is fitted on) come from another seed space,
+# so a fitted grid never saw an image it is evaluated on (nor a reflow pair: pair seeds stay below 1.79e19). image_seed's largest value, at
+# run_seed = checks.MAX_SEED = 2^24 - 1, class < 1000003 and index < 1000033, is below
+# 2^24 * 1000003 * 1000033 < 1.68e19; the pilot seeds start at 2^64 - 2^41 > 1.84e19, and
+# class * 2^20 + index stays below 2^41 for class, index < 2^20 (manual_seed takes up to 2^64 - 1).
+PILOT_SEED_BASE = 2**64 - 2**41
+
+
+def pilot_seed(class_id: int, index: int) -> int:
+    """Seed of pilot draw `index` of class (or condition row) `class_id`: never an image_seed."""
+    if not (0 <= class_id < 2**20 and 0 <= index < 2**20):
+        raise ValueError(f"pilot draws take class ids and indices below 2^20, got class {class_id}, index {index}")
+    return PILOT_SEED_BASE + class_id * 2**20 + index
+
+
 def per_condition(conditions: torch.Tensor, ids: list[int], n: int, seed: int
                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """n images of each condition, condition by condition: (cond, id of each image's condition,
