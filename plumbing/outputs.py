@@ -344,15 +344,18 @@ class FolderLock:
 
     def acquire(self) -> "FolderLock":
         deadline = time.monotonic() + 2 * self.STALE_EMPTY_S
-        while True:
-            taken = self.try_acquire()
-            if taken:
-                break
-            if time.monotonic() > deadline:  # a holder that never writes its name: a broken file system
-                raise ValueError(f"{self.flag} {self.folder}: cannot take {self.path} (it keeps changing, or "
-                                 f"is empty and locked); if no run uses this folder, delete that file")
-            time.sleep(0.05)
+        # SIGTERM becomes SystemExit (finally blocks run) before our name is in the lock file: once
+        # another process can read that we hold the folder, a SIGTERM it sends must release it
         self.catch_sigterm()
+        try:
+            while not self.try_acquire():
+                if time.monotonic() > deadline:  # a holder that never writes its name: a broken file system
+                    raise ValueError(f"{self.flag} {self.folder}: cannot take {self.path} (it keeps changing, or "
+                                     f"is empty and locked); if no run uses this folder, delete that file")
+                time.sleep(0.05)
+        except BaseException:
+            self.restore_sigterm()
+            raise
         remove_leftovers(self.folder)
         return self
 
