@@ -39,7 +39,6 @@ the batch size, the device count or which other conditions are sampled in the sa
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -308,7 +307,7 @@ def make_pairs(model: torch.nn.Module, prior, config: dict, teacher: Path, folde
     device = torch.device(device) if device is not None else next(model.parameters()).device
     calls = num_steps(nfe, solver, 1 if cfg == 1.0 else 2) * SOLVERS[solver]
     spec = {"kind": pairs.KIND, "version": pairs.VERSION, "count": count, "chunk": chunk, "seed": seed,
-            "teacher": {"checkpoint": str(Path(teacher).resolve()), "sha256": pairs.sha256_of(teacher),
+            "teacher": {"checkpoint": str(Path(teacher).resolve()), "sha256": checks.file_sha256(teacher),
                         "step": config.get("step")},
             "solver": solver, "nfe": nfe, "cfg": cfg, "run": {key: config.get(key) for key in pairs.RUN_FIELDS},
             **{key: config.get(key, 0) for key in ("dataset", "image_size", "channels", "num_classes", "cond_dim",
@@ -467,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f"_grid-{Path(args.grid).stem if fitted else args.grid.replace(':', '')}" if args.grid != "uniform" else "")
             + f"_n{args.n}" + (f"_seed{args.seed}" if args.seed else ""))  # other runs keep their files
     model, prior, config = load_checkpoint(args.ckpt, device)
-    grid = (load_fitted_grid(args.grid, checkpoint_sha256(args.ckpt), args.nfe, args.solver, args.cfg) if fitted
+    grid = (load_fitted_grid(args.grid, checks.file_sha256(args.ckpt), args.nfe, args.solver, args.cfg) if fitted
             else args.grid)
     check_guidance(args.cfg, config, args.ckpt)
     conditions, ids = load_conditions(args, config)
@@ -654,14 +653,6 @@ def fit_times(field: Field, x0: torch.Tensor, steps: int, solver: str, objective
     return [fine[i] for i in path], value, baseline
 
 
-def checkpoint_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fit_grid(model: torch.nn.Module, prior, ckpt_sha256: str, nfe: int, solver: str = "euler", cfg: float = 1.0,
              objective: str = "local", per_class: bool = False, pilot: int = 16, points: int = 32,
              device: torch.device | str | None = None, progress: bool = False) -> dict:
@@ -747,7 +738,7 @@ def fit_main(argv: list[str] | None = None) -> None:
     out = outputs.check_out_file(args.out or Path(args.ckpt).parent / f"{stem}.json", "--out", (".json",))
     model, prior, config = load_checkpoint(args.ckpt, device)
     check_guidance(args.cfg, config, args.ckpt)
-    record = fit_grid(model, prior, checkpoint_sha256(args.ckpt), args.nfe, args.solver, args.cfg, args.objective,
+    record = fit_grid(model, prior, checks.file_sha256(args.ckpt), args.nfe, args.solver, args.cfg, args.objective,
                       args.per_class, args.pilot, args.points, device, progress=True)
     outputs.write_text(out, json.dumps(record, indent=1) + "\n")
     for name, times in record["times"].items():

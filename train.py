@@ -54,7 +54,7 @@ from plumbing.batches import Prefetcher
 from plumbing.checkpoint import prior_to_checkpoint, rng_state, save_checkpoint, set_rng_state
 from plumbing.config import (Config, check_config, check_resume_steps, dataset_options, load_resume, parse_args,
                              trim_log, with_pairs, with_preset)
-from plumbing.pairs import PairsDataset, read_spec, sha256_of
+from plumbing.pairs import PairsDataset, read_spec
 from plumbing.priorcache import data_fingerprint, fit_prior
 
 DIVERGENCE = 100.0  # a logged loss this many times the lowest one so far counts as diverged
@@ -295,7 +295,7 @@ def start_or_resume(config: Config, checkpoint: dict | None) -> tuple[Run, objec
     if config.pairs:  # reflow: the pairs are the data, the teacher's prior is the prior
         teacher = load_teacher(config.pairs, checkpoint is None and config.init == "teacher")
         dataset = PairsDataset(config.pairs, teacher.get("class_names") or [])
-        num_images, fingerprint = len(dataset), "pairs:" + sha256_of(Path(config.pairs) / "pairs.json")
+        num_images, fingerprint = len(dataset), "pairs:" + checks.file_sha256(Path(config.pairs) / "pairs.json")
     else:
         dataset = data.load_dataset(config.dataset, config.data_dir, "train", **options)
         num_images = min(len(dataset), config.max_images or len(dataset))
@@ -344,7 +344,7 @@ def load_teacher(folder: str, with_weights: bool) -> dict:
     hint = (f"the pairs in {folder} were made by {path}: put it back, or make new pairs with sample.py --pairs")
     if not path.is_file():
         raise FileNotFoundError(f"no teacher checkpoint at {path}: {hint}")
-    if sha256_of(path) != spec["teacher"]["sha256"]:
+    if checks.file_sha256(path) != spec["teacher"]["sha256"]:
         raise ValueError(f"{path} is not the checkpoint that made the pairs in {folder} (its sha256 changed: trained "
                          f"on since?): make new pairs from it with sample.py --pairs")
     return checks.load_torch(path, "teacher checkpoint", hint, keys=("prior",) + (("ema",) if with_weights else ()))

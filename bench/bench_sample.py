@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from plumbing import checks  # noqa: E402
+from plumbing import checks, outputs  # noqa: E402
 import sample  # noqa: E402
 import unet  # noqa: E402
 from prior import ClassPrior  # noqa: E402
@@ -67,7 +67,7 @@ def bench_preset(preset: str, n: int, nfe: int, solver: str, device: torch.devic
     network = timed(network_only, device)
     with tempfile.TemporaryDirectory() as folder:
         teacher = Path(folder) / "teacher.pt"
-        torch.save({"ema": model.state_dict()}, teacher)  # make_pairs records the teacher's sha256
+        outputs.save_torch(teacher, {"ema": model.state_dict()})  # make_pairs records the teacher's sha256
         run = {"dataset": "bench", "image_size": size, "channels": 3, "num_classes": classes, "cond_dim": 0,
                "prior": "class", "prior_options": {}}
         made = iter(range(10))

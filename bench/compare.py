@@ -362,7 +362,7 @@ def time_grid(ev: Evaluator, args: argparse.Namespace, method: Method, seed: int
     if name not in FITTED_GRIDS:
         return method.grid
     path = args.out / "fitted_grids" / f"{method.key}_seed{seed}_step{step}_{args.solver}_nfe{nfe}.json"
-    sha256 = sample.checkpoint_sha256(ckpt)
+    sha256 = checks.file_sha256(ckpt)
     if not path.is_file():
         model, prior, _ = ev.load(ckpt)
         record = sample.fit_grid(model, prior, sha256, nfe, args.solver, method.cfg, objective,

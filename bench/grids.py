@@ -35,7 +35,7 @@ def fitted_times(ev: experiment.Evaluator, results: experiment.Results, out: Pat
     """The fitted grid's times, fitted once (its wall time and pilot objective kept in results.json)."""
     name, _, objective = grid.partition(":")
     path = out / "fitted_grids" / f"{run}_{solver}_nfe{nfe}_{grid.replace(':', '_')}.json"
-    sha256 = sample.checkpoint_sha256(ckpt)
+    sha256 = checks.file_sha256(ckpt)
     if not path.is_file():
         model, prior, _ = ev.load(ckpt)
         begin = time.perf_counter()

@@ -15,6 +15,7 @@ Scripts end with `run_main(main)`: ValueError, FileNotFoundError and other OSErr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import pickle
@@ -35,6 +36,16 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     text = f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks: what a file made from another (reflow
+    pairs, a fitted grid) records of it, so that a changed or swapped source is refused."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_torch(path: str | Path, what: str, hint: str, keys: Iterable[str] = ()) -> dict:

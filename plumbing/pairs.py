@@ -21,7 +21,6 @@ read with np.load(allow_pickle=False) and json: no code runs on reading.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -38,14 +37,6 @@ SPEC_KEYS = ("kind", "version", "count", "chunk", "seed", "teacher", "solver", "
 # the teacher run's settings a student trained on its pairs must share (train.py checks them)
 RUN_FIELDS = ("dataset", "resize_to", "cond", "max_images", "prior", "prior_options", "preset", "data_dir")
 HINT = "make them with: python sample.py --ckpt TEACHER --pairs DIR --count N"
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def chunk_path(folder: Path, index: int) -> Path:
@@ -98,7 +89,7 @@ def begin(folder: str | Path, spec: dict) -> list[int]:
         spec = {**spec, "chunks": [None] * num_chunks(spec)}
         outputs.write_text(folder / "pairs.json", json.dumps(spec, indent=1), "--pairs")
     return [index for index, digest in enumerate(spec["chunks"])
-            if digest is None or not chunk_path(folder, index).is_file() or sha256_of(chunk_path(folder, index)) != digest]
+            if digest is None or not chunk_path(folder, index).is_file() or checks.file_sha256(chunk_path(folder, index)) != digest]
 
 
 def write_chunk(folder: str | Path, index: int, x0: torch.Tensor, x1: torch.Tensor, cond: torch.Tensor,
@@ -109,7 +100,7 @@ def write_chunk(folder: str | Path, index: int, x0: torch.Tensor, x1: torch.Tens
     outputs.save_npz(path, {"x0": x0.float().cpu().numpy(), "x1": x1.float().cpu().numpy(),
                             "cond": cond.cpu().numpy(), "seed": np.asarray(seeds, dtype=np.uint64)}, "--pairs")
     spec = read_spec(folder)
-    spec["chunks"][index] = sha256_of(path)
+    spec["chunks"][index] = checks.file_sha256(path)
     outputs.write_text(folder / "pairs.json", json.dumps(spec, indent=1), "--pairs")
 
 
@@ -126,7 +117,7 @@ def load(folder: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     shape = (int(spec["channels"]), int(spec["image_size"]), int(spec["image_size"]))
     for index, digest in enumerate(spec["chunks"]):
         path = chunk_path(folder, index)
-        if not path.is_file() or sha256_of(path) != digest:
+        if not path.is_file() or checks.file_sha256(path) != digest:
             raise ValueError(f"{path}: damaged or replaced (its sha256 is not the one pairs.json recorded): delete it "
                              f"and run the same sample.py --pairs command again to make it anew")
         arrays = checks.load_npz(path, "pairs chunk", "make the pairs again", keys=tuple(parts))

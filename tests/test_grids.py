@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sample  # noqa: E402
 from plumbing import checks, conditions, outputs  # noqa: E402
+from test_sample import FakePrior  # noqa: E402 (N(0.3 (label - 1), 0.2^2) per pixel of 1x4x4)
 
 REPO = Path(__file__).resolve().parents[1]
 NAMED = ["uniform", "shift", "shift:3", "shift:0.25", "edm", "edm:3", "edm:1"]
@@ -135,16 +136,6 @@ def test_uniform_is_bit_for_bit_the_old_solver(solver):
         for grid in (None, sample.named_grid("uniform", steps), torch.tensor(sample.uniform_grid(steps),
                                                                                dtype=torch.float64)):
             assert torch.equal(sample.integrate(field, x0, nfe, solver, grid), old)
-
-
-class FakePrior:
-    """N(0.3 (label - 1), 0.2^2) per pixel of a 1x4x4 image."""
-
-    num_classes, shape = 3, (1, 4, 4)
-
-    def sample(self, labels, generator=None, null=None, x1=None):
-        noise = torch.randn((len(labels), *self.shape), generator=generator, device=labels.device)
-        return labels[:, None, None, None].float() * 0.3 - 0.3 + 0.2 * noise
 
 
 class FakeModel(torch.nn.Module):
@@ -280,7 +271,7 @@ def test_fit_cli_then_sample_with_the_file(tmp_path):
     sample.fit_main(["--ckpt", str(tmp_path), "--nfe", "2", "--pilot", "2", "--points", "4", "--device", "cpu"])
     fitted = tmp_path / "grid_euler_nfe2_local.json"
     record = json.loads(fitted.read_text())
-    assert record["checkpoint_sha256"] == sample.checkpoint_sha256(ckpt) and record["nfe"] == 2
+    assert record["checkpoint_sha256"] == checks.file_sha256(ckpt) and record["nfe"] == 2
     sample.main(["--ckpt", str(ckpt), "--nfe", "2", "--n", "1", "--grid", str(fitted), "--device", "cpu"])
     assert (tmp_path / "samples_euler_nfe2_grid-grid_euler_nfe2_local_n1.npz").is_file()
     with pytest.raises(ValueError, match="fitted for another.*nfe 2, not 4"):

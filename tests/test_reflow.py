@@ -130,7 +130,7 @@ def test_a_pairs_chunk_is_read_without_running_code(teacher, tmp_path):
     with open(chunk, "wb") as file:
         np.savez(file, **arrays)
     spec = json.loads((folder / "pairs.json").read_text())
-    spec["chunks"][0] = pairs.sha256_of(chunk)  # a forger who also rewrote the checksum
+    spec["chunks"][0] = checks.file_sha256(chunk)  # a forger who also rewrote the checksum
     (folder / "pairs.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="not a readable pairs chunk"):
         pairs.load(folder)
@@ -143,7 +143,7 @@ def straight_pairs(teacher, folder, count=64):
     in one Euler step is v(x, t, c) = shift_c), in the format of sample.py's pairs."""
     model, prior, config = sample.load_checkpoint(teacher, "cpu")
     spec = {"kind": pairs.KIND, "version": pairs.VERSION, "count": count, "chunk": count, "seed": 0,
-            "teacher": {"checkpoint": str(teacher.resolve()), "sha256": pairs.sha256_of(teacher), "step": 3},
+            "teacher": {"checkpoint": str(teacher.resolve()), "sha256": checks.file_sha256(teacher), "step": 3},
             "solver": "exact", "nfe": 1, "cfg": 1.0, "run": {key: config.get(key) for key in pairs.RUN_FIELDS},
             **{key: config[key] for key in ("dataset", "image_size", "channels", "num_classes", "cond_dim", "prior",
                                             "prior_options")}}
